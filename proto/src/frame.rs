@@ -109,6 +109,11 @@ impl FrameDecoder {
         }
     }
 
+    /// Whether part of a frame is buffered (a read is mid-frame).
+    pub fn is_mid_frame(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
     /// Called at end of stream: an error if a frame was left unfinished.
     ///
     /// # Errors

@@ -1,0 +1,377 @@
+//! PKCS#11 backend: one [`Module`] per shared library, one [`Token`] per token in it.
+//!
+//! ```text
+//!  tokio task ──Token::run(job)──► crossbeam queue ──► worker 1 (Session A) ─┐
+//!       ▲                                          └──► worker 2 (Session B) ─┼─► C_Sign …
+//!       └──────────── oneshot reply ◄─────────────────────────────────────────┘
+//! ```
+//!
+//! **No PKCS#11 call runs on a tokio thread.** Each worker thread owns one `Session`
+//! (`Send`, not `Sync`) and takes jobs from the token's queue, so `sessions` requests can
+//! run at once. Login state belongs to the application and token, so one `C_Login` on any
+//! session serves them all; the agent logs in once and keeps the sessions.
+
+pub(crate) mod mechanism;
+mod worker;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::slot::Slot;
+use smime_proto::{
+    DecryptAlgorithm, KeyAlgorithm, KeyId, KeyInfo, Operation, Pin, PinState, SecretBytes,
+    SignAlgorithm, TokenStatus,
+};
+
+use crate::error::AgentError;
+use worker::{Job, Worker};
+
+/// A loaded and initialized PKCS#11 module.
+#[derive(Debug)]
+pub struct Module {
+    path: PathBuf,
+    p11: Pkcs11,
+}
+
+impl Module {
+    /// Loads the library and calls `C_Initialize`. Blocking.
+    ///
+    /// # Errors
+    /// When the library cannot be loaded or initialized.
+    pub fn load(path: &Path) -> Result<Self, CkError> {
+        let p11 = Pkcs11::new(path)?;
+        match p11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+            Err(e) => return Err(e),
+        }
+        Ok(Self {
+            path: path.to_owned(),
+            p11,
+        })
+    }
+
+    /// The library path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Opens every token of the module, each with `sessions` worker threads. A token that
+    /// fails to open is logged and skipped. Blocking.
+    pub fn open_tokens(&self, sessions: usize) -> Vec<Arc<Token>> {
+        let slots = match self.p11.get_slots_with_initialized_token() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(module = %self.path.display(), error = %e, "cannot list slots");
+                return vec![];
+            }
+        };
+        slots
+            .into_iter()
+            .filter_map(|slot| match Token::open(self, slot, sessions) {
+                Ok(t) => Some(Arc::new(t)),
+                Err(e) => {
+                    tracing::warn!(module = %self.path.display(), slot = slot.id(), error = %e, "skipping token");
+                    None
+                }
+            })
+            .collect()
+    }
+
+    /// Calls `C_Finalize`. Every token of the module must have been shut down.
+    pub fn finalize(self) {
+        if let Err(e) = self.p11.finalize() {
+            tracing::warn!(module = %self.path.display(), error = %e, "C_Finalize failed");
+        }
+    }
+}
+
+/// A key as the keystore knows it.
+#[derive(Debug, Clone)]
+pub struct KeyEntry {
+    /// What `ListKeys` reports.
+    pub info: KeyInfo,
+    pub(crate) cka_id: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct TokenState {
+    logged_in: bool,
+    login_required: bool,
+    /// Set when the PIN from the agent's configuration was rejected: it is never tried again.
+    configured_pin_rejected: Option<PinState>,
+    keys: Vec<KeyEntry>,
+}
+
+/// One token, served by its own worker threads.
+#[derive(Debug)]
+pub struct Token {
+    /// CKA label of the token (trimmed).
+    pub label: String,
+    /// Serial number (trimmed); the first half of every [`KeyId`].
+    pub serial: String,
+    module: String,
+    p11: Pkcs11,
+    slot: Slot,
+    jobs: Mutex<Option<crossbeam_channel::Sender<Job>>>,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+    state: Mutex<TokenState>,
+}
+
+/// Queue depth per token: beyond it requests get `BUSY` instead of piling up.
+const QUEUE_DEPTH: usize = 4096;
+
+impl Token {
+    fn open(module: &Module, slot: Slot, sessions: usize) -> Result<Self, CkError> {
+        let info = module.p11.get_token_info(slot)?;
+        let (tx, rx) = crossbeam_channel::bounded::<Job>(QUEUE_DEPTH);
+        let label = info.label().trim().to_owned();
+        let serial = info.serial_number().trim().to_owned();
+        let mut workers = Vec::new();
+        for n in 0..sessions.max(1) {
+            let session = module.p11.open_ro_session(slot)?;
+            let rx = rx.clone();
+            let mut w = Worker::new(session, module.p11.clone(), slot, label.clone());
+            let handle = std::thread::Builder::new()
+                .name(format!("p11-{label}-{n}"))
+                .spawn(move || {
+                    while let Ok(job) = rx.recv() {
+                        job(&mut w);
+                    }
+                })
+                .map_err(|_| {
+                    CkError::Pkcs11(
+                        RvError::HostMemory,
+                        cryptoki::context::Function::OpenSession,
+                    )
+                })?;
+            workers.push(handle);
+        }
+        tracing::info!(token = %label, serial = %serial, slot = slot.id(), sessions = workers.len(), "token opened");
+        Ok(Self {
+            label,
+            serial,
+            module: module.path.display().to_string(),
+            p11: module.p11.clone(),
+            slot,
+            jobs: Mutex::new(Some(tx)),
+            workers: Mutex::new(workers),
+            state: Mutex::new(TokenState {
+                logged_in: false,
+                login_required: info.login_required(),
+                configured_pin_rejected: None,
+                keys: vec![],
+            }),
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, TokenState> {
+        // A poisoned lock means a worker panicked mid-update; the state is still usable.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` on one of the token's worker threads and awaits its result.
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Worker) -> Result<T, AgentError> + Send + 'static,
+    ) -> Result<T, AgentError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |w| {
+            let _ = tx.send(f(w));
+        });
+        {
+            let jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+            let sender = jobs.as_ref().ok_or(AgentError::Busy)?;
+            sender.try_send(job).map_err(|_| AgentError::Busy)?;
+        }
+        rx.await
+            .map_err(|_| AgentError::Internal("token worker stopped".into()))?
+    }
+
+    /// Re-reads the token's keys and certificates.
+    pub async fn refresh_keys(&self) -> Result<(), AgentError> {
+        let (serial, label) = (self.serial.clone(), self.label.clone());
+        let keys = self.run(move |w| w.enumerate(&serial, &label)).await?;
+        tracing::info!(token = %self.label, keys = keys.len(), "keys enumerated");
+        self.state().keys = keys;
+        Ok(())
+    }
+
+    /// Logs in with `pin`: exactly one `C_Login`, never retried.
+    ///
+    /// `configured` marks a PIN from the agent's own configuration: if the token rejects
+    /// it, it is remembered as rejected and never sent again.
+    pub async fn login(&self, pin: Arc<Pin>, configured: bool) -> Result<(), AgentError> {
+        if configured && let Some(state) = self.state().configured_pin_rejected {
+            return Err(AgentError::PinIncorrect {
+                token: self.label.clone(),
+                state,
+                configured,
+            });
+        }
+        let result = self.run(move |w| w.login(&pin, configured)).await;
+        match &result {
+            Ok(()) => {
+                self.state().logged_in = true;
+                tracing::info!(token = %self.label, "logged in");
+                self.refresh_keys().await?;
+            }
+            Err(AgentError::PinIncorrect { state, .. }) => {
+                tracing::warn!(token = %self.label, pin_state = ?state, configured, "PIN rejected; not retrying");
+                if configured {
+                    self.state().configured_pin_rejected = Some(*state);
+                }
+            }
+            Err(e) => tracing::warn!(token = %self.label, error = %e, "login failed"),
+        }
+        result
+    }
+
+    /// Logs out (all sessions share the login) and forgets the login state.
+    pub async fn logout(&self) -> Result<(), AgentError> {
+        self.run(Worker::logout).await?;
+        self.state().logged_in = false;
+        tracing::info!(token = %self.label, "logged out");
+        Ok(())
+    }
+
+    /// Whether the token needs a login before private-key operations.
+    pub fn needs_login(&self) -> bool {
+        let s = self.state();
+        s.login_required && !s.logged_in
+    }
+
+    /// The keys found at the last enumeration.
+    pub fn keys(&self) -> Vec<KeyEntry> {
+        self.state().keys.clone()
+    }
+
+    fn ready(&self, key: &KeyEntry, op: Operation) -> Result<(), AgentError> {
+        let s = self.state();
+        if s.login_required && !s.logged_in {
+            return Err(match s.configured_pin_rejected {
+                Some(state) => AgentError::PinIncorrect {
+                    token: self.label.clone(),
+                    state,
+                    configured: true,
+                },
+                None => AgentError::PinRequired {
+                    token: self.label.clone(),
+                },
+            });
+        }
+        if !key.info.operations.contains(&op) {
+            let op = match op {
+                Operation::Sign => "signing",
+                Operation::Decrypt => "decryption",
+                _ => "key agreement",
+            };
+            return Err(AgentError::NotAllowed {
+                key: key.info.id.clone(),
+                op,
+            });
+        }
+        Ok(())
+    }
+
+    /// Signs `digest`. RSA signatures come back raw, ECDSA signatures DER-encoded.
+    pub async fn sign(
+        &self,
+        key: &KeyEntry,
+        alg: SignAlgorithm,
+        digest: Vec<u8>,
+    ) -> Result<Vec<u8>, AgentError> {
+        self.ready(key, Operation::Sign)?;
+        check_alg(key, alg.is_rsa(), matches!(alg, SignAlgorithm::Unknown))?;
+        let (id, kalg) = (key.cka_id.clone(), key.info.algorithm);
+        self.after_op(self.run(move |w| w.sign(&id, kalg, alg, &digest)).await)
+    }
+
+    /// Decrypts a wrapped content-encryption key.
+    pub async fn decrypt(
+        &self,
+        key: &KeyEntry,
+        alg: DecryptAlgorithm,
+        ct: Vec<u8>,
+    ) -> Result<SecretBytes, AgentError> {
+        self.ready(key, Operation::Decrypt)?;
+        check_alg(key, true, matches!(alg, DecryptAlgorithm::Unknown))?;
+        let id = key.cka_id.clone();
+        self.after_op(self.run(move |w| w.decrypt(&id, alg, &ct)).await)
+    }
+
+    /// ECDH with a peer point; returns Z.
+    pub async fn ecdh(&self, key: &KeyEntry, peer: Vec<u8>) -> Result<SecretBytes, AgentError> {
+        self.ready(key, Operation::Ecdh)?;
+        check_alg(key, false, false)?;
+        let id = key.cka_id.clone();
+        self.after_op(self.run(move |w| w.ecdh(&id, &peer)).await)
+    }
+
+    /// Keeps the login flag honest: a token that says "not logged in" is not.
+    fn after_op<T>(&self, r: Result<T, AgentError>) -> Result<T, AgentError> {
+        if let Err(AgentError::PinRequired { .. }) = &r {
+            self.state().logged_in = false;
+        }
+        r
+    }
+
+    /// The token's status. Reads the PIN flags from the token.
+    pub async fn status(&self) -> TokenStatus {
+        let (p11, slot) = (self.p11.clone(), self.slot);
+        let pin_state = self
+            .run(move |_| {
+                Ok(p11
+                    .get_token_info(slot)
+                    .map(|i| worker::pin_state(&i))
+                    .unwrap_or(PinState::Unknown))
+            })
+            .await
+            .unwrap_or(PinState::Unknown);
+        let s = self.state();
+        TokenStatus {
+            label: self.label.clone(),
+            serial: self.serial.clone(),
+            module: self.module.clone(),
+            logged_in: s.logged_in || !s.login_required,
+            pin_state,
+            keys: u32::try_from(s.keys.len()).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// Stops the workers (after the jobs already queued) and closes their sessions.
+    pub fn shutdown(&self) {
+        self.jobs.lock().unwrap_or_else(|e| e.into_inner()).take();
+        for h in self
+            .workers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            let _ = h.join();
+        }
+    }
+
+    /// Whether `sel` names this token (label or serial).
+    pub fn matches(&self, sel: &str) -> bool {
+        self.label == sel || self.serial == sel
+    }
+
+    /// The key with this CKA_ID, if enumerated.
+    pub fn key(&self, id: &KeyId) -> Option<KeyEntry> {
+        self.state().keys.iter().find(|k| &k.info.id == id).cloned()
+    }
+}
+
+fn check_alg(key: &KeyEntry, wants_rsa: bool, unknown: bool) -> Result<(), AgentError> {
+    let is_rsa = key.info.algorithm == KeyAlgorithm::Rsa;
+    if unknown || is_rsa != wants_rsa {
+        return Err(AgentError::UnsupportedAlgorithm(format!(
+            "the algorithm does not fit key {} ({:?})",
+            key.info.id, key.info.algorithm
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,410 @@
+//! A worker thread's view of a token: one session, a cache of key handles, and the
+//! PKCS#11 calls themselves. Everything here is blocking and runs off the tokio threads.
+
+use std::collections::HashMap;
+
+use cryptoki::context::Pkcs11;
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::mechanism::elliptic_curve::{EcKdf, Ecdh1DeriveParams};
+use cryptoki::object::{
+    Attribute, AttributeType, CertificateType, KeyType, ObjectClass, ObjectHandle,
+};
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::{Slot, TokenInfo};
+use smime_proto::{
+    DecryptAlgorithm, KeyAlgorithm, KeyId, KeyInfo, Operation, Pin, PinState, SecretBytes,
+    SignAlgorithm,
+};
+
+use super::KeyEntry;
+use super::mechanism::{decrypt_mechanism, sign_input};
+use crate::error::AgentError;
+
+/// A unit of work for a worker thread.
+pub(super) type Job = Box<dyn FnOnce(&mut Worker) + Send>;
+
+/// DER of the namedCurve OIDs in CKA_EC_PARAMS.
+const P256_PARAMS: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+const P384_PARAMS: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22];
+
+#[derive(Debug)]
+pub(super) struct Worker {
+    session: Session,
+    p11: Pkcs11,
+    slot: Slot,
+    token: String,
+    /// CKA_ID → private key handle. Handles are valid for the application's lifetime
+    /// with the token; on KEY_HANDLE_INVALID the entry is dropped and looked up again.
+    handles: HashMap<Vec<u8>, ObjectHandle>,
+}
+
+/// The user PIN state from the token flags.
+pub(super) fn pin_state(info: &TokenInfo) -> PinState {
+    if info.user_pin_locked() {
+        PinState::Locked
+    } else if info.user_pin_final_try() {
+        PinState::FinalTry
+    } else if info.user_pin_count_low() {
+        PinState::CountLow
+    } else {
+        PinState::Ok
+    }
+}
+
+impl Worker {
+    pub(super) fn new(session: Session, p11: Pkcs11, slot: Slot, token: String) -> Self {
+        Self {
+            session,
+            p11,
+            slot,
+            token,
+            handles: HashMap::new(),
+        }
+    }
+
+    fn err(&self, e: CkError, function: &str) -> AgentError {
+        let token = self.token.clone();
+        let CkError::Pkcs11(rv, f) = &e else {
+            return AgentError::Pkcs11 {
+                token,
+                function: function.into(),
+                rv: e.to_string(),
+            };
+        };
+        use RvError::*;
+        match rv {
+            UserNotLoggedIn => AgentError::PinRequired { token },
+            PinLocked => AgentError::PinLocked { token },
+            DeviceRemoved | TokenNotPresent | TokenNotRecognized | SessionHandleInvalid
+            | SessionClosed => AgentError::TokenAbsent { token },
+            EncryptedDataInvalid | EncryptedDataLenRange | DataInvalid | DataLenRange => {
+                AgentError::InvalidInput {
+                    token,
+                    detail: format!("{f}: {rv}"),
+                }
+            }
+            MechanismInvalid
+            | MechanismParamInvalid
+            | KeyTypeInconsistent
+            | KeyFunctionNotPermitted => AgentError::UnsupportedAlgorithm(format!(
+                "token {token:?} refused the mechanism ({f}: {rv})"
+            )),
+            _ => AgentError::Pkcs11 {
+                token,
+                function: f.to_string(),
+                rv: rv.to_string(),
+            },
+        }
+    }
+
+    /// Exactly one C_Login. The token flags are read before (a locked PIN is never sent)
+    /// and after a failure (to report what is left).
+    pub(super) fn login(&mut self, pin: &Pin, configured: bool) -> Result<(), AgentError> {
+        let token = self.token.clone();
+        let info = self
+            .p11
+            .get_token_info(self.slot)
+            .map_err(|e| self.err(e, "C_GetTokenInfo"))?;
+        if info.user_pin_locked() {
+            return Err(AgentError::PinLocked { token });
+        }
+        let secret = cryptoki::types::AuthPin::from(pin.expose().to_owned());
+        match self.session.login(UserType::User, Some(&secret)) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
+            Err(CkError::Pkcs11(RvError::PinIncorrect, _)) => {
+                let state = self
+                    .p11
+                    .get_token_info(self.slot)
+                    .map(|i| pin_state(&i))
+                    .unwrap_or(PinState::Unknown);
+                Err(match state {
+                    PinState::Locked => AgentError::PinLocked { token },
+                    state => AgentError::PinIncorrect {
+                        token,
+                        state,
+                        configured,
+                    },
+                })
+            }
+            Err(CkError::Pkcs11(RvError::PinLenRange | RvError::PinInvalid, _)) => {
+                Err(AgentError::PinLenRange { token })
+            }
+            Err(e) => Err(self.err(e, "C_Login")),
+        }
+    }
+
+    pub(super) fn logout(&mut self) -> Result<(), AgentError> {
+        match self.session.logout() {
+            Ok(()) | Err(CkError::Pkcs11(RvError::UserNotLoggedIn, _)) => Ok(()),
+            Err(e) => Err(self.err(e, "C_Logout")),
+        }
+    }
+
+    /// Lists private keys (or, before login, the public halves) and pairs them with
+    /// certificates by CKA_ID.
+    pub(super) fn enumerate(
+        &mut self,
+        serial: &str,
+        label: &str,
+    ) -> Result<Vec<KeyEntry>, AgentError> {
+        let s = &self.session;
+        let find = |class| {
+            s.find_objects(&[Attribute::Class(class)])
+                .map_err(|e| self.err(e, "C_FindObjects"))
+        };
+        let mut certs: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+        for h in find(ObjectClass::CERTIFICATE)? {
+            let attrs = s
+                .get_attributes(
+                    h,
+                    &[
+                        AttributeType::Id,
+                        AttributeType::Value,
+                        AttributeType::CertificateType,
+                    ],
+                )
+                .map_err(|e| self.err(e, "C_GetAttributeValue"))?;
+            let (mut id, mut value, mut x509) = (None, None, false);
+            for a in attrs {
+                match a {
+                    Attribute::Id(v) => id = Some(v),
+                    Attribute::Value(v) => value = Some(v),
+                    Attribute::CertificateType(t) => x509 = t == CertificateType::X_509,
+                    _ => {}
+                }
+            }
+            if let (Some(id), Some(value), true) = (id, value, x509) {
+                certs.entry(id).or_insert(value);
+            }
+        }
+        let mut keys: Vec<KeyEntry> = Vec::new();
+        let private = find(ObjectClass::PRIVATE_KEY)?;
+        let (handles, is_private) = if private.is_empty() {
+            (find(ObjectClass::PUBLIC_KEY)?, false)
+        } else {
+            (private, true)
+        };
+        for h in handles {
+            let attrs = s
+                .get_attributes(
+                    h,
+                    &[
+                        AttributeType::Id,
+                        AttributeType::Label,
+                        AttributeType::KeyType,
+                        AttributeType::Sign,
+                        AttributeType::Decrypt,
+                        AttributeType::Derive,
+                        AttributeType::Verify,
+                        AttributeType::Encrypt,
+                        AttributeType::AlwaysAuthenticate,
+                        AttributeType::Modulus,
+                        AttributeType::EcParams,
+                    ],
+                )
+                .map_err(|e| self.err(e, "C_GetAttributeValue"))?;
+            // get_attributes drops attributes the token will not reveal: match by variant.
+            let (mut id, mut klabel, mut ktype, mut ops, mut always, mut bits, mut curve) =
+                (None, String::new(), None, Vec::new(), false, 0u32, None);
+            for a in attrs {
+                match a {
+                    Attribute::Id(v) => id = Some(v),
+                    Attribute::Label(v) => klabel = String::from_utf8_lossy(&v).into_owned(),
+                    Attribute::KeyType(t) => ktype = Some(t),
+                    Attribute::Sign(true) | Attribute::Verify(true) => ops.push(Operation::Sign),
+                    Attribute::Decrypt(true) | Attribute::Encrypt(true) => {
+                        ops.push(Operation::Decrypt)
+                    }
+                    Attribute::Derive(true) => ops.push(Operation::Ecdh),
+                    Attribute::AlwaysAuthenticate(b) => always = b,
+                    Attribute::Modulus(m) => {
+                        let lead = m.iter().take_while(|b| **b == 0).count();
+                        bits = u32::try_from((m.len() - lead) * 8).unwrap_or(0);
+                    }
+                    Attribute::EcParams(p) => curve = Some(p),
+                    _ => {}
+                }
+            }
+            let Some(id) = id else { continue };
+            let algorithm = match (ktype, curve.as_deref()) {
+                (Some(KeyType::RSA), _) => KeyAlgorithm::Rsa,
+                (Some(KeyType::EC), Some(P256_PARAMS)) => KeyAlgorithm::EcP256,
+                (Some(KeyType::EC), Some(P384_PARAMS)) => KeyAlgorithm::EcP384,
+                _ => continue, // a key the agent cannot use
+            };
+            if algorithm != KeyAlgorithm::Rsa {
+                bits = if algorithm == KeyAlgorithm::EcP256 {
+                    256
+                } else {
+                    384
+                };
+                // EC keys "decrypt" only through ECDH.
+                ops.retain(|o| *o != Operation::Decrypt);
+            } else {
+                ops.retain(|o| *o != Operation::Ecdh);
+            }
+            if !is_private && algorithm != KeyAlgorithm::Rsa && !ops.contains(&Operation::Ecdh) {
+                // Public EC keys carry no CKA_DERIVE; assume the private half allows ECDH
+                // until login shows the real attributes.
+                ops.push(Operation::Ecdh);
+            }
+            ops.dedup();
+            if keys.iter().any(|k| k.cka_id == id) {
+                continue;
+            }
+            keys.push(KeyEntry {
+                info: KeyInfo {
+                    id: KeyId::new(serial, &id),
+                    token: label.to_owned(),
+                    token_serial: serial.to_owned(),
+                    label: klabel,
+                    algorithm,
+                    bits,
+                    certificate: certs.get(&id).cloned().map(serde_bytes::ByteBuf::from),
+                    operations: ops,
+                    always_authenticate: always,
+                },
+                cka_id: id,
+            });
+        }
+        keys.sort_by(|a, b| a.info.id.cmp(&b.info.id));
+        self.handles.clear();
+        Ok(keys)
+    }
+
+    fn key_handle(&mut self, cka_id: &[u8]) -> Result<ObjectHandle, AgentError> {
+        if let Some(h) = self.handles.get(cka_id) {
+            return Ok(*h);
+        }
+        let found = self
+            .session
+            .find_objects(&[
+                Attribute::Class(ObjectClass::PRIVATE_KEY),
+                Attribute::Id(cka_id.to_vec()),
+            ])
+            .map_err(|e| self.err(e, "C_FindObjects"))?;
+        let h = *found.first().ok_or_else(|| AgentError::PinRequired {
+            token: self.token.clone(),
+        })?;
+        self.handles.insert(cka_id.to_vec(), h);
+        Ok(h)
+    }
+
+    /// Runs `op` with the key's handle; a stale cached handle is looked up once more.
+    fn with_key<T>(
+        &mut self,
+        cka_id: &[u8],
+        op: impl Fn(&Session, ObjectHandle) -> Result<T, CkError>,
+        function: &str,
+    ) -> Result<T, AgentError> {
+        let h = self.key_handle(cka_id)?;
+        match op(&self.session, h) {
+            Err(CkError::Pkcs11(RvError::KeyHandleInvalid | RvError::ObjectHandleInvalid, _)) => {
+                self.handles.remove(cka_id);
+                let h = self.key_handle(cka_id)?;
+                op(&self.session, h).map_err(|e| self.err(e, function))
+            }
+            r => r.map_err(|e| self.err(e, function)),
+        }
+    }
+
+    pub(super) fn sign(
+        &mut self,
+        cka_id: &[u8],
+        key_alg: KeyAlgorithm,
+        alg: SignAlgorithm,
+        digest: &[u8],
+    ) -> Result<Vec<u8>, AgentError> {
+        let (mech, input) = sign_input(alg, digest)?;
+        let sig = self.with_key(cka_id, |s, h| s.sign(&mech, h, &input), "C_Sign")?;
+        let der = |bad: &dyn std::fmt::Display| AgentError::Pkcs11 {
+            token: self.token.clone(),
+            function: "C_Sign".into(),
+            rv: format!("malformed ECDSA signature from the token: {bad}"),
+        };
+        // PKCS#11 returns ECDSA as r || s; CMS and X.509 want DER.
+        Ok(match key_alg {
+            KeyAlgorithm::EcP256 => p256::ecdsa::Signature::from_slice(&sig)
+                .map_err(|e| der(&e))?
+                .to_der()
+                .as_bytes()
+                .to_vec(),
+            KeyAlgorithm::EcP384 => p384::ecdsa::Signature::from_slice(&sig)
+                .map_err(|e| der(&e))?
+                .to_der()
+                .as_bytes()
+                .to_vec(),
+            _ => sig,
+        })
+    }
+
+    pub(super) fn decrypt(
+        &mut self,
+        cka_id: &[u8],
+        alg: DecryptAlgorithm,
+        ct: &[u8],
+    ) -> Result<SecretBytes, AgentError> {
+        let mech = decrypt_mechanism(alg)?;
+        match self.with_key(cka_id, |s, h| s.decrypt(&mech, h, ct), "C_Decrypt") {
+            Ok(pt) => Ok(SecretBytes::new(pt)),
+            // SoftHSM reports a bad PKCS#1 block as CKR_GENERAL_ERROR.
+            Err(AgentError::Pkcs11 { token, rv, .. })
+                if rv.contains("general error") || rv.contains("GeneralError") =>
+            {
+                Err(AgentError::InvalidInput {
+                    token,
+                    detail: "the wrapped key does not decrypt".into(),
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// ECDH (CKM_ECDH1_DERIVE, no KDF): derives a session secret, reads Z, destroys it.
+    pub(super) fn ecdh(&mut self, cka_id: &[u8], peer: &[u8]) -> Result<SecretBytes, AgentError> {
+        if peer.first() != Some(&0x04) {
+            return Err(AgentError::BadRequest(
+                "the peer point must be SEC1 uncompressed (04 || X || Y)".into(),
+            ));
+        }
+        // Modules disagree on the point's form: try it raw, then DER OCTET STRING wrapped.
+        let z = match self.with_key(cka_id, |s, h| derive_z(s, h, peer), "C_DeriveKey") {
+            Ok(z) => z,
+            Err(e @ (AgentError::PinRequired { .. } | AgentError::TokenAbsent { .. })) => {
+                return Err(e);
+            }
+            Err(_) if peer.len() < 128 => {
+                let mut wrapped = vec![0x04, u8::try_from(peer.len()).unwrap_or(0)];
+                wrapped.extend_from_slice(peer);
+                self.with_key(cka_id, |s, h| derive_z(s, h, &wrapped), "C_DeriveKey")?
+            }
+            Err(e) => return Err(e),
+        };
+        z.map(SecretBytes::new).ok_or_else(|| AgentError::Pkcs11 {
+            token: self.token.clone(),
+            function: "C_GetAttributeValue".into(),
+            rv: "the derived secret is not extractable".into(),
+        })
+    }
+}
+
+/// Derives an extractable session secret with CKM_ECDH1_DERIVE (CKD_NULL), reads its value
+/// and destroys it.
+fn derive_z(s: &Session, key: ObjectHandle, point: &[u8]) -> Result<Option<Vec<u8>>, CkError> {
+    let template = [
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::GENERIC_SECRET),
+        Attribute::Token(false),
+        Attribute::Sensitive(false),
+        Attribute::Extractable(true),
+    ];
+    let mech = Mechanism::Ecdh1Derive(Ecdh1DeriveParams::new(EcKdf::null(), point));
+    let k = s.derive_key(&mech, key, &template)?;
+    let value = s.get_attributes(k, &[AttributeType::Value]);
+    let _ = s.destroy_object(k);
+    Ok(value?.into_iter().find_map(|a| match a {
+        Attribute::Value(v) => Some(v),
+        _ => None,
+    }))
+}

@@ -1,0 +1,73 @@
+//! # smime-agent
+//!
+//! A background agent that keeps smart-card and HSM sessions logged in and serves
+//! private-key operations (sign a digest, decrypt a wrapped key, ECDH) over a local socket.
+//! Messages never reach it: clients hash and build CMS themselves.
+//!
+//! ```text
+//!  client ──frames──► server (bind 0600/0700, peer uid check, limits)
+//!                       └─► Handler per connection ─► Session (hello, dispatch, audit)
+//!                                                        └─► Keystore ─► backend::pkcs11::Token
+//!                                                                         └─► worker threads ─► PKCS#11 module
+//! ```
+//!
+//! [`run`] starts everything; tests call it in-process with their own shutdown future.
+#![forbid(unsafe_code)]
+
+pub mod backend;
+pub mod config;
+pub mod error;
+pub mod keystore;
+pub mod server;
+pub mod session;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{Config, Flags};
+pub use error::AgentError;
+
+/// Runs the agent until `shutdown` completes: loads the modules, logs in with a configured
+/// PIN (once), serves the socket, then drains connections and finalizes the modules.
+///
+/// `ready` is called once the socket accepts connections.
+///
+/// # Errors
+/// When the socket cannot be bound (for instance another agent is running).
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+    ready: impl FnOnce(),
+) -> anyhow::Result<()> {
+    server::check_not_running(&config.socket)?;
+    let cfg = config.clone();
+    let keystore = tokio::task::spawn_blocking(move || keystore::Keystore::open(&cfg))
+        .await
+        .context("loading modules")?;
+    keystore.start(config.pin.clone()).await;
+    let keystore = Arc::new(keystore);
+    let listener = server::bind(&config.socket)?;
+    ready();
+    let cancel = CancellationToken::new();
+    let server = tokio::spawn(server::serve(
+        listener,
+        config.socket.clone(),
+        keystore.clone(),
+        config.max_connections,
+        cancel.clone(),
+    ));
+    shutdown.await;
+    tracing::info!("shutting down");
+    cancel.cancel();
+    server.await.context("server task")?;
+    match Arc::try_unwrap(keystore) {
+        Ok(ks) => tokio::task::spawn_blocking(move || ks.shutdown())
+            .await
+            .context("closing tokens")?,
+        Err(_) => tracing::warn!("requests still running; not finalizing the modules"),
+    }
+    Ok(())
+}

@@ -1,0 +1,98 @@
+//! `smime-agent`: flags, logging, signals; the work is in the library.
+#![forbid(unsafe_code)]
+
+use std::os::unix::process::CommandExt;
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use smime_agent::{Config, Flags};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let flags = Flags::parse();
+    let filter = flags
+        .log
+        .clone()
+        .or_else(|| std::env::var("SMIME_AGENT_LOG").ok())
+        .unwrap_or_else(|| "info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let config = match Config::resolve(&flags) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("smime-agent: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = if flags.foreground {
+        foreground(config)
+    } else {
+        detach(&config)
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("smime-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn foreground(config: Config) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let shutdown = async {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
+                return std::future::pending().await;
+            };
+            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        };
+        smime_agent::run(config, shutdown, || {}).await
+    })
+}
+
+/// Starts a detached copy of ourselves in the foreground mode, waits until its socket
+/// answers, and prints the line a shell evaluates (like ssh-agent).
+fn detach(config: &Config) -> anyhow::Result<()> {
+    let exe = std::env::current_exe()?;
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    args.push("--foreground".into());
+    args.push("--socket".into());
+    args.push(config.socket.display().to_string());
+    let mut child = Command::new(exe)
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()?;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(20) {
+        if std::os::unix::net::UnixStream::connect(&config.socket).is_ok() {
+            let sock = config.socket.display();
+            println!("SMIME_AGENT_SOCK={sock}; export SMIME_AGENT_SOCK;");
+            println!("echo Agent pid {};", child.id());
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!(
+                "the agent exited during start ({status}); run it with --foreground to see why"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    anyhow::bail!(
+        "the agent did not open {} within 20 s",
+        config.socket.display()
+    )
+}

@@ -1,0 +1,242 @@
+//! The socket server: bind with safe permissions, accept with a connection limit, check
+//! the peer, and run one [`Handler`] per connection until shutdown.
+//!
+//! ```text
+//!  bind (dir 0700, socket 0600) ─► accept loop ─(permit)─► peer euid check ─► Handler task
+//!                                     ▲ semaphore                                │
+//!                          shutdown ──┴── CancellationToken ─── TaskTracker ◄────┘ (drained)
+//! ```
+
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use interprocess::local_socket::tokio::{Listener, Stream, prelude::*};
+use interprocess::local_socket::{GenericFilePath, ListenerOptions};
+use interprocess::os::unix::local_socket::ListenerOptionsExt;
+use smime_proto::{ErrorCode, ErrorResponse, FrameDecoder, FrameError, Request, Response};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::keystore::Keystore;
+use crate::session::{Peer, Session};
+
+/// A frame that has started must be complete within this time (slow-loris guard).
+const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+/// An idle connection is closed after this time.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+
+/// Creates the socket's directory (0700) if needed and refuses one that others can enter.
+fn prepare_dir(dir: &Path) -> anyhow::Result<()> {
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating socket directory {}", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    let meta = std::fs::metadata(dir).with_context(|| format!("inspecting {}", dir.display()))?;
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me || meta.mode() & 0o077 != 0 {
+        bail!(
+            "socket directory {} must be owned by uid {me} with mode 0700 (it is uid {}, mode {:o}); \
+             choose a private directory",
+            dir.display(),
+            meta.uid(),
+            meta.mode() & 0o777
+        );
+    }
+    Ok(())
+}
+
+/// Fails if an agent already answers on `path`; removes a stale socket file otherwise.
+pub fn check_not_running(path: &Path) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        prepare_dir(dir)?;
+    }
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => bail!("an agent is already listening on {}", path.display()),
+        Err(_) if path.exists() => std::fs::remove_file(path)
+            .with_context(|| format!("removing stale socket {}", path.display())),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Binds the listening socket with mode 0600 (set before bind: no umask window).
+///
+/// # Errors
+/// When the directory is unsafe or the socket cannot be bound.
+pub fn bind(path: &Path) -> anyhow::Result<Listener> {
+    check_not_running(path)?;
+    let name = path
+        .to_fs_name::<GenericFilePath>()
+        .context("socket path")?;
+    let listener = ListenerOptions::new()
+        .name(name)
+        .mode(0o600)
+        .create_tokio()
+        .with_context(|| format!("binding {}", path.display()))?;
+    Ok(listener)
+}
+
+/// Accepts connections until `cancel` fires, then waits for the handlers to finish
+/// their current request.
+pub async fn serve(
+    listener: Listener,
+    socket: PathBuf,
+    keystore: Arc<Keystore>,
+    max_connections: usize,
+    cancel: CancellationToken,
+) {
+    let limit = Arc::new(Semaphore::new(max_connections));
+    let tracker = TaskTracker::new();
+    let me = rustix::process::geteuid().as_raw();
+    tracing::info!(socket = %socket.display(), "listening");
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let permit = tokio::select! {
+            _ = cancel.cancelled() => break,
+            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        };
+        let stream = tokio::select! {
+            _ = cancel.cancelled() => break,
+            s = listener.accept() => s,
+        };
+        let stream = match stream {
+            Ok(s) => {
+                backoff = Duration::from_millis(10);
+                s
+            }
+            Err(e) => {
+                // EMFILE and friends: wait and try again rather than spin or die.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let peer = match stream.peer_creds() {
+            Ok(c) => Peer::new(c.pid(), c.euid()),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read peer credentials; refusing");
+                continue;
+            }
+        };
+        if peer.uid != Some(me) {
+            tracing::warn!(pid = ?peer.pid, uid = ?peer.uid, "refusing connection from another user");
+            continue;
+        }
+        let (ks, cancel) = (keystore.clone(), cancel.clone());
+        tracker.spawn(async move {
+            Handler {
+                stream,
+                session: Session::new(peer, ks),
+                cancel,
+            }
+            .run()
+            .await;
+            drop(permit);
+        });
+    }
+    drop(listener); // unlinks the socket: new clients fail fast while we drain
+    tracker.close();
+    tracing::info!(connections = tracker.len(), "draining");
+    if tokio::time::timeout(Duration::from_secs(10), tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still busy after 10 s; stopping anyway");
+    }
+}
+
+/// One connection: read a frame, answer it, repeat.
+struct Handler {
+    stream: Stream,
+    session: Session,
+    cancel: CancellationToken,
+}
+
+enum Next {
+    Frame(Vec<u8>),
+    Closed,
+}
+
+impl Handler {
+    async fn run(mut self) {
+        let mut decoder = FrameDecoder::new();
+        loop {
+            let payload = match self.next_frame(&mut decoder).await {
+                Ok(Next::Frame(p)) => p,
+                Ok(Next::Closed) => return,
+                Err(e) => {
+                    tracing::debug!(peer = ?self.session.peer(), error = %e, "closing connection");
+                    return;
+                }
+            };
+            let (response, keep_open) = match Request::decode(&payload) {
+                Ok(req) => (self.session.handle(req).await, true),
+                Err(smime_proto::DecodeError::UnknownOperation(op)) => (
+                    Response::Error(ErrorResponse::new(
+                        ErrorCode::UNKNOWN_OPERATION,
+                        format!("unknown operation {op:?}"),
+                    )),
+                    true,
+                ),
+                Err(e) => {
+                    tracing::warn!(peer = ?self.session.peer(), error = %e, "malformed request; closing");
+                    (
+                        Response::Error(ErrorResponse::new(ErrorCode::BAD_REQUEST, e.to_string())),
+                        false,
+                    )
+                }
+            };
+            if let Err(e) = self.stream.write_all(&response.encode_frame()).await {
+                tracing::debug!(error = %e, "client went away");
+                return;
+            }
+            if !keep_open {
+                return;
+            }
+        }
+    }
+
+    async fn next_frame(&mut self, decoder: &mut FrameDecoder) -> Result<Next, io::Error> {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            if let Some(p) = decoder.next_frame().map_err(invalid)? {
+                return Ok(Next::Frame(p));
+            }
+            let limit = if decoder.is_mid_frame() {
+                FRAME_TIMEOUT
+            } else {
+                IDLE_TIMEOUT
+            };
+            // Read no more than the decoder wants, so a flood never sits in our buffer.
+            let want = decoder.wanted().clamp(1, buf.len());
+            let n = tokio::select! {
+                _ = self.cancel.cancelled(), if !decoder.is_mid_frame() => return Ok(Next::Closed),
+                r = tokio::time::timeout(limit, self.stream.read(&mut buf[..want])) => match r {
+                    Ok(r) => r?,
+                    Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "read timed out")),
+                },
+            };
+            if n == 0 {
+                decoder.finish().map_err(invalid)?;
+                return Ok(Next::Closed);
+            }
+            if let Some(p) = decoder.feed(&buf[..n]).map_err(invalid)? {
+                return Ok(Next::Frame(p));
+            }
+        }
+    }
+}
+
+fn invalid(e: FrameError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
