@@ -1,0 +1,208 @@
+//! A blocking client of the agent: std I/O only, no tokio.
+//!
+//! ```text
+//! AgentClient::connect(path) ─► hello ─► request() … request()
+//! ```
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use smime_proto::{
+    ErrorResponse, FrameDecoder, KeyInfo, PROTOCOL_VERSION, Request, Response, SecretBytes,
+};
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AgentError {
+    /// No agent answers on the socket.
+    #[error("cannot reach the agent at {path}: {source}")]
+    Unreachable {
+        /// The socket path.
+        path: PathBuf,
+        /// The connect error.
+        source: std::io::Error,
+    },
+    /// The connection broke or the agent spoke garbage.
+    #[error("agent connection failed: {0}")]
+    Transport(String),
+    /// The agent answered with an operation error.
+    #[error("{0}")]
+    Agent(ErrorResponse),
+    /// The agent answered with the wrong kind of response.
+    #[error("unexpected response from the agent: {0}")]
+    Unexpected(String),
+}
+
+impl From<std::io::Error> for AgentError {
+    fn from(e: std::io::Error) -> Self {
+        AgentError::Transport(e.to_string())
+    }
+}
+
+/// The socket path: `--socket`, else `$SMIME_AGENT_SOCK`, else
+/// `$XDG_RUNTIME_DIR/smime-agent/agent.sock`.
+pub fn socket_path(flag: Option<&Path>) -> Option<PathBuf> {
+    if let Some(p) = flag {
+        return Some(p.to_owned());
+    }
+    let env = |n| std::env::var_os(n).filter(|v: &std::ffi::OsString| !v.is_empty());
+    env("SMIME_AGENT_SOCK").map(PathBuf::from).or_else(|| {
+        env("XDG_RUNTIME_DIR").map(|d| PathBuf::from(d).join("smime-agent").join("agent.sock"))
+    })
+}
+
+/// A connection to the agent, after `Hello`.
+#[derive(Debug)]
+pub struct AgentClient<S: Read + Write = UnixStream> {
+    stream: S,
+    decoder: FrameDecoder,
+    /// The agent's name and version, from `Hello`.
+    pub agent: String,
+}
+
+impl AgentClient<UnixStream> {
+    /// Connects to the socket and says hello.
+    ///
+    /// # Errors
+    /// When nothing listens there or the hello fails.
+    pub fn connect(path: &Path) -> Result<Self, AgentError> {
+        let stream = UnixStream::connect(path).map_err(|source| AgentError::Unreachable {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::hello(stream)
+    }
+}
+
+impl<S: Read + Write> AgentClient<S> {
+    /// Says hello over an open stream.
+    ///
+    /// # Errors
+    /// When the agent refuses the protocol version.
+    pub fn hello(stream: S) -> Result<Self, AgentError> {
+        let mut c = Self {
+            stream,
+            decoder: FrameDecoder::new(),
+            agent: String::new(),
+        };
+        let client = format!("smime {}", env!("CARGO_PKG_VERSION"));
+        match c.request(&Request::Hello {
+            versions: vec![PROTOCOL_VERSION],
+            client,
+        })? {
+            Response::Hello { agent, .. } => {
+                c.agent = agent;
+                Ok(c)
+            }
+            other => Err(AgentError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Sends one request and reads its response. An error response becomes
+    /// [`AgentError::Agent`].
+    ///
+    /// # Errors
+    /// Transport failures and agent errors.
+    pub fn request(&mut self, req: &Request) -> Result<Response, AgentError> {
+        self.stream.write_all(&req.encode_frame())?;
+        self.stream.flush()?;
+        let payload = loop {
+            if let Some(p) = self
+                .decoder
+                .next_frame()
+                .map_err(|e| AgentError::Transport(e.to_string()))?
+            {
+                break p;
+            }
+            let mut buf = vec![0u8; self.decoder.wanted()];
+            self.stream
+                .read_exact(&mut buf)
+                .map_err(|e| match e.kind() {
+                    std::io::ErrorKind::UnexpectedEof => {
+                        AgentError::Transport("the agent closed the connection".into())
+                    }
+                    _ => AgentError::from(e),
+                })?;
+            if let Some(p) = self
+                .decoder
+                .feed(&buf)
+                .map_err(|e| AgentError::Transport(e.to_string()))?
+            {
+                break p;
+            }
+        };
+        match Response::decode(&payload).map_err(|e| AgentError::Transport(e.to_string()))? {
+            Response::Error(e) => Err(AgentError::Agent(e)),
+            r => Ok(r),
+        }
+    }
+
+    /// Lists the agent's keys.
+    ///
+    /// # Errors
+    /// As for [`AgentClient::request`].
+    pub fn list_keys(&mut self) -> Result<Vec<KeyInfo>, AgentError> {
+        match self.request(&Request::ListKeys)? {
+            Response::Keys { keys } => Ok(keys),
+            other => Err(AgentError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Signs a digest.
+    ///
+    /// # Errors
+    /// As for [`AgentClient::request`].
+    pub fn sign(
+        &mut self,
+        key: &smime_proto::KeyId,
+        algorithm: smime_proto::SignAlgorithm,
+        digest: &[u8],
+    ) -> Result<Vec<u8>, AgentError> {
+        let req = Request::Sign {
+            key: key.clone(),
+            algorithm,
+            digest: serde_bytes::ByteBuf::from(digest.to_vec()),
+        };
+        match self.request(&req)? {
+            Response::Signature { signature } => Ok(signature.into_vec()),
+            other => Err(AgentError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Decrypts a wrapped key.
+    ///
+    /// # Errors
+    /// As for [`AgentClient::request`].
+    pub fn decrypt(
+        &mut self,
+        key: &smime_proto::KeyId,
+        algorithm: smime_proto::DecryptAlgorithm,
+        ciphertext: &[u8],
+    ) -> Result<SecretBytes, AgentError> {
+        let req = Request::Decrypt {
+            key: key.clone(),
+            algorithm,
+            ciphertext: serde_bytes::ByteBuf::from(ciphertext.to_vec()),
+        };
+        match self.request(&req)? {
+            Response::Secret { secret } => Ok(secret),
+            other => Err(AgentError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Forwards a PIN the user typed.
+    ///
+    /// # Errors
+    /// As for [`AgentClient::request`]; a wrong PIN is not retried.
+    pub fn unlock(&mut self, token: &str, pin: smime_proto::Pin) -> Result<(), AgentError> {
+        match self.request(&Request::Unlock {
+            token: token.to_owned(),
+            pin,
+        })? {
+            Response::Ok => Ok(()),
+            other => Err(AgentError::Unexpected(format!("{other:?}"))),
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! Command-line definitions (clap only). `main` turns them into actions.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// S/MIME and CMS with keys that never leave the smart card or HSM.
+///
+/// `smime` does all message work (hashing, CMS, certificates) itself and asks
+/// `smime-agent` only for the private-key operation.
+#[derive(Debug, Parser)]
+#[command(
+    name = "smime",
+    version,
+    after_help = "Exit status: 0 success; 1 bad signature or \
+    verification failure; 2 usage error; 3 agent or token unavailable; 4 other errors."
+)]
+pub struct Cli {
+    /// Agent socket. Default: $SMIME_AGENT_SOCK, else $XDG_RUNTIME_DIR/smime-agent/agent.sock.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List the agent's keys with their certificates.
+    Keys {
+        /// Print a JSON array (fields: id, token, label, algorithm, subject, email,
+        /// not_before, not_after, sha256, …).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a detached CMS signature (.p7s) of a file or of standard input.
+    Sign(SignArgs),
+    /// Check a detached CMS signature against its content.
+    Verify(VerifyArgs),
+    /// Show the agent's tokens and their login state.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Log in to a token: prompts for the PIN on the terminal and hands it to the agent.
+    Unlock {
+        /// Token label or serial (default: the only token).
+        #[arg(long)]
+        token: Option<String>,
+        /// Read the PIN from the first line of standard input instead of the terminal.
+        #[arg(long)]
+        pin_stdin: bool,
+    },
+    /// Log out of one token, or all, in the agent.
+    Lock {
+        /// Token label or serial (default: all tokens).
+        #[arg(long)]
+        token: Option<String>,
+    },
+}
+
+/// Digest algorithms.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Digest {
+    /// SHA-256.
+    Sha256,
+    /// SHA-384.
+    Sha384,
+    /// SHA-512.
+    Sha512,
+}
+
+/// `smime sign`.
+#[derive(Debug, Args)]
+pub struct SignArgs {
+    /// Key: its id, label, an e-mail address of its certificate, or the certificate's
+    /// SHA-256 fingerprint. An ambiguous selector lists the candidates.
+    #[arg(long, short = 'k', value_name = "SEL")]
+    pub key: String,
+    /// Content to sign (default: standard input). It is hashed as a stream.
+    #[arg(long = "in", short = 'i', value_name = "FILE")]
+    pub input: Option<PathBuf>,
+    /// Where to write the signature (default: standard output). Written atomically.
+    #[arg(long = "out", short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// PEM output (`-----BEGIN CMS-----`) instead of DER.
+    #[arg(long)]
+    pub pem: bool,
+    /// Digest algorithm.
+    #[arg(long, value_enum, default_value = "sha256")]
+    pub digest: Digest,
+    /// RSA-PSS instead of PKCS#1 v1.5 (RSA keys only).
+    #[arg(long)]
+    pub pss: bool,
+    /// Extra certificates (PEM) to include, e.g. intermediate CAs.
+    #[arg(long = "certfile", value_name = "FILE")]
+    pub certfile: Vec<PathBuf>,
+}
+
+/// `smime verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The signature: DER, BER or PEM CMS.
+    #[arg(long = "in", short = 'i', value_name = "SIG")]
+    pub input: PathBuf,
+    /// The signed content (default: standard input).
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub content: Option<PathBuf>,
+    /// Trusted CA certificates (PEM, repeatable). With it the signer's certificate must
+    /// chain to one of them; without it only the signature and validity are checked.
+    #[arg(long, value_name = "CA.pem")]
+    pub trust: Vec<PathBuf>,
+    /// Print the verdict as JSON.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,573 @@
+//! Verifying CMS `SignedData`: detached (content supplied separately) or with
+//! encapsulated content, DER or BER (`openssl cms -sign -stream`), PEM or binary.
+//!
+//! Per SignerInfo:
+//! 1. find the signer certificate by `sid` (issuerAndSerialNumber or subjectKeyIdentifier)
+//!    among the message's certificates, then the trust list (never "the first one": SET
+//!    order is not preserved);
+//! 2. stream-hash the content with the SignerInfo's digest algorithm;
+//! 3. with signed attributes: compare `messageDigest`, check `contentType` equals
+//!    `eContentType`, and verify the signature over the attributes exactly as sent,
+//!    re-tagged `[0]` -> SET (decoding would re-sort them); without: verify over the
+//!    content digest;
+//! 4. check the signer certificate's validity now and at `signingTime`;
+//! 5. with trust anchors: check that the certificate chains to one (see
+//!    [`verify_detached`] for what that interim check covers).
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::time::SystemTime;
+
+use cms::signed_data::{SignerIdentifier, SignerInfo};
+use const_oid::ObjectIdentifier;
+use const_oid::db::rfc5911;
+use der::asn1::OctetString;
+use der::{Decode as _, Encode as _};
+use x509_cert::Certificate;
+use x509_cert::ext::pkix::{BasicConstraints, KeyUsage, SubjectKeyIdentifier};
+use x509_cert::time::Time;
+
+use super::alg::{self, PublicKey};
+use super::ber::{self, Tlv};
+use super::{CheckedAt, Error, HashAlg, digest_reader_multi, malformed, oid_name, pem};
+
+/// Longest issuer walk from the signer certificate to a trust anchor.
+pub const MAX_CHAIN_STEPS: usize = 8;
+
+/// What a successful verification found out about one signer.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    /// The signer's certificate (matched by the SignerInfo's `sid`).
+    pub signer: Certificate,
+    /// The signed `signingTime` attribute, if present.
+    pub signing_time: Option<SystemTime>,
+    /// The SignerInfo's digest algorithm.
+    pub digest_alg: HashAlg,
+    /// Whether the signer certificate chained to one of the `trust` certificates. Always
+    /// `false` when no trust anchors were given (then no chain check is made).
+    pub trusted: bool,
+}
+
+/// Verifies a detached CMS `SignedData` (or one with encapsulated content, when `content`
+/// is `None` and `eContent` is present; if both are there, `content` is what gets
+/// checked, like `openssl cms -verify -content`).
+///
+/// `cms` may be DER, BER or PEM/base64 (see [`parse_cms_input`]). Every SignerInfo must
+/// verify; the result describes the first one (see [`verify_detached_all`] for all).
+/// The content is read once, in 64 KiB pieces, whatever the number of signers.
+///
+/// Signature algorithms: RSA PKCS#1 v1.5 (`signatureAlgorithm` `rsaEncryption` or
+/// `sha{256,384,512}WithRSAEncryption`), RSASSA-PSS (parameters parsed; MGF1 with the
+/// same hash), ECDSA on P-256 and P-384; digests SHA-256/384/512.
+///
+/// The signer certificate must be within its validity period at `now` and, if a
+/// `signingTime` attribute is present, at that time too ([`Error::CertExpired`] /
+/// [`Error::CertNotYetValid`] say which).
+///
+/// If `trust` is not empty the signer certificate must chain to one of those
+/// certificates: issuer names are followed through the message's certificates and the
+/// trust list for at most [`MAX_CHAIN_STEPS`] steps, each signature is checked with the
+/// issuer's key, each issuer must be within its validity period at `now`, intermediates
+/// must be CAs (basicConstraints cA, keyUsage keyCertSign if present), and a signer
+/// keyUsage, if present, must allow digitalSignature or nonRepudiation. **This is an
+/// interim check**: no path-length, name or policy constraints, no extended key usage,
+/// no revocation. Full RFC 5280 path validation with `certval` replaces it later.
+pub fn verify_detached<R: Read>(
+    cms: &[u8],
+    content: Option<R>,
+    trust: &[Certificate],
+    now: SystemTime,
+) -> Result<Verified, Error> {
+    verify_detached_all(cms, content, trust, now)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| malformed("no SignerInfo"))
+}
+
+/// Like [`verify_detached`], returning one [`Verified`] per SignerInfo, in encoded order.
+pub fn verify_detached_all<R: Read>(
+    cms: &[u8],
+    content: Option<R>,
+    trust: &[Certificate],
+    now: SystemTime,
+) -> Result<Vec<Verified>, Error> {
+    let bin = parse_cms_input(cms)?;
+    let sd = parse_signed_data(&bin)?;
+    if sd.signers.is_empty() {
+        return Err(malformed(
+            "no SignerInfo: not a signature (certificates-only message?)",
+        ));
+    }
+
+    // One pass over the content for all digest algorithms in use.
+    let mut algs: Vec<HashAlg> = Vec::new();
+    for s in &sd.signers {
+        let h = HashAlg::from_oid(&s.info.digest_alg.oid)
+            .ok_or(Error::UnsupportedAlgorithm(s.info.digest_alg.oid))?;
+        if !algs.contains(&h) {
+            algs.push(h);
+        }
+    }
+    let digests: Vec<Vec<u8>> = match (content, &sd.econtent) {
+        (Some(r), _) => digest_reader_multi(&algs, r)?,
+        (None, Some(chunks)) => algs
+            .iter()
+            .map(|a| {
+                let mut h = a.hasher();
+                for c in chunks {
+                    h.update(c);
+                }
+                h.finalize()
+            })
+            .collect(),
+        (None, None) => return Err(Error::MissingContent),
+    };
+    let digests: HashMap<HashAlg, Vec<u8>> = algs.into_iter().zip(digests).collect();
+
+    let mut out = Vec::with_capacity(sd.signers.len());
+    for signer in &sd.signers {
+        out.push(verify_signer(&sd, signer, &digests, trust, now)?);
+    }
+    Ok(out)
+}
+
+/// Turns what a user hands in into the binary encoding: DER or BER as is (checked to be one
+/// well-formed element; trailing whitespace/NULs allowed), PEM with the labels `CMS`,
+/// `PKCS7` or `PKCS #7 SIGNED DATA`, or bare base64 (an S/MIME `.p7s` body).
+///
+/// The result is the ContentInfo exactly as encoded, BER included: it is deliberately not
+/// re-encoded, because re-encoding could disturb the signed bytes.
+/// [`verify_detached`] accepts it (and calls this itself).
+pub fn parse_cms_input(bytes: &[u8]) -> Result<Vec<u8>, Error> {
+    if bytes.first() == Some(&ber::TAG_SEQUENCE) {
+        return binary_prefix(bytes);
+    }
+    let text = bytes.trim_ascii();
+    let decoded = if text.starts_with(b"-----BEGIN ") {
+        let (label, der) = pem::decode_armor(text)?;
+        if !matches!(label.as_str(), "CMS" | "PKCS7" | "PKCS #7 SIGNED DATA") {
+            return Err(malformed(format!(
+                "unexpected PEM label {label:?} (want CMS or PKCS7)"
+            )));
+        }
+        der
+    } else if pem::looks_like_base64(text) {
+        pem::decode(text)?
+    } else {
+        return Err(malformed("input is neither DER/BER, PEM nor base64"));
+    };
+    if decoded.first() != Some(&ber::TAG_SEQUENCE) {
+        return Err(malformed("decoded data is not a ContentInfo SEQUENCE"));
+    }
+    binary_prefix(&decoded)
+}
+
+fn binary_prefix(bytes: &[u8]) -> Result<Vec<u8>, Error> {
+    let (_, used) = Tlv::parse_prefix(bytes)?;
+    let (body, rest) = bytes.split_at(used);
+    if !rest.iter().all(|b| *b == 0 || b.is_ascii_whitespace()) {
+        return Err(malformed(format!(
+            "{} bytes of garbage after the ContentInfo",
+            rest.len()
+        )));
+    }
+    Ok(body.to_vec())
+}
+
+/// A certificate from the message, with its encoding (for the TBS bytes).
+struct MsgCert {
+    cert: Certificate,
+    der: Vec<u8>,
+}
+
+struct ParsedSigner {
+    info: SignerInfo,
+    /// The signed attributes as sent, re-tagged as SET (0x31): the signed bytes.
+    signed_attrs: Option<Vec<u8>>,
+}
+
+struct ParsedSignedData<'a> {
+    econtent_type: ObjectIdentifier,
+    /// eContent pieces (a BER OCTET STRING may come in chunks).
+    econtent: Option<Vec<&'a [u8]>>,
+    certs: Vec<MsgCert>,
+    signers: Vec<ParsedSigner>,
+}
+
+fn decode_oid(t: &Tlv<'_>, what: &str) -> Result<ObjectIdentifier, Error> {
+    let t = t.expect(ber::TAG_OID, what)?;
+    ObjectIdentifier::from_der(&t.to_der()?).map_err(|e| malformed(format!("{what}: {e}")))
+}
+
+fn parse_signed_data(bin: &[u8]) -> Result<ParsedSignedData<'_>, Error> {
+    let ci = Tlv::parse_exact(bin)?.expect(ber::TAG_SEQUENCE, "ContentInfo")?;
+    let ci_parts = ci.children()?;
+    let (Some(ct), Some(wrapped)) = (ci_parts.first(), ci_parts.get(1)) else {
+        return Err(malformed("ContentInfo needs contentType and content"));
+    };
+    let ct = decode_oid(ct, "contentType")?;
+    if ct != rfc5911::ID_SIGNED_DATA {
+        return Err(malformed(format!(
+            "ContentInfo holds {}, not signedData (encrypted or other message type?)",
+            oid_name(&ct)
+        )));
+    }
+    let wrapped = wrapped.expect(ber::TAG_CTX0, "ContentInfo content")?;
+    let sd = match wrapped.children()?.as_slice() {
+        [sd] => sd.expect(ber::TAG_SEQUENCE, "SignedData")?,
+        _ => return Err(malformed("ContentInfo [0] must hold exactly one element")),
+    };
+    let parts = sd.children()?;
+    let mut it = parts.iter().peekable();
+    let _version = it
+        .next()
+        .ok_or_else(|| malformed("SignedData: missing version"))?;
+    it.next()
+        .ok_or_else(|| malformed("SignedData: missing digestAlgorithms"))?
+        .expect(ber::TAG_SET, "digestAlgorithms")?;
+    let eci = it
+        .next()
+        .ok_or_else(|| malformed("SignedData: missing encapContentInfo"))?
+        .expect(ber::TAG_SEQUENCE, "encapContentInfo")?;
+    let eci_parts = eci.children()?;
+    let econtent_type = decode_oid(
+        eci_parts
+            .first()
+            .ok_or_else(|| malformed("encapContentInfo: missing eContentType"))?,
+        "eContentType",
+    )?;
+    let econtent = match eci_parts.get(1) {
+        None => None,
+        Some(e) => {
+            let e = e.expect(ber::TAG_CTX0, "eContent")?;
+            match e.children()?.as_slice() {
+                [os] => Some(os.octet_string_chunks()?),
+                _ => return Err(malformed("eContent [0] must hold one OCTET STRING")),
+            }
+        }
+    };
+
+    let mut certs = Vec::new();
+    if let Some(c) = it.next_if(|t| t.tag == ber::TAG_CTX0) {
+        for child in c.children()? {
+            // Only plain X.509 certificates; attribute and other certificate formats are
+            // skipped, as are certificates this decoder does not understand.
+            if child.tag != ber::TAG_SEQUENCE {
+                continue;
+            }
+            let der = child.to_der()?;
+            if let Ok(cert) = Certificate::from_der(&der) {
+                certs.push(MsgCert { cert, der });
+            }
+        }
+    }
+    let _crls = it.next_if(|t| t.tag == ber::TAG_CTX1);
+    let infos = it
+        .next()
+        .ok_or_else(|| malformed("SignedData: missing signerInfos"))?
+        .expect(ber::TAG_SET, "signerInfos")?;
+    if it.next().is_some() {
+        return Err(malformed(
+            "SignedData: unexpected element after signerInfos",
+        ));
+    }
+
+    let mut signers = Vec::new();
+    for si in infos.children()? {
+        let si = si.expect(ber::TAG_SEQUENCE, "SignerInfo")?;
+        let info = SignerInfo::from_der(&si.to_der()?)
+            .map_err(|e| malformed(format!("SignerInfo: {e}")))?;
+        // version, sid, digestAlgorithm, then [0] signedAttrs if present.
+        let signed_attrs = match si.children()?.get(3) {
+            Some(t) if t.tag == ber::TAG_CTX0 => {
+                let mut der = t.to_der()?;
+                if let Some(first) = der.first_mut() {
+                    *first = ber::TAG_SET;
+                }
+                Some(der)
+            }
+            _ => None,
+        };
+        if signed_attrs.is_some() != info.signed_attrs.is_some() {
+            return Err(malformed("SignerInfo: inconsistent signedAttrs"));
+        }
+        signers.push(ParsedSigner { info, signed_attrs });
+    }
+    Ok(ParsedSignedData {
+        econtent_type,
+        econtent,
+        certs,
+        signers,
+    })
+}
+
+/// The single value of a signed attribute, `None` if absent; several attributes of the
+/// type or several values are malformed (RFC 5652 §11).
+fn single_attr<'a>(
+    info: &'a SignerInfo,
+    oid: ObjectIdentifier,
+    what: &str,
+) -> Result<Option<&'a der::Any>, Error> {
+    let Some(attrs) = &info.signed_attrs else {
+        return Ok(None);
+    };
+    let mut found = attrs.iter().filter(|a| a.oid == oid);
+    let Some(attr) = found.next() else {
+        return Ok(None);
+    };
+    if found.next().is_some() || attr.values.len() != 1 {
+        return Err(malformed(format!(
+            "{what} attribute must occur once with one value"
+        )));
+    }
+    Ok(attr.values.get(0))
+}
+
+fn verify_signer(
+    sd: &ParsedSignedData<'_>,
+    signer: &ParsedSigner,
+    digests: &HashMap<HashAlg, Vec<u8>>,
+    trust: &[Certificate],
+    now: SystemTime,
+) -> Result<Verified, Error> {
+    let info = &signer.info;
+    let hash = HashAlg::from_oid(&info.digest_alg.oid)
+        .ok_or(Error::UnsupportedAlgorithm(info.digest_alg.oid))?;
+    let content_digest = digests
+        .get(&hash)
+        .ok_or_else(|| malformed("internal: digest not computed"))?;
+
+    let cert = sd
+        .certs
+        .iter()
+        .map(|m| &m.cert)
+        .chain(trust)
+        .find(|c| matches_sid(c, &info.sid))
+        .ok_or(Error::SignerCertNotFound)?;
+    let key = PublicKey::from_spki(cert.tbs_certificate().subject_public_key_info())?;
+    let (scheme, sig_hash) = alg::resolve(&info.signature_algorithm, Some(hash))?;
+    let sig = info.signature.as_bytes();
+
+    let mut signing_time = None;
+    match &signer.signed_attrs {
+        Some(attrs_der) => {
+            let md = single_attr(info, rfc5911::ID_MESSAGE_DIGEST, "messageDigest")?
+                .ok_or_else(|| malformed("signed attributes lack messageDigest"))?
+                .decode_as::<OctetString>()
+                .map_err(|e| malformed(format!("messageDigest: {e}")))?;
+            if md.as_bytes() != content_digest.as_slice() {
+                return Err(Error::DigestMismatch);
+            }
+            let ct = single_attr(info, rfc5911::ID_CONTENT_TYPE, "contentType")?
+                .ok_or_else(|| malformed("signed attributes lack contentType"))?
+                .decode_as::<ObjectIdentifier>()
+                .map_err(|e| malformed(format!("contentType: {e}")))?;
+            if ct != sd.econtent_type {
+                return Err(Error::ContentTypeMismatch {
+                    attribute: ct,
+                    econtent: sd.econtent_type,
+                });
+            }
+            if let Some(t) = single_attr(info, rfc5911::ID_SIGNING_TIME, "signingTime")? {
+                let t = t
+                    .decode_as::<Time>()
+                    .map_err(|e| malformed(format!("signingTime: {e}")))?;
+                signing_time = Some(t.to_system_time());
+            }
+            let d = sig_hash.digest(attrs_der);
+            key.verify_prehash(scheme, sig_hash, &d, sig)?;
+        }
+        None => {
+            // RFC 5652 §5.4: without signed attributes the signature covers the content
+            // digest itself, and eContentType must be id-data.
+            if sd.econtent_type != rfc5911::ID_DATA {
+                return Err(malformed(
+                    "no signed attributes but eContentType is not id-data",
+                ));
+            }
+            key.verify_prehash(scheme, sig_hash, content_digest, sig)?;
+        }
+    }
+
+    check_validity(cert, now, CheckedAt::Now)?;
+    if let Some(t) = signing_time {
+        check_validity(cert, t, CheckedAt::SigningTime)?;
+    }
+
+    let trusted = if trust.is_empty() {
+        false
+    } else {
+        check_chain(cert, &sd.certs, trust, now)?;
+        true
+    };
+    Ok(Verified {
+        signer: cert.clone(),
+        signing_time,
+        digest_alg: hash,
+        trusted,
+    })
+}
+
+fn matches_sid(cert: &Certificate, sid: &SignerIdentifier) -> bool {
+    let tbs = cert.tbs_certificate();
+    match sid {
+        SignerIdentifier::IssuerAndSerialNumber(isn) => {
+            tbs.issuer() == &isn.issuer && tbs.serial_number() == &isn.serial_number
+        }
+        SignerIdentifier::SubjectKeyIdentifier(ski) => {
+            matches!(tbs.get_extension::<SubjectKeyIdentifier>(), Ok(Some((_, s))) if &s == ski)
+        }
+    }
+}
+
+fn check_validity(cert: &Certificate, at: SystemTime, which: CheckedAt) -> Result<(), Error> {
+    let v = cert.tbs_certificate().validity();
+    let not_before = v.not_before.to_system_time();
+    let not_after = v.not_after.to_system_time();
+    if at < not_before {
+        return Err(Error::CertNotYetValid {
+            which,
+            when: at,
+            not_before,
+        });
+    }
+    if at > not_after {
+        return Err(Error::CertExpired {
+            which,
+            when: at,
+            not_after,
+        });
+    }
+    Ok(())
+}
+
+fn subject_str(c: &Certificate) -> String {
+    c.tbs_certificate().subject().to_string()
+}
+
+/// Checks `cert`'s signature with `issuer`'s public key, over the TBS bytes as encoded.
+fn cert_signed_by(cert_der: &[u8], cert: &Certificate, issuer: &Certificate) -> Result<(), Error> {
+    let outer = Tlv::parse_exact(cert_der)?;
+    let tbs = outer
+        .children()?
+        .into_iter()
+        .next()
+        .ok_or_else(|| malformed("certificate without TBSCertificate"))?
+        .to_der()?;
+    let (scheme, hash) = alg::resolve(cert.signature_algorithm(), None)?;
+    let key = PublicKey::from_spki(issuer.tbs_certificate().subject_public_key_info())?;
+    let sig = cert
+        .signature()
+        .as_bytes()
+        .ok_or_else(|| malformed("certificate signature BIT STRING has unused bits"))?;
+    key.verify_prehash(scheme, hash, &hash.digest(&tbs), sig)
+}
+
+fn is_ca(c: &Certificate) -> bool {
+    let tbs = c.tbs_certificate();
+    let ca = matches!(tbs.get_extension::<BasicConstraints>(), Ok(Some((_, bc))) if bc.ca);
+    let ku_ok = match tbs.get_extension::<KeyUsage>() {
+        Ok(Some((_, ku))) => ku.key_cert_sign(),
+        Ok(None) => true,
+        Err(_) => false,
+    };
+    ca && ku_ok
+}
+
+/// The interim chain check described on [`verify_detached`].
+fn check_chain(
+    signer: &Certificate,
+    msg_certs: &[MsgCert],
+    trust: &[Certificate],
+    now: SystemTime,
+) -> Result<(), Error> {
+    if let Ok(Some((_, ku))) = signer.tbs_certificate().get_extension::<KeyUsage>()
+        && !ku.digital_signature()
+        && !ku.non_repudiation()
+    {
+        return Err(Error::Untrusted(format!(
+            "keyUsage of \"{}\" allows neither digitalSignature nor nonRepudiation",
+            subject_str(signer)
+        )));
+    }
+    if trust.contains(signer) {
+        return Ok(());
+    }
+    // The current certificate and its encoding (trust-list certificates never become
+    // `cur`: reaching one ends the walk).
+    let mut cur_der = match msg_certs.iter().find(|m| &m.cert == signer) {
+        Some(m) => m.der.clone(),
+        None => signer
+            .to_der()
+            .map_err(|e| malformed(format!("certificate: {e}")))?,
+    };
+    let mut cur = signer.clone();
+    let mut problems: Vec<String> = Vec::new();
+    for _ in 0..MAX_CHAIN_STEPS {
+        let issuer_name = cur.tbs_certificate().issuer().clone();
+        for ta in trust
+            .iter()
+            .filter(|t| t.tbs_certificate().subject() == &issuer_name)
+        {
+            match cert_signed_by(&cur_der, &cur, ta) {
+                Ok(()) => {
+                    return check_validity(ta, now, CheckedAt::Now).map_err(|e| {
+                        Error::Untrusted(format!("trust anchor \"{}\": {e}", subject_str(ta)))
+                    });
+                }
+                Err(e) => problems.push(format!(
+                    "trust anchor \"{}\" did not sign \"{}\": {e}",
+                    subject_str(ta),
+                    subject_str(&cur)
+                )),
+            }
+        }
+        let mut next = None;
+        for m in msg_certs
+            .iter()
+            .filter(|m| m.cert.tbs_certificate().subject() == &issuer_name && m.cert != cur)
+        {
+            if !is_ca(&m.cert) {
+                problems.push(format!(
+                    "\"{}\" is not a CA certificate",
+                    subject_str(&m.cert)
+                ));
+                continue;
+            }
+            if let Err(e) = cert_signed_by(&cur_der, &cur, &m.cert) {
+                problems.push(format!(
+                    "\"{}\" did not sign \"{}\": {e}",
+                    subject_str(&m.cert),
+                    subject_str(&cur)
+                ));
+                continue;
+            }
+            check_validity(&m.cert, now, CheckedAt::Now).map_err(|e| {
+                Error::Untrusted(format!("intermediate \"{}\": {e}", subject_str(&m.cert)))
+            })?;
+            next = Some(m);
+            break;
+        }
+        match next {
+            Some(m) => {
+                cur = m.cert.clone();
+                cur_der = m.der.clone();
+            }
+            None => {
+                let mut msg = format!(
+                    "no trusted issuer \"{issuer_name}\" found for \"{}\"",
+                    subject_str(&cur)
+                );
+                if !problems.is_empty() {
+                    msg.push_str(" (");
+                    msg.push_str(&problems.join("; "));
+                    msg.push(')');
+                }
+                return Err(Error::Untrusted(msg));
+            }
+        }
+    }
+    Err(Error::Untrusted(format!(
+        "no trust anchor within {MAX_CHAIN_STEPS} issuer steps"
+    )))
+}

@@ -1,0 +1,404 @@
+//! `smime`: the command-line client. Thin: parse flags, call the library, map errors to
+//! exit codes.
+#![forbid(unsafe_code)]
+
+use std::fs::File;
+use std::io::{self, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use anyhow::{Context, anyhow};
+use clap::Parser;
+use der::{Decode, DecodePem};
+use smime::agent::{AgentClient, AgentError, socket_path};
+use smime::cms::{self, HashAlg};
+use smime::keys::{KeySummary, select};
+use smime::signer::RemoteSigner;
+use smime_proto::{ErrorCode, Operation, Pin, Request, Response};
+use x509_cert::Certificate;
+
+use smime::cli::{Cli, Command, Digest, SignArgs, VerifyArgs};
+
+/// How a command failed; decides the exit status.
+enum Failure {
+    /// 1: the signature or certificate did not verify.
+    Verify(anyhow::Error),
+    /// 2: bad arguments or input the user must fix.
+    Usage(anyhow::Error),
+    /// 3: the agent or the token is not available.
+    Unavailable(anyhow::Error),
+    /// 4: anything else.
+    Other(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        if e.downcast_ref::<AgentError>().is_some_and(unavailable) {
+            Failure::Unavailable(e)
+        } else {
+            Failure::Other(e)
+        }
+    }
+}
+
+/// Agent errors that mean "the agent, token, key or PIN is not available" (exit 3).
+fn unavailable(a: &AgentError) -> bool {
+    match a {
+        AgentError::Unreachable { .. } | AgentError::Transport(_) => true,
+        AgentError::Agent(r) => r.code.0 / 100 == 2 || r.code.0 / 100 == 3,
+        _ => false,
+    }
+}
+
+fn hint(e: &anyhow::Error) -> Option<&'static str> {
+    match e.downcast_ref::<AgentError>()? {
+        AgentError::Unreachable { .. } => {
+            Some("start the agent: eval \"$(smime-agent --module /path/to/pkcs11.so)\"")
+        }
+        AgentError::Agent(r) => match r.code {
+            ErrorCode::PIN_REQUIRED => Some("log in first: smime unlock"),
+            ErrorCode::PIN_INCORRECT => {
+                Some("check the PIN; the agent never retries a wrong PIN by itself")
+            }
+            ErrorCode::PIN_LOCKED => {
+                Some("unblock the PIN with the PUK or SO PIN (e.g. pkcs11-tool --unlock-pin)")
+            }
+            ErrorCode::TOKEN_ABSENT => Some("insert the card"),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Keys { json } => keys(&cli, *json),
+        Command::Sign(a) => sign(&cli, a),
+        Command::Verify(a) => verify(a),
+        Command::Status { json } => status(&cli, *json),
+        Command::Unlock { token, pin_stdin } => unlock(&cli, token.as_deref(), *pin_stdin),
+        Command::Lock { token } => lock(&cli, token.clone()),
+    };
+    let (code, e, what) = match result {
+        Ok(()) => return ExitCode::SUCCESS,
+        Err(Failure::Verify(e)) => (1, e, "verification failed"),
+        Err(Failure::Usage(e)) => (2, e, "error"),
+        Err(Failure::Unavailable(e)) => (3, e, "error"),
+        Err(Failure::Other(e)) => (4, e, "error"),
+    };
+    // A closed pipe (`smime keys | head`) is not a failure.
+    if e.downcast_ref::<io::Error>()
+        .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
+    {
+        return ExitCode::SUCCESS;
+    }
+    eprintln!("smime: {what}: {e:#}");
+    if let Some(h) = hint(&e) {
+        eprintln!("hint: {h}");
+    }
+    ExitCode::from(code)
+}
+
+fn connect(cli: &Cli) -> Result<AgentClient, Failure> {
+    let path = socket_path(cli.socket.as_deref()).ok_or_else(|| {
+        Failure::Unavailable(anyhow!(
+            "no agent socket: set SMIME_AGENT_SOCK or XDG_RUNTIME_DIR, or pass --socket"
+        ))
+    })?;
+    AgentClient::connect(&path).map_err(|e| anyhow::Error::from(e).into())
+}
+
+fn key_list(client: &mut AgentClient) -> Result<Vec<KeySummary>, Failure> {
+    Ok(client
+        .list_keys()
+        .map_err(anyhow::Error::from)?
+        .into_iter()
+        .map(KeySummary::new)
+        .collect())
+}
+
+fn keys(cli: &Cli, json: bool) -> Result<(), Failure> {
+    let keys = key_list(&mut connect(cli)?)?;
+    let mut out = io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, &keys).map_err(|e| Failure::Other(e.into()))?;
+        writeln!(out).map_err(|e| Failure::Other(e.into()))?;
+        return Ok(());
+    }
+    if keys.is_empty() {
+        eprintln!("the agent has no keys (is the token present and unlocked? try `smime status`)");
+    }
+    for k in &keys {
+        let w = |out: &mut io::StdoutLock<'_>| -> io::Result<()> {
+            writeln!(out, "{}", k.id)?;
+            writeln!(out, "  token:     {}", k.token)?;
+            writeln!(out, "  label:     {}", k.label)?;
+            writeln!(out, "  algorithm: {}", k.algorithm)?;
+            writeln!(out, "  subject:   {}", k.subject)?;
+            writeln!(out, "  email:     {}", k.emails.join(", "))?;
+            writeln!(
+                out,
+                "  validity:  {} .. {}",
+                k.not_before.as_deref().unwrap_or("-"),
+                k.not_after.as_deref().unwrap_or("-")
+            )?;
+            writeln!(out, "  sha256:    {}", k.sha256.as_deref().unwrap_or("-"))?;
+            writeln!(out, "  allows:    {}", k.operations.join(", "))
+        };
+        w(&mut out).map_err(|e| Failure::Other(e.into()))?;
+    }
+    Ok(())
+}
+
+fn open_input(path: Option<&Path>) -> Result<Box<dyn Read>, Failure> {
+    Ok(match path {
+        Some(p) if p != Path::new("-") => Box::new(BufReader::with_capacity(
+            cms::DIGEST_CHUNK,
+            File::open(p)
+                .with_context(|| format!("opening {}", p.display()))
+                .map_err(Failure::Usage)?,
+        )),
+        _ => Box::new(io::stdin().lock()),
+    })
+}
+
+fn load_certs(paths: &[PathBuf]) -> Result<Vec<Certificate>, Failure> {
+    let mut out = Vec::new();
+    for p in paths {
+        let bytes = std::fs::read(p)
+            .with_context(|| format!("reading {}", p.display()))
+            .map_err(Failure::Usage)?;
+        let certs = if bytes.starts_with(b"-----") || bytes.iter().take(64).any(|b| *b == b'-') {
+            Certificate::load_pem_chain(&bytes).map_err(|e| anyhow!(e))
+        } else {
+            Certificate::from_der(&bytes)
+                .map(|c| vec![c])
+                .map_err(|e| anyhow!(e))
+        }
+        .with_context(|| format!("{} holds no certificate", p.display()))
+        .map_err(Failure::Usage)?;
+        out.extend(certs);
+    }
+    let _ = Certificate::from_pem(""); // keep DecodePem in scope for load_pem_chain
+    Ok(out)
+}
+
+/// Writes `bytes` to `path` atomically (temp file + rename), or to stdout.
+fn write_output(path: Option<&Path>, bytes: &[u8]) -> Result<(), Failure> {
+    match path {
+        Some(p) if p != Path::new("-") => {
+            let dir = p
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            let mut tmp = tempfile::NamedTempFile::new_in(dir)
+                .with_context(|| format!("creating a file in {}", dir.display()))
+                .map_err(Failure::Usage)?;
+            tmp.write_all(bytes).map_err(|e| Failure::Other(e.into()))?;
+            tmp.persist(p)
+                .with_context(|| format!("writing {}", p.display()))
+                .map_err(Failure::Other)?;
+        }
+        _ => {
+            let mut out = io::stdout().lock();
+            out.write_all(bytes)
+                .and_then(|()| out.flush())
+                .map_err(|e| Failure::Other(e.into()))?;
+        }
+    }
+    Ok(())
+}
+
+fn sign(cli: &Cli, a: &SignArgs) -> Result<(), Failure> {
+    let hash = match a.digest {
+        Digest::Sha256 => HashAlg::Sha256,
+        Digest::Sha384 => HashAlg::Sha384,
+        Digest::Sha512 => HashAlg::Sha512,
+    };
+    let extra = load_certs(&a.certfile)?;
+    let mut client = connect(cli)?;
+    let keys = key_list(&mut client)?;
+    let key = select(&keys, &a.key, |k| {
+        k.certificate.is_some() && k.info.operations.contains(&Operation::Sign)
+    })
+    .map_err(|e| Failure::Usage(e.into()))?;
+    let cert = key
+        .certificate
+        .as_ref()
+        .ok_or_else(|| Failure::Usage(anyhow!("key has no certificate")))?;
+    if a.pss && !key.algorithm.starts_with("rsa") {
+        return Err(Failure::Usage(anyhow!(
+            "--pss needs an RSA key; {} is {}",
+            key.label,
+            key.algorithm
+        )));
+    }
+    let digest = cms::digest_reader(hash, open_input(a.input.as_deref())?)
+        .context("reading the content")
+        .map_err(Failure::Usage)?;
+    let signer = RemoteSigner::new(&mut client, key.info.id.clone());
+    let req = cms::sign::SignRequest {
+        content_digest: &digest,
+        hash,
+        pss: a.pss,
+        signer_cert: cert,
+        extra_certs: &extra,
+    };
+    let der = match cms::sign::sign_detached(&req, &signer) {
+        Ok(d) => d,
+        Err(cms::Error::Signer(e)) => {
+            return Err(match e.downcast::<AgentError>() {
+                Ok(agent) => anyhow::Error::from(*agent)
+                    .context("the agent could not sign")
+                    .into(),
+                Err(other) => Failure::Other(anyhow!(other)),
+            });
+        }
+        Err(e) => return Err(Failure::Other(anyhow!(e).context("building the signature"))),
+    };
+    let out = if a.pem {
+        cms::sign::to_pem(&der).into_bytes()
+    } else {
+        der
+    };
+    write_output(a.output.as_deref(), &out)
+}
+
+fn verify(a: &VerifyArgs) -> Result<(), Failure> {
+    let trust = load_certs(&a.trust)?;
+    let raw = std::fs::read(&a.input)
+        .with_context(|| format!("reading {}", a.input.display()))
+        .map_err(Failure::Usage)?;
+    let content = open_input(a.content.as_deref())?;
+    let v = cms::verify::verify_detached(&raw, Some(content), &trust, SystemTime::now())
+        .map_err(|e| Failure::Verify(anyhow!(e)))?;
+    let ks = KeySummary::new(smime_proto::KeyInfo {
+        id: smime_proto::KeyId(String::new()),
+        token: String::new(),
+        token_serial: String::new(),
+        label: String::new(),
+        algorithm: smime_proto::KeyAlgorithm::Unknown,
+        bits: 0,
+        certificate: der::Encode::to_der(&v.signer)
+            .ok()
+            .map(serde_bytes::ByteBuf::from),
+        operations: vec![],
+        always_authenticate: false,
+    });
+    if a.json {
+        let j = serde_json::json!({
+            "valid": true,
+            "trusted": v.trusted,
+            "signer": { "subject": ks.subject, "email": ks.email, "sha256": ks.sha256,
+                        "not_before": ks.not_before, "not_after": ks.not_after },
+            "digest": v.digest_alg.name(),
+            "signing_time": v.signing_time.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()).map(|d| d.as_secs()),
+        });
+        println!("{j}");
+    } else {
+        let trust_note = if v.trusted {
+            "certificate chains to a trusted CA"
+        } else {
+            "certificate not checked against a trust anchor (use --trust)"
+        };
+        println!(
+            "Good signature from {}{} ({})",
+            ks.subject,
+            ks.email
+                .as_deref()
+                .map(|e| format!(" <{e}>"))
+                .unwrap_or_default(),
+            trust_note
+        );
+    }
+    Ok(())
+}
+
+fn status(cli: &Cli, json: bool) -> Result<(), Failure> {
+    let mut client = connect(cli)?;
+    let Response::Status { tokens } = client
+        .request(&Request::Status)
+        .map_err(anyhow::Error::from)?
+    else {
+        return Err(Failure::Other(anyhow!("unexpected response to status")));
+    };
+    if json {
+        let j: Vec<_> = tokens
+            .iter()
+            .map(|t| {
+                serde_json::json!({"label": t.label, "serial": t.serial, "module": t.module,
+                "logged_in": t.logged_in, "pin_state": t.pin_state, "keys": t.keys})
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(j));
+        return Ok(());
+    }
+    println!("agent: {}", client.agent);
+    for t in tokens {
+        println!(
+            "token {} (serial {}): {}, PIN {:?}, {} keys, module {}",
+            t.label,
+            t.serial,
+            if t.logged_in { "unlocked" } else { "locked" },
+            t.pin_state,
+            t.keys,
+            t.module
+        );
+    }
+    Ok(())
+}
+
+fn unlock(cli: &Cli, token: Option<&str>, pin_stdin: bool) -> Result<(), Failure> {
+    let mut client = connect(cli)?;
+    let token = match token {
+        Some(t) => t.to_owned(),
+        None => {
+            let Response::Status { tokens } = client
+                .request(&Request::Status)
+                .map_err(anyhow::Error::from)?
+            else {
+                return Err(Failure::Other(anyhow!("unexpected response to status")));
+            };
+            match tokens.as_slice() {
+                [t] => t.serial.clone(),
+                [] => return Err(Failure::Unavailable(anyhow!("the agent has no token"))),
+                _ => {
+                    return Err(Failure::Usage(anyhow!(
+                        "several tokens: name one with --token"
+                    )));
+                }
+            }
+        }
+    };
+    let pin = if pin_stdin {
+        let mut line = String::new();
+        io::stdin()
+            .read_line(&mut line)
+            .map_err(|e| Failure::Usage(e.into()))?;
+        let pin = line.trim_end_matches(['\r', '\n']).to_owned();
+        zeroize_string(line);
+        pin
+    } else {
+        rpassword::prompt_password(format!("PIN for token {token}: "))
+            .map_err(|e| Failure::Usage(e.into()))?
+    };
+    client
+        .unlock(&token, Pin::new(pin))
+        .map_err(anyhow::Error::from)?;
+    eprintln!("token {token} unlocked");
+    Ok(())
+}
+
+fn zeroize_string(s: String) {
+    drop(Pin::new(s)); // Pin wipes its memory on drop
+}
+
+fn lock(cli: &Cli, token: Option<String>) -> Result<(), Failure> {
+    let mut client = connect(cli)?;
+    client
+        .request(&Request::Lock { token })
+        .map_err(anyhow::Error::from)?;
+    Ok(())
+}

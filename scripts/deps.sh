@@ -1,0 +1,61 @@
+# Sourced by demo.sh and test.sh: installs what is missing on Debian 12 (run as root, or
+# with sudo available). Safe to run again; it does nothing when everything is there.
+
+need_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+APT_PACKAGES=(
+    softhsm2          # the PKCS#11 token for the demo and the tests
+    opensc            # pkcs11-tool, used by softhsm-config/provision
+    openssl           # test CA; and the judge of our signatures
+    gpgsm gpg-agent   # the second judge
+    python3 python3-cbor2   # the Python protocol client test
+    gcc libc6-dev pkg-config   # linking Rust binaries
+    util-linux        # setpriv, to run a client as another user
+    ca-certificates curl  # rustup, if Rust is missing
+)
+
+install_apt() {
+    local missing=()
+    for p in "${APT_PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "==> installing Debian packages: ${missing[*]}"
+        need_root apt-get update -qq
+        need_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+}
+
+# Edition 2024 needs Rust >= 1.85 (Debian 12's rustc is 1.63): use rustup's stable.
+install_rust() {
+    [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+    if command -v cargo >/dev/null 2>&1; then
+        local minor
+        minor=$(cargo --version | sed -E 's/^cargo 1\.([0-9]+).*/\1/')
+        if [ "${minor:-0}" -ge 89 ]; then return 0; fi
+        if command -v rustup >/dev/null 2>&1; then
+            echo "==> updating Rust (cargo 1.$minor is too old)"
+            rustup toolchain install stable --profile minimal && rustup default stable
+            return 0
+        fi
+    fi
+    echo "==> installing Rust with rustup"
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
+    . "$HOME/.cargo/env"
+}
+
+# The Python client test needs cbor2 for whichever python3 is first on PATH.
+install_python_cbor2() {
+    python3 -c 'import cbor2' 2>/dev/null && return 0
+    echo "==> installing cbor2 for $(command -v python3)"
+    python3 -m pip install -q cbor2 2>/dev/null ||
+        python3 -m pip install -q --break-system-packages cbor2
+}
+
+install_all() {
+    install_apt
+    install_rust
+    install_python_cbor2
+}

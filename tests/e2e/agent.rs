@@ -1,0 +1,448 @@
+//! The agent under stress and attack: concurrency, wrong PINs, hostile frames, other users.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::process::Command;
+use std::time::Duration;
+
+use der::{Decode, Encode};
+use sha2::{Digest, Sha256};
+use smime::agent::AgentClient;
+use smime_proto::{ErrorCode, FrameDecoder, KeyAlgorithm, Request, Response, SignAlgorithm};
+use smime_tests::{Agent, AgentOptions, Token, assert_ok, built, run};
+use x509_cert::Certificate;
+
+fn read_response(s: &mut UnixStream) -> Option<Response> {
+    let mut d = FrameDecoder::new();
+    loop {
+        let mut buf = vec![0u8; d.wanted()];
+        if s.read_exact(&mut buf).is_err() {
+            return None;
+        }
+        if let Some(p) = d.feed(&buf).unwrap() {
+            return Some(Response::decode(&p).unwrap());
+        }
+    }
+}
+
+/// True once the agent has closed the connection (EOF or reset).
+fn closed(s: &mut UnixStream) -> bool {
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut b = [0u8; 64];
+    loop {
+        match s.read(&mut b) {
+            Ok(0) => return true,
+            Ok(_) => continue, // an error response before closing is fine
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                return false;
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+fn hello(s: &mut UnixStream) {
+    s.write_all(
+        &Request::Hello {
+            versions: vec![1],
+            client: "test".into(),
+        }
+        .encode_frame(),
+    )
+    .unwrap();
+    assert!(matches!(
+        read_response(s),
+        Some(Response::Hello { version: 1, .. })
+    ));
+}
+
+fn sign_ok(agent: &Agent, key: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d");
+    std::fs::write(&data, b"still here").unwrap();
+    let out = agent.smime(&[
+        "sign",
+        "--key",
+        key,
+        "--in",
+        data.to_str().unwrap(),
+        "--out",
+        dir.path().join("s").to_str().unwrap(),
+    ]);
+    assert_ok(&out, "smime sign");
+}
+
+#[test]
+fn eight_clients_sign_200_times_each() {
+    let token = Token::new();
+    let agent = Agent::start(&token);
+    let keys = AgentClient::connect(&agent.socket)
+        .unwrap()
+        .list_keys()
+        .unwrap();
+    let threads: Vec<_> = (0..8)
+        .map(|i| {
+            let socket = agent.socket.clone();
+            let key = keys[i % 2].clone(); // alice-rsa and alice-ec
+            std::thread::spawn(move || {
+                let mut c = AgentClient::connect(&socket).unwrap();
+                let der = key.certificate.as_ref().unwrap();
+                let spki = Certificate::from_der(der)
+                    .unwrap()
+                    .tbs_certificate()
+                    .subject_public_key_info()
+                    .to_der()
+                    .unwrap();
+                for n in 0..200u32 {
+                    let digest = Sha256::digest(format!("client {i} message {n}"));
+                    let (alg, ok) = match key.algorithm {
+                        KeyAlgorithm::Rsa => (SignAlgorithm::RsaPkcs1Sha256, true),
+                        _ => (SignAlgorithm::EcdsaSha256, false),
+                    };
+                    let sig = c.sign(&key.id, alg, &digest).unwrap();
+                    // Judge with RustCrypto, independent of the token.
+                    if ok {
+                        use rsa::pkcs8::DecodePublicKey;
+                        let pk = rsa::RsaPublicKey::from_public_key_der(&spki).unwrap();
+                        pk.verify(rsa::pkcs1v15::Pkcs1v15Sign::new::<Sha256>(), &digest, &sig)
+                            .unwrap();
+                    } else {
+                        use p256::pkcs8::DecodePublicKey;
+                        use signature::hazmat::PrehashVerifier;
+                        let vk = p256::ecdsa::VerifyingKey::from_public_key_der(&spki).unwrap();
+                        let s = p256::ecdsa::Signature::from_der(&sig).unwrap();
+                        vk.verify_prehash(&digest, &s).unwrap();
+                    }
+                }
+                200
+            })
+        })
+        .collect();
+    let total: u32 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    assert_eq!(total, 1600);
+    let audit = agent.log_text().matches("op=\"sign\"").count()
+        + agent.log_text().matches("op=sign").count();
+    assert!(audit >= 1600, "one audit line per signature, found {audit}");
+}
+
+#[test]
+fn wrong_pin_is_tried_once_and_reported() {
+    let token = Token::new();
+    let dir = tempfile::tempdir().unwrap();
+    let bad_pin = dir.path().join("bad-pin");
+    std::fs::write(&bad_pin, "00000000").unwrap();
+    let log = dir.path().join("logins");
+    let opts = AgentOptions {
+        module: Some(built("libp11_count.so")),
+        pin_file: Some(Some(bad_pin)),
+        env: vec![
+            (
+                "P11_COUNT_MODULE".into(),
+                smime_tests::softhsm_module().display().to_string(),
+            ),
+            ("P11_COUNT_LOG".into(), log.display().to_string()),
+            // The wrapper simulates a card that locks after 3 wrong PINs (SoftHSM never does).
+            ("P11_COUNT_LOCK_AFTER".into(), "3".into()),
+        ],
+    };
+    let mut agent = Agent::start_with(&token, opts);
+    let logins = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    let data = dir.path().join("d");
+    std::fs::write(&data, b"x").unwrap();
+    let sig = dir.path().join("s");
+    for _ in 0..3 {
+        let out = agent.smime(&[
+            "sign",
+            "--key",
+            "alice-rsa",
+            "--in",
+            data.to_str().unwrap(),
+            "--out",
+            sig.to_str().unwrap(),
+        ]);
+        assert_eq!(out.status.code(), Some(3));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("PIN") && err.contains("will not try it again"),
+            "{err}"
+        );
+        assert!(!sig.exists(), "no output on failure");
+    }
+    assert_eq!(logins(), 1, "the configured PIN is sent exactly once");
+    assert!(agent.is_running());
+    // A PIN typed by the user: one C_Login, the tries left in the error, no retry.
+    let out = agent.smime_stdin(
+        &["unlock", "--token", "smime-demo", "--pin-stdin"],
+        b"11111111\n",
+    );
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("wrong PIN") && err.contains("1 PIN tries left"),
+        "{err}"
+    );
+    assert_eq!(logins(), 2);
+    // The right PIN still works (the simulated card is on its final try, not locked).
+    let out = agent.smime_stdin(
+        &["unlock", "--token", "smime-demo", "--pin-stdin"],
+        format!("{}\n", token.pin()).as_bytes(),
+    );
+    assert_ok(&out, "smime unlock");
+    assert_eq!(logins(), 3);
+    sign_ok(&agent, "alice-rsa");
+    let lines = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !lines.contains(&token.pin()) && !agent.log_text().contains(&token.pin()),
+        "PINs are never logged"
+    );
+}
+
+#[test]
+fn locked_pin_is_reported_and_never_sent() {
+    let token = Token::new();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("logins");
+    let state = dir.path().join("state");
+    std::fs::write(&state, "3").unwrap(); // three wrong PINs already recorded: locked
+    let opts = AgentOptions {
+        module: Some(built("libp11_count.so")),
+        pin_file: None,
+        env: vec![
+            (
+                "P11_COUNT_MODULE".into(),
+                smime_tests::softhsm_module().display().to_string(),
+            ),
+            ("P11_COUNT_LOG".into(), log.display().to_string()),
+            ("P11_COUNT_LOCK_AFTER".into(), "3".into()),
+            ("P11_COUNT_STATE".into(), state.display().to_string()),
+        ],
+    };
+    let agent = Agent::start_with(&token, opts);
+    let out = agent.smime_stdin(
+        &["unlock", "--pin-stdin"],
+        format!("{}\n", token.pin()).as_bytes(),
+    );
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("locked") && err.contains("PUK"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .count(),
+        0,
+        "no C_Login on a locked PIN"
+    );
+}
+
+#[test]
+fn hostile_frames_do_not_hurt_other_clients() {
+    let token = Token::new();
+    let mut agent = Agent::start(&token);
+    // A keeps a good connection open throughout.
+    let mut good = AgentClient::connect(&agent.socket).unwrap();
+    let key = good.list_keys().unwrap()[0].id.clone();
+
+    // Oversized length prefix: closed without buffering 4 GiB.
+    let mut s = UnixStream::connect(&agent.socket).unwrap();
+    s.write_all(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3]).unwrap();
+    assert!(closed(&mut s));
+    // Just over the cap.
+    let mut s = UnixStream::connect(&agent.socket).unwrap();
+    s.write_all(&((1u32 << 20) + 1).to_be_bytes()).unwrap();
+    assert!(closed(&mut s));
+    // Truncated frame, then the client disappears.
+    let mut s = UnixStream::connect(&agent.socket).unwrap();
+    s.write_all(&[0, 0, 0, 100, 0xa1, 0x62]).unwrap();
+    drop(s);
+    // Garbage CBOR in a well-formed frame: an error, then the connection closes.
+    let mut s = UnixStream::connect(&agent.socket).unwrap();
+    hello(&mut s);
+    s.write_all(&[0, 0, 0, 3, 0xff, 0xfe, 0xfd]).unwrap();
+    match read_response(&mut s) {
+        Some(Response::Error(e)) => assert_eq!(e.code, ErrorCode::BAD_REQUEST),
+        other => panic!("{other:?}"),
+    }
+    assert!(closed(&mut s));
+    // An unknown operation: an error response, and the connection stays usable.
+    let mut s = UnixStream::connect(&agent.socket).unwrap();
+    hello(&mut s);
+    let mut p = vec![0xa1, 0x62, b'o', b'p', 0x67];
+    p.extend_from_slice(b"explode");
+    s.write_all(&(p.len() as u32).to_be_bytes()).unwrap();
+    s.write_all(&p).unwrap();
+    match read_response(&mut s) {
+        Some(Response::Error(e)) => assert_eq!(e.code, ErrorCode::UNKNOWN_OPERATION),
+        other => panic!("{other:?}"),
+    }
+    s.write_all(&Request::Status.encode_frame()).unwrap();
+    assert!(matches!(
+        read_response(&mut s),
+        Some(Response::Status { .. })
+    ));
+    // Operations before hello are refused.
+    let mut s = UnixStream::connect(&agent.socket).unwrap();
+    s.write_all(&Request::ListKeys.encode_frame()).unwrap();
+    match read_response(&mut s) {
+        Some(Response::Error(e)) => assert_eq!(e.code, ErrorCode::HELLO_REQUIRED),
+        other => panic!("{other:?}"),
+    }
+    // Wrong digest length and a key that does not exist: operation errors.
+    for (req, code) in [
+        (
+            Request::Sign {
+                key: key.clone(),
+                algorithm: SignAlgorithm::RsaPkcs1Sha256,
+                digest: vec![0; 5].into(),
+            },
+            ErrorCode::BAD_REQUEST,
+        ),
+        (
+            Request::Sign {
+                key: smime_proto::KeyId("nope:01".into()),
+                algorithm: SignAlgorithm::RsaPkcs1Sha256,
+                digest: vec![0; 32].into(),
+            },
+            ErrorCode::KEY_NOT_FOUND,
+        ),
+    ] {
+        match good.request(&req) {
+            Err(smime::agent::AgentError::Agent(e)) => assert_eq!(e.code, code),
+            other => panic!("{other:?}"),
+        }
+    }
+    // The first connection and new ones still work.
+    assert_eq!(
+        good.sign(&key, SignAlgorithm::RsaPkcs1Sha256, &[1; 32])
+            .unwrap()
+            .len(),
+        256
+    );
+    sign_ok(&agent, "alice-ec");
+    assert!(agent.is_running());
+}
+
+#[test]
+fn socket_is_private_and_other_users_are_refused() {
+    let token = Token::new();
+    let mut agent = Agent::start(&token);
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&agent.socket), 0o600);
+    assert_eq!(mode(agent.dir.path()), 0o700);
+    if rustix_is_root() {
+        // A copy of the client that `nobody` may execute.
+        let bin = tempfile::Builder::new()
+            .prefix("smime-bin-")
+            .tempdir()
+            .unwrap();
+        std::fs::set_permissions(bin.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let smime = bin.path().join("smime");
+        std::fs::copy(built("smime"), &smime).unwrap();
+        let as_nobody = || {
+            run(Command::new("setpriv")
+                .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+                .arg(&smime)
+                .args(["keys", "--socket"])
+                .arg(&agent.socket))
+        };
+        // 1. The directory keeps other users out.
+        let out = as_nobody();
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // 2. Even with the file system opened up, the agent checks the peer's uid.
+        std::fs::set_permissions(agent.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&agent.socket, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let out = as_nobody();
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            agent
+                .log_text()
+                .contains("refusing connection from another user")
+        );
+        assert!(agent.is_running());
+        sign_ok(&agent, "alice-rsa");
+    } else {
+        eprintln!("not root: the uid check needs setpriv as root; only permissions were checked");
+    }
+}
+
+fn rustix_is_root() -> bool {
+    String::from_utf8_lossy(&run(Command::new("id").arg("-u")).stdout).trim() == "0"
+}
+
+#[test]
+fn sigterm_stops_cleanly_and_removes_the_socket() {
+    let token = Token::new();
+    let mut agent = Agent::start(&token);
+    sign_ok(&agent, "alice-ec");
+    let st = agent.stop();
+    assert!(st.success(), "{st}");
+    assert!(!agent.socket.exists());
+    assert!(agent.log_text().contains("shutting down"));
+}
+
+#[test]
+fn agent_without_pin_asks_for_unlock() {
+    let token = Token::new();
+    let agent = Agent::start_with(
+        &token,
+        AgentOptions {
+            pin_file: Some(None),
+            ..Default::default()
+        },
+    );
+    // Keys are listed from the public objects before login.
+    let keys = agent.smime(&["keys", "--json"]);
+    assert_ok(&keys, "keys before login");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d");
+    std::fs::write(&data, b"x").unwrap();
+    let out = agent.smime(&[
+        "sign",
+        "--key",
+        "alice-ec",
+        "--in",
+        data.to_str().unwrap(),
+        "--out",
+        dir.path().join("s").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("smime unlock"));
+    assert_ok(
+        &agent.smime_stdin(
+            &["unlock", "--pin-stdin"],
+            format!("{}\n", token.pin()).as_bytes(),
+        ),
+        "unlock",
+    );
+    sign_ok(&agent, "alice-ec");
+    assert_ok(&agent.smime(&["lock"]), "lock");
+    let out = agent.smime(&[
+        "sign",
+        "--key",
+        "alice-ec",
+        "--in",
+        data.to_str().unwrap(),
+        "--out",
+        dir.path().join("s").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(3), "locked again");
+}

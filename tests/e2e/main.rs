@@ -1,0 +1,7 @@
+//! End-to-end tests: the agent as a subprocess on a private SoftHSM token, the `smime` CLI
+//! as a user runs it, and OpenSSL and gpgsm as independent judges.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: fail loudly
+
+mod agent;
+mod python;
+mod sign;
