@@ -64,6 +64,12 @@ fn foreground(config: Config) -> anyhow::Result<()> {
 /// Starts a detached copy of ourselves in the foreground mode, waits until its socket
 /// answers, and prints the line a shell evaluates (like ssh-agent).
 fn detach(config: &Config) -> anyhow::Result<()> {
+    if std::os::unix::net::UnixStream::connect(&config.socket).is_ok() {
+        anyhow::bail!(
+            "an agent is already listening on {}",
+            config.socket.display()
+        );
+    }
     let exe = std::env::current_exe()?;
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     args.push("--foreground".into());

@@ -38,16 +38,6 @@ pub struct Session {
     client: String,
 }
 
-const CAPABILITIES: &[&str] = &[
-    "list_keys",
-    "sign",
-    "decrypt",
-    "ecdh",
-    "unlock",
-    "lock",
-    "status",
-];
-
 impl Session {
     /// A session for `peer`, before `Hello`.
     pub fn new(peer: Peer, keystore: Arc<Keystore>) -> Self {
@@ -88,7 +78,10 @@ impl Session {
             return Ok(Response::Hello {
                 version: PROTOCOL_VERSION,
                 agent: format!("smime-agent {}", env!("CARGO_PKG_VERSION")),
-                capabilities: CAPABILITIES.iter().map(|c| (*c).to_owned()).collect(),
+                capabilities: Request::OPERATIONS[1..]
+                    .iter()
+                    .map(|c| (*c).to_owned())
+                    .collect(),
             });
         }
         if self.version.is_none() {

@@ -338,11 +338,11 @@ fn status(cli: &Cli, json: bool) -> Result<(), Failure> {
     println!("agent: {}", client.agent);
     for t in tokens {
         println!(
-            "token {} (serial {}): {}, PIN {:?}, {} keys, module {}",
+            "token {} (serial {}): {}, PIN {}, {} keys, module {}",
             t.label,
             t.serial,
             if t.logged_in { "unlocked" } else { "locked" },
-            t.pin_state,
+            t.pin_state.as_str(),
             t.keys,
             t.module
         );

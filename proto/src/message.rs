@@ -75,17 +75,6 @@ pub enum Request {
     Status,
 }
 
-const REQUEST_OPS: &[&str] = &[
-    "hello",
-    "list_keys",
-    "sign",
-    "decrypt",
-    "ecdh",
-    "unlock",
-    "lock",
-    "status",
-];
-
 /// The agent's answer to one request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -218,6 +207,18 @@ pub struct TokenStatus {
 }
 
 impl Request {
+    /// The `op` names of every request this crate knows, `hello` first.
+    pub const OPERATIONS: &[&str] = &[
+        "hello",
+        "list_keys",
+        "sign",
+        "decrypt",
+        "ecdh",
+        "unlock",
+        "lock",
+        "status",
+    ];
+
     /// Encodes the request as a complete frame (length prefix + CBOR).
     ///
     /// # Panics
@@ -239,7 +240,7 @@ impl Request {
             .and_then(|m| m.iter().find(|(k, _)| k.as_text() == Some("op")))
             .map(|(_, v)| v.as_text().map(str::to_owned));
         match op {
-            Some(Some(op)) if !REQUEST_OPS.contains(&op.as_str()) => {
+            Some(Some(op)) if !Self::OPERATIONS.contains(&op.as_str()) => {
                 Err(DecodeError::UnknownOperation(op))
             }
             Some(Some(_)) => value

@@ -192,6 +192,17 @@ pub enum PinState {
 }
 
 impl PinState {
+    /// The wire name (`ok`, `count-low`, `final-try`, `locked`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PinState::Ok => "ok",
+            PinState::CountLow => "count-low",
+            PinState::FinalTry => "final-try",
+            PinState::Locked => "locked",
+            PinState::Unknown => "unknown",
+        }
+    }
+
     /// Tries left when the flags pin it down: 1 on final try, 0 when locked.
     pub fn tries_left(self) -> Option<u32> {
         match self {

@@ -64,15 +64,7 @@ fn sign_ok(agent: &Agent, key: &str) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("d");
     std::fs::write(&data, b"still here").unwrap();
-    let out = agent.smime(&[
-        "sign",
-        "--key",
-        key,
-        "--in",
-        data.to_str().unwrap(),
-        "--out",
-        dir.path().join("s").to_str().unwrap(),
-    ]);
+    let out = agent.sign(key, &data, &dir.path().join("s"), &[]);
     assert_ok(&out, "smime sign");
 }
 
@@ -148,6 +140,7 @@ fn wrong_pin_is_tried_once_and_reported() {
             // The wrapper simulates a card that locks after 3 wrong PINs (SoftHSM never does).
             ("P11_COUNT_LOCK_AFTER".into(), "3".into()),
         ],
+        ..Default::default()
     };
     let mut agent = Agent::start_with(&token, opts);
     let logins = || {
@@ -160,15 +153,7 @@ fn wrong_pin_is_tried_once_and_reported() {
     std::fs::write(&data, b"x").unwrap();
     let sig = dir.path().join("s");
     for _ in 0..3 {
-        let out = agent.smime(&[
-            "sign",
-            "--key",
-            "alice-rsa",
-            "--in",
-            data.to_str().unwrap(),
-            "--out",
-            sig.to_str().unwrap(),
-        ]);
+        let out = agent.sign("alice-rsa", &data, &sig, &[]);
         assert_eq!(out.status.code(), Some(3));
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
@@ -225,6 +210,7 @@ fn locked_pin_is_reported_and_never_sent() {
             ("P11_COUNT_LOCK_AFTER".into(), "3".into()),
             ("P11_COUNT_STATE".into(), state.display().to_string()),
         ],
+        ..Default::default()
     };
     let agent = Agent::start_with(&token, opts);
     let out = agent.smime_stdin(
@@ -415,15 +401,7 @@ fn agent_without_pin_asks_for_unlock() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("d");
     std::fs::write(&data, b"x").unwrap();
-    let out = agent.smime(&[
-        "sign",
-        "--key",
-        "alice-ec",
-        "--in",
-        data.to_str().unwrap(),
-        "--out",
-        dir.path().join("s").to_str().unwrap(),
-    ]);
+    let out = agent.sign("alice-ec", &data, &dir.path().join("s"), &[]);
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("smime unlock"));
     assert_ok(
@@ -435,14 +413,93 @@ fn agent_without_pin_asks_for_unlock() {
     );
     sign_ok(&agent, "alice-ec");
     assert_ok(&agent.smime(&["lock"]), "lock");
-    let out = agent.smime(&[
-        "sign",
-        "--key",
-        "alice-ec",
-        "--in",
-        data.to_str().unwrap(),
-        "--out",
-        dir.path().join("s").to_str().unwrap(),
-    ]);
+    let out = agent.sign("alice-ec", &data, &dir.path().join("s"), &[]);
     assert_eq!(out.status.code(), Some(3), "locked again");
+}
+
+#[test]
+fn modules_come_from_config_file_or_environment() {
+    let token = Token::new();
+    let so = smime_tests::softhsm_module().display().to_string();
+    let count = |agent: &Agent| {
+        let out = agent.smime(&["keys", "--json"]);
+        assert_ok(&out, "keys");
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    let from_file = Agent::start_with(
+        &token,
+        AgentOptions {
+            config: Some(format!("modules = [{so:?}]\nsessions = 3\n")),
+            ..Default::default()
+        },
+    );
+    assert_eq!(count(&from_file), 3);
+    assert!(from_file.log_text().contains("sessions=3"));
+    drop(from_file);
+    // A missing module is reported; the others still serve.
+    let from_env = Agent::start_with(
+        &token,
+        AgentOptions {
+            config: Some(String::new()),
+            env: vec![(
+                "SMIME_AGENT_MODULE".into(),
+                format!("/nonexistent/pkcs11.so:{so}"),
+            )],
+            ..Default::default()
+        },
+    );
+    assert_eq!(count(&from_env), 3);
+    assert!(from_env.log_text().contains("cannot load PKCS#11 module"));
+}
+
+#[test]
+fn detached_agent_prints_its_socket_and_refuses_a_second_start() {
+    let token = Token::new();
+    let runtime = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(runtime.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let start = || {
+        run(Command::new(built("smime-agent"))
+            .env("XDG_RUNTIME_DIR", runtime.path())
+            .env("XDG_CONFIG_HOME", runtime.path())
+            .env_remove("SMIME_AGENT_SOCK")
+            .env("SOFTHSM2_CONF", token.file("softhsm2.conf"))
+            .env("SMIME_AGENT_MODULE", smime_tests::softhsm_module())
+            .env("SMIME_AGENT_PIN_FILE", token.file("pin")))
+    };
+    let out = start();
+    assert_ok(&out, "smime-agent (detached)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let socket = runtime.path().join("smime-agent/agent.sock");
+    assert!(
+        text.contains(&format!(
+            "SMIME_AGENT_SOCK={}; export SMIME_AGENT_SOCK;",
+            socket.display()
+        )),
+        "{text}"
+    );
+    let pid = text
+        .split("Agent pid ")
+        .nth(1)
+        .unwrap()
+        .trim_end_matches([';', '\n'])
+        .to_owned();
+    let second = start();
+    assert!(!second.status.success());
+    assert!(String::from_utf8_lossy(&second.stderr).contains("already listening"));
+    let keys = run(Command::new(built("smime"))
+        .env("SMIME_AGENT_SOCK", &socket)
+        .arg("keys"));
+    assert_ok(&keys, "keys via the detached agent");
+    assert_ok(&run(Command::new("kill").arg(pid.trim())), "kill");
+    for _ in 0..200 {
+        if !socket.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    assert!(!socket.exists(), "SIGTERM removes the socket");
 }

@@ -6,17 +6,10 @@ use std::process::Command;
 use smime_tests::{Agent, Gpgsm, Token, assert_ok, openssl_verify, run};
 
 fn sign_with(agent: &Agent, key: &str, data: &Path, sig: &Path, extra: &[&str]) {
-    let mut args = vec![
-        "sign",
-        "--key",
-        key,
-        "--in",
-        data.to_str().unwrap(),
-        "--out",
-        sig.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    assert_ok(&agent.smime(&args), &format!("smime sign --key {key}"));
+    assert_ok(
+        &agent.sign(key, data, sig, extra),
+        &format!("smime sign --key {key}"),
+    );
 }
 
 #[test]
@@ -44,15 +37,7 @@ fn signatures_are_accepted_by_openssl_gpgsm_and_smime() {
             &openssl_verify(&sig, &data, &ca, "DER"),
             &format!("openssl cms -verify ({key} {extra:?})"),
         );
-        let ours = agent.smime(&[
-            "verify",
-            "--in",
-            sig.to_str().unwrap(),
-            "--content",
-            data.to_str().unwrap(),
-            "--trust",
-            ca.to_str().unwrap(),
-        ]);
+        let ours = agent.verify(&sig, &data, &ca);
         assert_ok(&ours, "smime verify");
         assert!(String::from_utf8_lossy(&ours.stdout).contains("alice@example.org"));
         if extra.is_empty() {
@@ -129,15 +114,7 @@ fn key_selectors_and_ambiguity() {
     }
     // alice has two keys: the error lists both and nothing is written.
     let out_path = dir.path().join("never");
-    let out = agent.smime(&[
-        "sign",
-        "--key",
-        "alice@example.org",
-        "--in",
-        data.to_str().unwrap(),
-        "--out",
-        out_path.to_str().unwrap(),
-    ]);
+    let out = agent.sign("alice@example.org", &data, &out_path, &[]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -233,17 +210,8 @@ fn openssl_signatures_are_accepted_and_tampering_is_not() {
     ]);
     let token = Token::new();
     let agent = Agent::start(&token);
-    let verify = |sig: &str, content: &str, trust: &str| {
-        agent.smime(&[
-            "verify",
-            "--in",
-            p(sig).to_str().unwrap(),
-            "--content",
-            p(content).to_str().unwrap(),
-            "--trust",
-            p(trust).to_str().unwrap(),
-        ])
-    };
+    let verify =
+        |sig: &str, content: &str, trust: &str| agent.verify(&p(sig), &p(content), &p(trust));
     let good = verify("sig.der", "data", "ca.pem");
     assert_ok(&good, "smime verify of an openssl signature");
     assert!(String::from_utf8_lossy(&good.stdout).contains("peer@example.net"));
@@ -272,15 +240,7 @@ fn openssl_signatures_are_accepted_and_tampering_is_not() {
     );
     // The wrong trust anchor.
     let other_ca = token.file("ca.pem");
-    let out = agent.smime(&[
-        "verify",
-        "--in",
-        p("sig.der").to_str().unwrap(),
-        "--content",
-        p("data").to_str().unwrap(),
-        "--trust",
-        other_ca.to_str().unwrap(),
-    ]);
+    let out = agent.verify(&p("sig.der"), &p("data"), &other_ca);
     assert_eq!(out.status.code(), Some(1), "an untrusted chain must fail");
     // Garbage instead of CMS.
     std::fs::write(p("junk"), b"\x30\x03\x02\x01").unwrap();
@@ -302,15 +262,7 @@ fn our_signatures_fail_when_tampered() {
         !openssl_verify(&sig, &data, &ca, "DER").status.success(),
         "openssl must reject it too"
     );
-    let out = agent.smime(&[
-        "verify",
-        "--in",
-        sig.to_str().unwrap(),
-        "--content",
-        data.to_str().unwrap(),
-        "--trust",
-        ca.to_str().unwrap(),
-    ]);
+    let out = agent.verify(&sig, &data, &ca);
     assert_eq!(out.status.code(), Some(1));
 }
 

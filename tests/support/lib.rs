@@ -129,6 +129,9 @@ pub struct AgentOptions {
     pub pin_file: Option<Option<PathBuf>>,
     /// Extra environment.
     pub env: Vec<(String, String)>,
+    /// Contents of `$XDG_CONFIG_HOME/smime-agent/config.toml`; with it no `--module` flag
+    /// is passed.
+    pub config: Option<String>,
 }
 
 /// A running agent; killed (SIGTERM) on drop.
@@ -163,12 +166,18 @@ impl Agent {
         let socket = dir.path().join("agent.sock");
         let log = dir.path().join("agent.log");
         let mut cmd = Command::new(built("smime-agent"));
-        cmd.arg("--foreground")
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--module")
-            .arg(opts.module.unwrap_or_else(softhsm_module))
-            .env("SOFTHSM2_CONF", token.file("softhsm2.conf"))
+        cmd.arg("--foreground").arg("--socket").arg(&socket);
+        match &opts.config {
+            Some(text) => {
+                std::fs::create_dir_all(dir.path().join("smime-agent")).unwrap();
+                std::fs::write(dir.path().join("smime-agent/config.toml"), text).unwrap();
+            }
+            None => {
+                cmd.arg("--module")
+                    .arg(opts.module.clone().unwrap_or_else(softhsm_module));
+            }
+        }
+        cmd.env("SOFTHSM2_CONF", token.file("softhsm2.conf"))
             .env("SMIME_AGENT_LOG", "info")
             .env_remove("SMIME_AGENT_PIN")
             .env_remove("SMIME_AGENT_PIN_FILE")
@@ -228,6 +237,34 @@ impl Agent {
     /// Runs `smime` against this agent.
     pub fn smime(&self, args: &[&str]) -> Output {
         self.smime_stdin(args, b"")
+    }
+
+    /// `smime sign --key KEY --in DATA --out SIG [extra…]`.
+    pub fn sign(&self, key: &str, data: &Path, sig: &Path, extra: &[&str]) -> Output {
+        let mut args = vec![
+            "sign",
+            "--key",
+            key,
+            "--in",
+            data.to_str().unwrap(),
+            "--out",
+            sig.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        self.smime(&args)
+    }
+
+    /// `smime verify --in SIG --content DATA --trust CA`.
+    pub fn verify(&self, sig: &Path, data: &Path, ca: &Path) -> Output {
+        self.smime(&[
+            "verify",
+            "--in",
+            sig.to_str().unwrap(),
+            "--content",
+            data.to_str().unwrap(),
+            "--trust",
+            ca.to_str().unwrap(),
+        ])
     }
 
     /// Runs `smime` with `stdin` as input.
