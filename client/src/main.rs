@@ -10,7 +10,7 @@ use std::time::SystemTime;
 
 use anyhow::{Context, anyhow};
 use clap::Parser;
-use der::{Decode, DecodePem};
+use der::Decode;
 use smime::agent::{AgentClient, AgentError, socket_path};
 use smime::cms::{self, HashAlg};
 use smime::keys::{KeySummary, select};
@@ -170,7 +170,8 @@ fn load_certs(paths: &[PathBuf]) -> Result<Vec<Certificate>, Failure> {
         let bytes = std::fs::read(p)
             .with_context(|| format!("reading {}", p.display()))
             .map_err(Failure::Usage)?;
-        let certs = if bytes.starts_with(b"-----") || bytes.iter().take(64).any(|b| *b == b'-') {
+        let is_pem = bytes.windows(11).any(|w| w == b"-----BEGIN ");
+        let certs = if is_pem {
             Certificate::load_pem_chain(&bytes).map_err(|e| anyhow!(e))
         } else {
             Certificate::from_der(&bytes)
@@ -181,7 +182,6 @@ fn load_certs(paths: &[PathBuf]) -> Result<Vec<Certificate>, Failure> {
         .map_err(Failure::Usage)?;
         out.extend(certs);
     }
-    let _ = Certificate::from_pem(""); // keep DecodePem in scope for load_pem_chain
     Ok(out)
 }
 
