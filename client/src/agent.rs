@@ -192,6 +192,25 @@ impl<S: Read + Write> AgentClient<S> {
         }
     }
 
+    /// ECDH with the key and a peer's uncompressed point; returns Z.
+    ///
+    /// # Errors
+    /// As for [`AgentClient::request`].
+    pub fn ecdh(
+        &mut self,
+        key: &smime_proto::KeyId,
+        peer_point: &[u8],
+    ) -> Result<SecretBytes, AgentError> {
+        let req = Request::Ecdh {
+            key: key.clone(),
+            peer_point: serde_bytes::ByteBuf::from(peer_point.to_vec()),
+        };
+        match self.request(&req)? {
+            Response::Secret { secret } => Ok(secret),
+            other => Err(AgentError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
     /// Forwards a PIN the user typed.
     ///
     /// # Errors

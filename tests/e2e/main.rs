@@ -3,5 +3,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: fail loudly
 
 mod agent;
+mod ops;
 mod python;
 mod sign;

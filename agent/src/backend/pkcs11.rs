@@ -12,6 +12,7 @@
 //! session serves them all; the agent logs in once and keeps the sessions.
 
 pub(crate) mod mechanism;
+mod oaep;
 mod worker;
 
 use std::path::{Path, PathBuf};

@@ -19,6 +19,7 @@ use smime_proto::{
 
 use super::KeyEntry;
 use super::mechanism::{decrypt_mechanism, sign_input};
+use super::oaep;
 use crate::error::AgentError;
 
 /// A unit of work for a worker thread.
@@ -37,6 +38,8 @@ pub(super) struct Worker {
     /// CKA_ID → private key handle. Handles are valid for the application's lifetime
     /// with the token; on KEY_HANDLE_INVALID the entry is dropped and looked up again.
     handles: HashMap<Vec<u8>, ObjectHandle>,
+    /// The token refused CKM_RSA_PKCS_OAEP with SHA-2: use CKM_RSA_X_509 + host decoding.
+    host_oaep: bool,
 }
 
 /// The user PIN state from the token flags.
@@ -60,6 +63,7 @@ impl Worker {
             slot,
             token,
             handles: HashMap::new(),
+            host_oaep: false,
         }
     }
 
@@ -346,19 +350,63 @@ impl Worker {
         ct: &[u8],
     ) -> Result<SecretBytes, AgentError> {
         let mech = decrypt_mechanism(alg)?;
-        match self.with_key(cka_id, |s, h| s.decrypt(&mech, h, ct), "C_Decrypt") {
-            Ok(pt) => Ok(SecretBytes::new(pt)),
-            // SoftHSM reports a bad PKCS#1 block as CKR_GENERAL_ERROR.
-            Err(AgentError::Pkcs11 { token, rv, .. })
-                if rv.contains("general error") || rv.contains("GeneralError") =>
-            {
-                Err(AgentError::InvalidInput {
-                    token,
-                    detail: "the wrapped key does not decrypt".into(),
-                })
+        let oaep_sha2 = matches!(
+            alg,
+            DecryptAlgorithm::RsaOaepSha256
+                | DecryptAlgorithm::RsaOaepSha384
+                | DecryptAlgorithm::RsaOaepSha512
+        );
+        if !(oaep_sha2 && self.host_oaep) {
+            // The token's answer, with the two refusals that need handling here kept apart.
+            let outcome = self.with_key(
+                cka_id,
+                |s, h| match s.decrypt(&mech, h, ct) {
+                    Ok(pt) => Ok(Ok(pt)),
+                    Err(CkError::Pkcs11(
+                        rv @ (RvError::MechanismInvalid
+                        | RvError::MechanismParamInvalid
+                        | RvError::ArgumentsBad),
+                        _,
+                    )) if oaep_sha2 => Ok(Err(rv)),
+                    // SoftHSM reports a bad PKCS#1 block as CKR_GENERAL_ERROR.
+                    Err(CkError::Pkcs11(rv @ RvError::GeneralError, _)) => Ok(Err(rv)),
+                    Err(e) => Err(e),
+                },
+                "C_Decrypt",
+            )?;
+            match outcome {
+                Ok(pt) => return Ok(SecretBytes::new(pt)),
+                Err(RvError::GeneralError) => {
+                    return Err(AgentError::InvalidInput {
+                        token: self.token.clone(),
+                        detail: "the wrapped key does not decrypt".into(),
+                    });
+                }
+                Err(rv) => {
+                    tracing::info!(token = %self.token, %rv, "token lacks OAEP with SHA-2; unpadding on the host");
+                    self.host_oaep = true;
+                }
             }
-            Err(e) => Err(e),
         }
+        // Raw RSA on the token, OAEP decoding here in constant time.
+        let em = self.with_key(
+            cka_id,
+            |s, h| s.decrypt(&Mechanism::RsaX509, h, ct),
+            "C_Decrypt",
+        )?;
+        let k = ct.len();
+        let mut padded = vec![0u8; k.saturating_sub(em.len())];
+        padded.extend_from_slice(&em);
+        let m = match alg {
+            DecryptAlgorithm::RsaOaepSha256 => oaep::decode::<sha2::Sha256>(padded, k),
+            DecryptAlgorithm::RsaOaepSha384 => oaep::decode::<sha2::Sha384>(padded, k),
+            _ => oaep::decode::<sha2::Sha512>(padded, k),
+        };
+        m.map(SecretBytes::new)
+            .ok_or_else(|| AgentError::InvalidInput {
+                token: self.token.clone(),
+                detail: "the wrapped key does not decrypt".into(),
+            })
     }
 
     /// ECDH (CKM_ECDH1_DERIVE, no KDF): derives a session secret, reads Z, destroys it.
