@@ -45,7 +45,9 @@ pub struct KeySummary {
     pub info: KeyInfo,
 }
 
-fn emails(cert: &Certificate) -> Vec<String> {
+/// The e-mail addresses of a certificate: SAN rfc822Name entries, then emailAddress in
+/// the subject.
+pub fn certificate_emails(cert: &Certificate) -> Vec<String> {
     let mut out = Vec::new();
     if let Ok(Some(san)) = cert.tbs_certificate().get_extension::<SubjectAltName>() {
         for n in san.1.0 {
@@ -91,7 +93,7 @@ impl KeySummary {
                 let v = c.tbs_certificate().validity();
                 (
                     c.tbs_certificate().subject().to_string(),
-                    emails(c),
+                    certificate_emails(c),
                     Some(v.not_before.to_date_time().to_string()),
                     Some(v.not_after.to_date_time().to_string()),
                     c.to_der().ok().map(|d| hex_fingerprint(&d)),

@@ -16,3 +16,4 @@ pub mod cli;
 pub mod cms;
 pub mod keys;
 pub mod signer;
+pub mod store;
