@@ -56,6 +56,32 @@ pub enum AgentError {
         /// Token label.
         token: String,
     },
+    /// The token is on its final PIN try and the user did not confirm spending it.
+    #[error(
+        "token {token:?} is on its final PIN try: one more wrong PIN locks it; \
+             confirm to go on, or unblock it with the PUK / SO PIN"
+    )]
+    PinFinalTry {
+        /// Token label.
+        token: String,
+    },
+    /// The key wants the PIN before every use (CKA_ALWAYS_AUTHENTICATE).
+    #[error(
+        "a key on token {token:?} needs the PIN for every use (CKA_ALWAYS_AUTHENTICATE); \
+             the agent cannot do per-use PIN entry yet"
+    )]
+    KeyNeedsPinPerUse {
+        /// Token label.
+        token: String,
+    },
+    /// The key was listed but is no longer on the token.
+    #[error("key with CKA_ID {cka_id} is no longer on token {token:?}")]
+    KeyGone {
+        /// Token label.
+        token: String,
+        /// The key's CKA_ID (hex).
+        cka_id: String,
+    },
     /// The PIN's length is outside what the token accepts.
     #[error("the PIN has a length token {token:?} does not accept")]
     PinLenRange {
@@ -108,6 +134,9 @@ impl AgentError {
             | PinIncorrect { token, .. }
             | PinLocked { token }
             | PinLenRange { token }
+            | PinFinalTry { token }
+            | KeyNeedsPinPerUse { token }
+            | KeyGone { token, .. }
             | InvalidInput { token, .. }
             | Pkcs11 { token, .. } => Some(token),
             _ => None,
@@ -131,6 +160,9 @@ impl From<&AgentError> for ErrorResponse {
             PinIncorrect { .. } => ErrorCode::PIN_INCORRECT,
             PinLocked { .. } => ErrorCode::PIN_LOCKED,
             PinLenRange { .. } => ErrorCode::PIN_LEN_RANGE,
+            PinFinalTry { .. } => ErrorCode::PIN_FINAL_TRY,
+            KeyNeedsPinPerUse { .. } => ErrorCode::OPERATION_NOT_ALLOWED,
+            KeyGone { .. } => ErrorCode::KEY_NOT_FOUND,
             InvalidInput { .. } => ErrorCode::INVALID_INPUT,
             Pkcs11 { .. } => ErrorCode::TOKEN_ERROR,
             Busy => ErrorCode::BUSY,
@@ -139,6 +171,7 @@ impl From<&AgentError> for ErrorResponse {
         let pin_state = match e {
             PinIncorrect { state, .. } => Some(*state),
             PinLocked { .. } => Some(PinState::Locked),
+            PinFinalTry { .. } => Some(PinState::FinalTry),
             _ => None,
         };
         let mut r = ErrorResponse::new(code, e.to_string());

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use smime_proto::{KeyId, KeyInfo, Pin};
 
-use crate::backend::pkcs11::{KeyEntry, Module, Token};
+use crate::backend::pkcs11::{KeyEntry, Module, PinSource, Token};
 use crate::config::Config;
 use crate::error::AgentError;
 
@@ -53,7 +53,7 @@ impl Keystore {
         match candidates.as_slice() {
             [t] => {
                 // The outcome is logged by login() and reported to clients later.
-                let _ = t.login(pin, true).await;
+                let _ = t.login(pin, PinSource::Configured).await;
             }
             [] => tracing::warn!(target = ?target, "a PIN is configured but no token to use it on"),
             many => tracing::warn!(

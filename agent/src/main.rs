@@ -73,10 +73,10 @@ fn detach(config: &Config) -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     args.push("--foreground".into());
-    args.push("--socket".into());
-    args.push(config.socket.display().to_string());
+    // The socket goes by environment: the flag may already be among the arguments.
     let mut child = Command::new(exe)
         .args(&args)
+        .env("SMIME_AGENT_SOCK", &config.socket)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -17,7 +17,9 @@ use anyhow::{Context, bail};
 use interprocess::local_socket::tokio::{Listener, Stream, prelude::*};
 use interprocess::local_socket::{GenericFilePath, ListenerOptions};
 use interprocess::os::unix::local_socket::ListenerOptionsExt;
-use smime_proto::{ErrorCode, ErrorResponse, FrameDecoder, FrameError, Request, Response};
+use smime_proto::{
+    ErrorCode, ErrorResponse, FrameDecoder, FrameError, MAX_REQUEST_LEN, Request, Response,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -28,6 +30,8 @@ use crate::session::{Peer, Session};
 
 /// A frame that has started must be complete within this time (slow-loris guard).
 const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+/// A response must be written within this time (a client that never reads).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// An idle connection is closed after this time.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
@@ -55,17 +59,27 @@ fn prepare_dir(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Fails if an agent already answers on `path`; removes a stale socket file otherwise.
+/// Fails if an agent already answers on `path`; removes a stale socket left by a dead
+/// agent. Anything at the path that is not a socket is left alone: an error.
 pub fn check_not_running(path: &Path) -> anyhow::Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         prepare_dir(dir)?;
     }
-    match std::os::unix::net::UnixStream::connect(path) {
-        Ok(_) => bail!("an agent is already listening on {}", path.display()),
-        Err(_) if path.exists() => std::fs::remove_file(path)
-            .with_context(|| format!("removing stale socket {}", path.display())),
-        Err(_) => Ok(()),
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("inspecting {}", path.display())),
+    };
+    if !std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()) {
+        bail!(
+            "{} exists and is not a socket; refusing to replace it",
+            path.display()
+        );
     }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        bail!("an agent is already listening on {}", path.display());
+    }
+    std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))
 }
 
 /// Binds the listening socket with mode 0600 (set before bind: no umask window).
@@ -100,15 +114,11 @@ pub async fn serve(
     tracing::info!(socket = %socket.display(), "listening");
     let mut backoff = Duration::from_millis(10);
     loop {
-        let permit = tokio::select! {
-            _ = cancel.cancelled() => break,
-            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-        };
         let stream = tokio::select! {
             _ = cancel.cancelled() => break,
             s = listener.accept() => s,
         };
-        let stream = match stream {
+        let mut stream = match stream {
             Ok(s) => {
                 backoff = Duration::from_millis(10);
                 s
@@ -132,6 +142,18 @@ pub async fn serve(
             tracing::warn!(pid = ?peer.pid, uid = ?peer.uid, "refusing connection from another user");
             continue;
         }
+        // Over the limit: say so at once instead of leaving the client in the backlog.
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            tracing::warn!(pid = ?peer.pid, max_connections, "connection limit reached");
+            let busy = Response::Error(ErrorResponse::new(
+                ErrorCode::BUSY,
+                format!("the agent already serves {max_connections} connections; try again"),
+            ));
+            if let Ok(frame) = busy.encode_frame() {
+                let _ = tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&frame)).await;
+            }
+            continue;
+        };
         let (ks, cancel) = (keystore.clone(), cancel.clone());
         tracker.spawn(async move {
             Handler {
@@ -169,10 +191,10 @@ enum Next {
 
 impl Handler {
     async fn run(mut self) {
-        let mut decoder = FrameDecoder::new();
+        let mut decoder = FrameDecoder::with_limit(MAX_REQUEST_LEN);
         loop {
             let payload = match self.next_frame(&mut decoder).await {
-                Ok(Next::Frame(p)) => p,
+                Ok(Next::Frame(p)) => zeroize::Zeroizing::new(p), // may hold a PIN
                 Ok(Next::Closed) => return,
                 Err(e) => {
                     tracing::debug!(peer = ?self.session.peer(), error = %e, "closing connection");
@@ -196,9 +218,25 @@ impl Handler {
                     )
                 }
             };
-            if let Err(e) = self.stream.write_all(&response.encode_frame()).await {
-                tracing::debug!(error = %e, "client went away");
-                return;
+            let frame = response.encode_frame().or_else(|e| {
+                tracing::error!(error = %e, "response does not fit a frame");
+                Response::Error(ErrorResponse::new(
+                    ErrorCode::INTERNAL,
+                    format!("the response is too large: {e}"),
+                ))
+                .encode_frame()
+            });
+            let Ok(frame) = frame else { return };
+            match tokio::time::timeout(WRITE_TIMEOUT, self.stream.write_all(&frame)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "client went away");
+                    return;
+                }
+                Err(_) => {
+                    tracing::warn!(peer = ?self.session.peer(), "client does not read its responses; closing");
+                    return;
+                }
             }
             if !keep_open {
                 return;
@@ -206,22 +244,22 @@ impl Handler {
         }
     }
 
+    /// Reads the next frame. Between frames the connection may idle (up to
+    /// [`IDLE_TIMEOUT`]) and shutdown ends it; once a frame has begun, all of it must
+    /// arrive within [`FRAME_TIMEOUT`].
     async fn next_frame(&mut self, decoder: &mut FrameDecoder) -> Result<Next, io::Error> {
         let mut buf = [0u8; 16 * 1024];
+        let mut deadline: Option<tokio::time::Instant> = None;
         loop {
             if let Some(p) = decoder.next_frame().map_err(invalid)? {
                 return Ok(Next::Frame(p));
             }
-            let limit = if decoder.is_mid_frame() {
-                FRAME_TIMEOUT
-            } else {
-                IDLE_TIMEOUT
-            };
+            let until = deadline.unwrap_or_else(|| tokio::time::Instant::now() + IDLE_TIMEOUT);
             // Read no more than the decoder wants, so a flood never sits in our buffer.
             let want = decoder.wanted().clamp(1, buf.len());
             let n = tokio::select! {
-                _ = self.cancel.cancelled(), if !decoder.is_mid_frame() => return Ok(Next::Closed),
-                r = tokio::time::timeout(limit, self.stream.read(&mut buf[..want])) => match r {
+                _ = self.cancel.cancelled(), if deadline.is_none() => return Ok(Next::Closed),
+                r = tokio::time::timeout_at(until, self.stream.read(&mut buf[..want])) => match r {
                     Ok(r) => r?,
                     Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "read timed out")),
                 },
@@ -230,6 +268,7 @@ impl Handler {
                 decoder.finish().map_err(invalid)?;
                 return Ok(Next::Closed);
             }
+            deadline.get_or_insert_with(|| tokio::time::Instant::now() + FRAME_TIMEOUT);
             if let Some(p) = decoder.feed(&buf[..n]).map_err(invalid)? {
                 return Ok(Next::Frame(p));
             }

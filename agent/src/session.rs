@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use smime_proto::{ErrorCode, ErrorResponse, PROTOCOL_VERSION, Request, Response};
 
+use crate::backend::pkcs11::PinSource;
 use crate::error::AgentError;
 use crate::keystore::Keystore;
 
@@ -125,10 +126,19 @@ impl Session {
                 self.audit("ecdh", &key, &r);
                 Ok(Response::Secret { secret: r? })
             }
-            Request::Unlock { token, pin } => {
+            Request::Unlock {
+                token,
+                pin,
+                confirm_final_try,
+            } => {
                 let t = ks.token(&token)?;
                 tracing::info!(token = %t.label, pid = ?self.peer.pid, exe = ?self.peer.exe, "unlock requested");
-                t.login(Arc::new(pin), false).await?;
+                let source = if confirm_final_try {
+                    PinSource::UserConfirmedFinalTry
+                } else {
+                    PinSource::User
+                };
+                t.login(Arc::new(pin), source).await?;
                 Ok(Response::Ok)
             }
             Request::Lock { token } => {
@@ -136,10 +146,15 @@ impl Session {
                     Some(sel) => vec![ks.token(&sel)?],
                     None => ks.tokens().to_vec(),
                 };
+                // Every token is logged out even if one fails (a pulled card, say).
+                let mut first_error = None;
                 for t in tokens {
-                    t.logout().await?;
+                    if let Err(e) = t.logout().await {
+                        tracing::warn!(token = %t.label, error = %e, "logout failed");
+                        first_error.get_or_insert(e);
+                    }
                 }
-                Ok(Response::Ok)
+                first_error.map_or(Ok(Response::Ok), Err)
             }
             Request::Status => {
                 let mut tokens = Vec::new();

@@ -53,6 +53,11 @@ pub fn socket_path(flag: Option<&Path>) -> Option<PathBuf> {
     })
 }
 
+/// How long to wait for one response.
+pub const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+/// How long to wait for the agent to take a request.
+pub const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A connection to the agent, after `Hello`.
 #[derive(Debug)]
 pub struct AgentClient<S: Read + Write = UnixStream> {
@@ -72,6 +77,10 @@ impl AgentClient<UnixStream> {
             path: path.to_owned(),
             source,
         })?;
+        // Never hang on a stuck agent. Operations can legitimately take a while (a card
+        // waiting for a touch or a PIN pad), hence the generous read limit.
+        stream.set_read_timeout(Some(READ_TIMEOUT))?;
+        stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
         Self::hello(stream)
     }
 }
@@ -106,7 +115,10 @@ impl<S: Read + Write> AgentClient<S> {
     /// # Errors
     /// Transport failures and agent errors.
     pub fn request(&mut self, req: &Request) -> Result<Response, AgentError> {
-        self.stream.write_all(&req.encode_frame())?;
+        let frame = req
+            .encode_frame()
+            .map_err(|e| AgentError::Transport(e.to_string()))?;
+        self.stream.write_all(&frame)?;
         self.stream.flush()?;
         let payload = loop {
             if let Some(p) = self
@@ -215,10 +227,16 @@ impl<S: Read + Write> AgentClient<S> {
     ///
     /// # Errors
     /// As for [`AgentClient::request`]; a wrong PIN is not retried.
-    pub fn unlock(&mut self, token: &str, pin: smime_proto::Pin) -> Result<(), AgentError> {
+    pub fn unlock(
+        &mut self,
+        token: &str,
+        pin: smime_proto::Pin,
+        confirm_final_try: bool,
+    ) -> Result<(), AgentError> {
         match self.request(&Request::Unlock {
             token: token.to_owned(),
             pin,
+            confirm_final_try,
         })? {
             Response::Ok => Ok(()),
             other => Err(AgentError::Unexpected(format!("{other:?}"))),

@@ -52,6 +52,10 @@ pub enum Command {
         /// Read the PIN from the first line of standard input instead of the terminal.
         #[arg(long)]
         pin_stdin: bool,
+        /// Send the PIN even if the token is on its final try (one more wrong PIN locks
+        /// it). Without it `smime` asks on the terminal, or refuses.
+        #[arg(long)]
+        confirm_final_try: bool,
     },
     /// Log out of one token, or all, in the agent.
     Lock {
@@ -105,13 +109,18 @@ pub struct VerifyArgs {
     /// The signature: DER, BER or PEM CMS.
     #[arg(long = "in", short = 'i', value_name = "SIG")]
     pub input: PathBuf,
-    /// The signed content (default: standard input).
+    /// The signed content of a detached signature (`-` for standard input). Not needed
+    /// when the signature carries its content.
     #[arg(long, short = 'c', value_name = "FILE")]
     pub content: Option<PathBuf>,
-    /// Trusted CA certificates (PEM, repeatable). With it the signer's certificate must
-    /// chain to one of them; without it only the signature and validity are checked.
+    /// Trusted CA certificates (PEM or DER, repeatable). The signer's certificate must
+    /// chain to one of them. Default: the system's CA bundle.
     #[arg(long, value_name = "CA.pem")]
     pub trust: Vec<PathBuf>,
+    /// Check only the signature and the signer certificate's validity period, not its
+    /// chain (like `openssl cms -verify -noverify`). The verdict says so.
+    #[arg(long, conflicts_with = "trust")]
+    pub no_chain: bool,
     /// Print the verdict as JSON.
     #[arg(long)]
     pub json: bool,

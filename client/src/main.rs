@@ -3,7 +3,7 @@
 #![forbid(unsafe_code)]
 
 use std::fs::File;
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufReader, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::SystemTime;
@@ -15,7 +15,7 @@ use smime::agent::{AgentClient, AgentError, socket_path};
 use smime::cms::{self, HashAlg};
 use smime::keys::{KeySummary, select};
 use smime::signer::RemoteSigner;
-use smime_proto::{ErrorCode, Operation, Pin, Request, Response};
+use smime_proto::{ErrorCode, Operation, Pin, PinState, Request, Response};
 use x509_cert::Certificate;
 
 use smime::cli::{Cli, Command, Digest, SignArgs, VerifyArgs};
@@ -78,7 +78,11 @@ fn main() -> ExitCode {
         Command::Sign(a) => sign(&cli, a),
         Command::Verify(a) => verify(a),
         Command::Status { json } => status(&cli, *json),
-        Command::Unlock { token, pin_stdin } => unlock(&cli, token.as_deref(), *pin_stdin),
+        Command::Unlock {
+            token,
+            pin_stdin,
+            confirm_final_try,
+        } => unlock(&cli, token.as_deref(), *pin_stdin, *confirm_final_try),
         Command::Lock { token } => lock(&cli, token.clone()),
     };
     let (code, e, what) = match result {
@@ -266,14 +270,47 @@ fn sign(cli: &Cli, a: &SignArgs) -> Result<(), Failure> {
     write_output(a.output.as_deref(), &out)
 }
 
+/// The system's CA bundle (Debian's ca-certificates), used when no --trust is given.
+const SYSTEM_ANCHORS: &str = "/etc/ssl/certs/ca-certificates.crt";
+
 fn verify(a: &VerifyArgs) -> Result<(), Failure> {
-    let trust = load_certs(&a.trust)?;
+    let trust = if !a.trust.is_empty() {
+        load_certs(&a.trust)?
+    } else if a.no_chain {
+        vec![]
+    } else if Path::new(SYSTEM_ANCHORS).exists() {
+        load_certs(&[PathBuf::from(SYSTEM_ANCHORS)])?
+    } else {
+        return Err(Failure::Usage(anyhow!(
+            "no trust anchors: pass --trust CA.pem (or --no-chain to check only the signature)"
+        )));
+    };
     let raw = std::fs::read(&a.input)
         .with_context(|| format!("reading {}", a.input.display()))
         .map_err(Failure::Usage)?;
-    let content = open_input(a.content.as_deref())?;
-    let v = cms::verify::verify_detached(&raw, Some(content), &trust, SystemTime::now())
-        .map_err(|e| Failure::Verify(anyhow!(e)))?;
+    // No --content: the signature must carry its content (attached); stdin is "-".
+    let content = a
+        .content
+        .as_deref()
+        .map(|p| open_input(Some(p)))
+        .transpose()?;
+    let v = match cms::verify::verify_detached(&raw, content, &trust, SystemTime::now()) {
+        Ok(v) => v,
+        Err(cms::Error::Io(e)) => {
+            return Err(Failure::Other(anyhow!(e).context("reading the content")));
+        }
+        Err(cms::Error::MissingContent) => {
+            return Err(Failure::Usage(anyhow!(
+                "the signature is detached: give the signed data with --content FILE (- for stdin)"
+            )));
+        }
+        Err(e) => return Err(Failure::Verify(anyhow!(e))),
+    };
+    if !a.no_chain && !v.trusted {
+        return Err(Failure::Verify(anyhow!(
+            "the signer's certificate does not chain to a trusted CA"
+        )));
+    }
     let ks = KeySummary::new(smime_proto::KeyInfo {
         id: smime_proto::KeyId(String::new()),
         token: String::new(),
@@ -301,7 +338,7 @@ fn verify(a: &VerifyArgs) -> Result<(), Failure> {
         let trust_note = if v.trusted {
             "certificate chains to a trusted CA"
         } else {
-            "certificate not checked against a trust anchor (use --trust)"
+            "certificate NOT checked against a trust anchor (--no-chain)"
         };
         println!(
             "Good signature from {}{} ({})",
@@ -350,28 +387,66 @@ fn status(cli: &Cli, json: bool) -> Result<(), Failure> {
     Ok(())
 }
 
-fn unlock(cli: &Cli, token: Option<&str>, pin_stdin: bool) -> Result<(), Failure> {
+fn unlock(
+    cli: &Cli,
+    token: Option<&str>,
+    pin_stdin: bool,
+    confirm_final_try: bool,
+) -> Result<(), Failure> {
     let mut client = connect(cli)?;
-    let token = match token {
-        Some(t) => t.to_owned(),
-        None => {
-            let Response::Status { tokens } = client
-                .request(&Request::Status)
-                .map_err(anyhow::Error::from)?
-            else {
-                return Err(Failure::Other(anyhow!("unexpected response to status")));
-            };
-            match tokens.as_slice() {
-                [t] => t.serial.clone(),
-                [] => return Err(Failure::Unavailable(anyhow!("the agent has no token"))),
-                _ => {
-                    return Err(Failure::Usage(anyhow!(
-                        "several tokens: name one with --token"
-                    )));
-                }
-            }
+    let Response::Status { tokens } = client
+        .request(&Request::Status)
+        .map_err(anyhow::Error::from)?
+    else {
+        return Err(Failure::Other(anyhow!("unexpected response to status")));
+    };
+    let t = match (token, tokens.as_slice()) {
+        (Some(sel), all) => all
+            .iter()
+            .find(|t| t.label == sel || t.serial == sel)
+            .ok_or_else(|| Failure::Usage(anyhow!("the agent has no token {sel:?}")))?,
+        (None, [t]) => t,
+        (None, []) => return Err(Failure::Unavailable(anyhow!("the agent has no token"))),
+        (None, _) => {
+            return Err(Failure::Usage(anyhow!(
+                "several tokens: name one with --token"
+            )));
         }
     };
+    if t.logged_in {
+        eprintln!("token {} is already unlocked", t.label);
+        return Ok(());
+    }
+    let mut confirm = confirm_final_try;
+    match t.pin_state {
+        PinState::Locked => {
+            return Err(Failure::Unavailable(anyhow!(
+                "the PIN of token {} is locked; unblock it with the PUK or SO PIN",
+                t.label
+            )));
+        }
+        PinState::FinalTry if !confirm => {
+            eprintln!(
+                "WARNING: token {} is on its FINAL PIN try: one more wrong PIN locks it.",
+                t.label
+            );
+            if pin_stdin || !io::stdin().is_terminal() {
+                return Err(Failure::Unavailable(anyhow!(
+                    "not sending a PIN on the final try without confirmation (use --confirm-final-try)"
+                )));
+            }
+            eprint!("Type \"yes\" to enter the PIN anyway: ");
+            let mut answer = String::new();
+            io::stdin()
+                .read_line(&mut answer)
+                .map_err(|e| Failure::Usage(e.into()))?;
+            if answer.trim() != "yes" {
+                return Err(Failure::Usage(anyhow!("cancelled; no PIN was sent")));
+            }
+            confirm = true;
+        }
+        _ => {}
+    }
     let pin = if pin_stdin {
         let mut line = String::new();
         io::stdin()
@@ -381,13 +456,13 @@ fn unlock(cli: &Cli, token: Option<&str>, pin_stdin: bool) -> Result<(), Failure
         zeroize_string(line);
         pin
     } else {
-        rpassword::prompt_password(format!("PIN for token {token}: "))
+        rpassword::prompt_password(format!("PIN for token {}: ", t.label))
             .map_err(|e| Failure::Usage(e.into()))?
     };
     client
-        .unlock(&token, Pin::new(pin))
+        .unlock(&t.serial, Pin::new(pin), confirm)
         .map_err(anyhow::Error::from)?;
-    eprintln!("token {token} unlocked");
+    eprintln!("token {} unlocked", t.label);
     Ok(())
 }
 

@@ -32,17 +32,15 @@ pub fn encode_frame(payload: &[u8]) -> Result<Vec<u8>, FrameError> {
 }
 
 fn check_len(len: usize) -> Result<u32, FrameError> {
+    check_len_max(len, MAX_FRAME_LEN)
+}
+
+fn check_len_max(len: usize, max: u32) -> Result<u32, FrameError> {
     match u32::try_from(len) {
         Ok(0) => Err(FrameError::Empty),
-        Ok(n) if n <= MAX_FRAME_LEN => Ok(n),
-        Ok(n) => Err(FrameError::TooLarge {
-            len: n,
-            max: MAX_FRAME_LEN,
-        }),
-        Err(_) => Err(FrameError::TooLarge {
-            len: u32::MAX,
-            max: MAX_FRAME_LEN,
-        }),
+        Ok(n) if n <= max => Ok(n),
+        Ok(n) => Err(FrameError::TooLarge { len: n, max }),
+        Err(_) => Err(FrameError::TooLarge { len: u32::MAX, max }),
     }
 }
 
@@ -52,15 +50,34 @@ fn check_len(len: usize) -> Result<u32, FrameError> {
 /// `Ok(None)` = incomplete (read more), `Err(_)` = invalid (close the connection),
 /// `Ok(Some(payload))` = one complete frame. Bytes after a complete frame stay buffered
 /// for the next call to [`FrameDecoder::next_frame`] or `feed`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct FrameDecoder {
     buf: Vec<u8>,
+    limit: u32,
 }
 
+impl Default for FrameDecoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The largest request an agent needs to accept: the biggest legitimate request is an RSA
+/// decrypt with a 16384-bit key (2 KiB). Agents use this tighter limit for what they read.
+pub const MAX_REQUEST_LEN: u32 = 64 * 1024;
+
 impl FrameDecoder {
-    /// A decoder with nothing buffered.
+    /// A decoder with nothing buffered that accepts frames up to [`MAX_FRAME_LEN`].
     pub fn new() -> Self {
-        Self::default()
+        Self::with_limit(MAX_FRAME_LEN)
+    }
+
+    /// A decoder with a tighter payload limit (at most [`MAX_FRAME_LEN`]).
+    pub fn with_limit(limit: u32) -> Self {
+        Self {
+            buf: Vec::new(),
+            limit: limit.min(MAX_FRAME_LEN),
+        }
     }
 
     /// Appends `data` and returns the next complete frame, if there is one.
@@ -74,7 +91,7 @@ impl FrameDecoder {
             let mut header = self.buf.clone();
             header.extend(data.iter().take(HEADER_LEN - self.buf.len()));
             if let Ok(h) = <[u8; HEADER_LEN]>::try_from(header.as_slice()) {
-                check_len(u32::from_be_bytes(h) as usize)?;
+                check_len_max(u32::from_be_bytes(h) as usize, self.limit)?;
             }
         }
         self.buf.extend_from_slice(data);
@@ -89,7 +106,7 @@ impl FrameDecoder {
         let Some(header) = self.buf.first_chunk::<HEADER_LEN>() else {
             return Ok(None);
         };
-        let len = check_len(u32::from_be_bytes(*header) as usize)? as usize;
+        let len = check_len_max(u32::from_be_bytes(*header) as usize, self.limit)? as usize;
         if self.buf.len() < HEADER_LEN + len {
             return Ok(None);
         }
@@ -175,6 +192,20 @@ mod tests {
             FrameDecoder::new().feed(&[0xff; 4]),
             Err(FrameError::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn tighter_limit() {
+        let mut d = FrameDecoder::with_limit(10);
+        assert!(matches!(
+            d.feed(&[0, 0, 0, 11]),
+            Err(FrameError::TooLarge { len: 11, max: 10 })
+        ));
+        let mut d = FrameDecoder::with_limit(10);
+        assert_eq!(
+            d.feed(&[0, 0, 0, 2, 1, 2]).unwrap().as_deref(),
+            Some(&[1u8, 2][..])
+        );
     }
 
     #[test]

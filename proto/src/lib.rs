@@ -26,7 +26,7 @@ pub mod secret;
 pub mod types;
 
 pub use error::{DecodeError, FrameError};
-pub use frame::{FrameDecoder, MAX_FRAME_LEN, encode_frame};
+pub use frame::{FrameDecoder, MAX_FRAME_LEN, MAX_REQUEST_LEN, encode_frame};
 pub use message::{ErrorResponse, KeyInfo, Request, Response, TokenStatus};
 pub use secret::{Pin, SecretBytes};
 pub use types::{

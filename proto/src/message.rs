@@ -11,7 +11,7 @@
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
-use crate::error::DecodeError;
+use crate::error::{DecodeError, FrameError};
 use crate::frame::encode_frame;
 use crate::secret::{Pin, SecretBytes};
 use crate::types::{
@@ -64,6 +64,11 @@ pub enum Request {
         token: String,
         /// The user PIN.
         pin: Pin,
+        /// The client has warned the user that the token is on its final PIN try and the
+        /// user chose to go on. Without it the agent refuses to send a PIN to a token in
+        /// that state (`PIN_FINAL_TRY`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        confirm_final_try: bool,
     },
     /// Log out of one token (or all, when `token` is absent) and forget cached PINs.
     Lock {
@@ -221,9 +226,9 @@ impl Request {
 
     /// Encodes the request as a complete frame (length prefix + CBOR).
     ///
-    /// # Panics
-    /// Never for requests within the frame limit; a request over 1 MiB is a caller bug.
-    pub fn encode_frame(&self) -> Vec<u8> {
+    /// # Errors
+    /// [`FrameError::TooLarge`] when the encoding exceeds [`crate::MAX_FRAME_LEN`].
+    pub fn encode_frame(&self) -> Result<Vec<u8>, FrameError> {
         frame_of(self)
     }
 
@@ -234,28 +239,43 @@ impl Request {
     /// (answer it with an error response); any other error means the peer does not speak
     /// the protocol.
     pub fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
-        let value: ciborium::Value = decode_exact(payload)?;
-        let op = value
-            .as_map()
-            .and_then(|m| m.iter().find(|(k, _)| k.as_text() == Some("op")))
-            .map(|(_, v)| v.as_text().map(str::to_owned));
-        match op {
-            Some(Some(op)) if !Self::OPERATIONS.contains(&op.as_str()) => {
-                Err(DecodeError::UnknownOperation(op))
+        // A first pass reads only `op`, so an unknown operation is told apart from garbage
+        // without building a value tree of the whole payload.
+        let head: OpOnly = decode_exact(payload).map_err(|e| match e {
+            DecodeError::TrailingBytes(n) => DecodeError::TrailingBytes(n),
+            _ => DecodeError::Malformed("a request is a CBOR map with a text \"op\"".into()),
+        })?;
+        let op = match head.op {
+            Some(ciborium::Value::Text(op)) => op,
+            _ => {
+                return Err(DecodeError::Malformed(
+                    "a request is a CBOR map with a text \"op\"".into(),
+                ));
             }
-            Some(Some(_)) => value
-                .deserialized()
-                .map_err(|e| DecodeError::Malformed(e.to_string())),
-            _ => Err(DecodeError::Malformed(
-                "a request is a map with a text \"op\"".into(),
-            )),
+        };
+        if !Self::OPERATIONS.contains(&op.as_str()) {
+            // Echoed back in the error: bounded, so the answer always fits a frame.
+            let shown: String = op.chars().take(64).collect();
+            return Err(DecodeError::UnknownOperation(shown));
         }
+        decode_exact(payload).map_err(|e| {
+            // serde's messages quote offending values: never echo those for `unlock`,
+            // whose only secret is the PIN.
+            if op == "unlock" {
+                DecodeError::Malformed("malformed unlock request (token: text, pin: text)".into())
+            } else {
+                DecodeError::Malformed(format!("malformed {op} request: {e}"))
+            }
+        })
     }
 }
 
 impl Response {
     /// Encodes the response as a complete frame (length prefix + CBOR).
-    pub fn encode_frame(&self) -> Vec<u8> {
+    ///
+    /// # Errors
+    /// [`FrameError::TooLarge`] when the encoding exceeds [`crate::MAX_FRAME_LEN`].
+    pub fn encode_frame(&self) -> Result<Vec<u8>, FrameError> {
         frame_of(self)
     }
 
@@ -268,17 +288,19 @@ impl Response {
     }
 }
 
-fn frame_of<T: Serialize>(msg: &T) -> Vec<u8> {
+fn frame_of<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
     let mut payload = Vec::with_capacity(256);
-    // Serializing our own types into a Vec cannot fail.
+    // Serializing our own types into a Vec cannot fail: every field is CBOR-representable
+    // and the writer is memory.
     #[allow(clippy::expect_used)] // infallible, see above
     ciborium::into_writer(msg, &mut payload).expect("CBOR encoding into memory");
-    let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
-    assert!(
-        len <= crate::MAX_FRAME_LEN,
-        "message of {len} bytes exceeds MAX_FRAME_LEN"
-    );
-    encode_frame(&payload).unwrap_or_default()
+    encode_frame(&payload)
+}
+
+/// Only the `op` of a request; every other field is skipped without being built.
+#[derive(Deserialize)]
+struct OpOnly {
+    op: Option<ciborium::Value>,
 }
 
 fn decode_exact<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, DecodeError> {
@@ -326,6 +348,12 @@ mod tests {
             Request::Unlock {
                 token: "t".into(),
                 pin: Pin::new("1234".into()),
+                confirm_final_try: false,
+            },
+            Request::Unlock {
+                token: "t".into(),
+                pin: Pin::new("1234".into()),
+                confirm_final_try: true,
             },
             Request::Lock { token: None },
             Request::Lock {
@@ -334,7 +362,7 @@ mod tests {
             Request::Status,
         ];
         for r in reqs {
-            let f = r.encode_frame();
+            let f = r.encode_frame().unwrap();
             assert_eq!(
                 u32::from_be_bytes(f[..4].try_into().unwrap()) as usize,
                 f.len() - 4
@@ -390,7 +418,10 @@ mod tests {
             }),
         ];
         for r in resps {
-            assert_eq!(Response::decode(payload(&r.encode_frame())).unwrap(), r);
+            assert_eq!(
+                Response::decode(payload(&r.encode_frame().unwrap())).unwrap(),
+                r
+            );
         }
     }
 
@@ -420,7 +451,7 @@ mod tests {
 
     #[test]
     fn trailing_bytes_are_rejected() {
-        let f = Request::Status.encode_frame();
+        let f = Request::Status.encode_frame().unwrap();
         let mut p = payload(&f).to_vec();
         p.push(0);
         assert_eq!(Request::decode(&p), Err(DecodeError::TrailingBytes(1)));
@@ -433,7 +464,7 @@ mod tests {
             algorithm: SignAlgorithm::RsaPkcs1Sha256,
             digest: ByteBuf::from(vec![0; 32]),
         };
-        let f = r.encode_frame();
+        let f = r.encode_frame().unwrap();
         let p = payload(&f);
         let needle = b"rsa-pkcs1-sha256";
         let at = p.windows(needle.len()).position(|w| w == needle).unwrap();
@@ -446,10 +477,36 @@ mod tests {
     }
 
     #[test]
+    fn malformed_unlock_never_echoes_the_pin() {
+        // {"op": "unlock", "token": "t", "pin": 123456} — the PIN sent as an integer.
+        let mut p = vec![0xa3, 0x62, b'o', b'p', 0x66];
+        p.extend_from_slice(b"unlock");
+        p.extend_from_slice(&[
+            0x65, b't', b'o', b'k', b'e', b'n', 0x61, b't', 0x63, b'p', b'i', b'n', 0x1a,
+        ]);
+        p.extend_from_slice(&123_456u32.to_be_bytes());
+        let err = Request::decode(&p).unwrap_err().to_string();
+        assert!(!err.contains("123456"), "{err}");
+    }
+
+    #[test]
+    fn unknown_op_echo_is_bounded() {
+        let op = "x".repeat(100_000);
+        let mut p = vec![0xa1, 0x62, b'o', b'p', 0x7a];
+        p.extend_from_slice(&(op.len() as u32).to_be_bytes());
+        p.extend_from_slice(op.as_bytes());
+        match Request::decode(&p) {
+            Err(DecodeError::UnknownOperation(shown)) => assert_eq!(shown.len(), 64),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn unlock_debug_hides_pin() {
         let r = Request::Unlock {
             token: "t".into(),
             pin: Pin::new("987654".into()),
+            confirm_final_try: false,
         };
         assert!(!format!("{r:?}").contains("987654"));
     }

@@ -261,6 +261,9 @@ error_codes! {
     PIN_LOCKED = 302;
     /// The PIN has a length the token refuses.
     PIN_LEN_RANGE = 303;
+    /// The token is on its final PIN try: resend `unlock` with `confirm_final_try` once
+    /// the user has agreed, or unblock the PIN another way.
+    PIN_FINAL_TRY = 304;
     /// The token failed the operation (see `message`).
     TOKEN_ERROR = 400;
     /// The token could not decrypt or derive with the given input.

@@ -80,6 +80,7 @@ fn requests() -> Vec<(&'static str, Request)> {
             Request::Unlock {
                 token: TOKEN.into(),
                 pin: Pin::new("12345678".into()),
+                confirm_final_try: false,
             },
         ),
         (
@@ -217,7 +218,7 @@ fn golden_requests() {
         let got = Request::decode(&payload).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(got, expected, "{name}");
         assert_eq!(
-            hex::encode(expected.encode_frame()),
+            hex::encode(expected.encode_frame().unwrap()),
             hex::encode(&frame),
             "{name}"
         );
@@ -232,7 +233,7 @@ fn golden_responses() {
         let got = Response::decode(&payload).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(got, expected, "{name}");
         assert_eq!(
-            hex::encode(expected.encode_frame()),
+            hex::encode(expected.encode_frame().unwrap()),
             hex::encode(&frame),
             "{name}"
         );

@@ -140,14 +140,14 @@ fn every_hex_example_round_trips() {
                 .unwrap_or_else(|e| panic!("PROTOCOL.md line {at}: request: {e}"));
             assert_eq!(request_name(&req), op, "line {at}");
             requests.insert(op);
-            req.encode_frame()
+            req.encode_frame().unwrap()
         } else {
             let resp = Response::decode(&payload)
                 .unwrap_or_else(|e| panic!("PROTOCOL.md line {at}: response: {e}"));
             let ty = text_key(&payload, "type").unwrap_or_default();
             assert_eq!(response_name(&resp), ty, "line {at}");
             responses.insert(ty);
-            resp.encode_frame()
+            resp.encode_frame().unwrap()
         };
         assert_eq!(
             hex::encode(&reencoded),

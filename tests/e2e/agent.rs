@@ -51,7 +51,8 @@ fn hello(s: &mut UnixStream) {
             versions: vec![1],
             client: "test".into(),
         }
-        .encode_frame(),
+        .encode_frame()
+        .unwrap(),
     )
     .unwrap();
     assert!(matches!(
@@ -176,13 +177,51 @@ fn wrong_pin_is_tried_once_and_reported() {
         "{err}"
     );
     assert_eq!(logins(), 2);
-    // The right PIN still works (the simulated card is on its final try, not locked).
+    // The card is now on its final try: no PIN is sent without the user's consent,
+    // neither by the client nor by the agent.
+    let pin_line = format!("{}\n", token.pin());
     let out = agent.smime_stdin(
         &["unlock", "--token", "smime-demo", "--pin-stdin"],
-        format!("{}\n", token.pin()).as_bytes(),
+        pin_line.as_bytes(),
     );
-    assert_ok(&out, "smime unlock");
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("final"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut raw = AgentClient::connect(&agent.socket).unwrap();
+    match raw.unlock("smime-demo", smime_proto::Pin::new(token.pin()), false) {
+        Err(smime::agent::AgentError::Agent(e)) => assert_eq!(e.code, ErrorCode::PIN_FINAL_TRY),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(logins(), 2, "nothing was sent on the final try");
+    // With consent, the right PIN still works (the simulated card is not locked).
+    let out = agent.smime_stdin(
+        &[
+            "unlock",
+            "--token",
+            "smime-demo",
+            "--pin-stdin",
+            "--confirm-final-try",
+        ],
+        pin_line.as_bytes(),
+    );
+    assert_ok(&out, "smime unlock --confirm-final-try");
     assert_eq!(logins(), 3);
+    // Unlocking an unlocked token sends nothing, so a wrong PIN cannot be "accepted".
+    let out = agent.smime_stdin(&["unlock", "--pin-stdin"], b"99999999\n");
+    assert_ok(&out, "unlock when unlocked");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already unlocked"));
+    match raw.unlock(
+        "smime-demo",
+        smime_proto::Pin::new("99999999".into()),
+        false,
+    ) {
+        Ok(()) => {}
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(logins(), 3, "no C_Login when already logged in");
     sign_ok(&agent, "alice-rsa");
     let lines = std::fs::read_to_string(&log).unwrap();
     assert!(
@@ -270,14 +309,16 @@ fn hostile_frames_do_not_hurt_other_clients() {
         Some(Response::Error(e)) => assert_eq!(e.code, ErrorCode::UNKNOWN_OPERATION),
         other => panic!("{other:?}"),
     }
-    s.write_all(&Request::Status.encode_frame()).unwrap();
+    s.write_all(&Request::Status.encode_frame().unwrap())
+        .unwrap();
     assert!(matches!(
         read_response(&mut s),
         Some(Response::Status { .. })
     ));
     // Operations before hello are refused.
     let mut s = UnixStream::connect(&agent.socket).unwrap();
-    s.write_all(&Request::ListKeys.encode_frame()).unwrap();
+    s.write_all(&Request::ListKeys.encode_frame().unwrap())
+        .unwrap();
     match read_response(&mut s) {
         Some(Response::Error(e)) => assert_eq!(e.code, ErrorCode::HELLO_REQUIRED),
         other => panic!("{other:?}"),
@@ -502,4 +543,139 @@ fn detached_agent_prints_its_socket_and_refuses_a_second_start() {
         std::thread::sleep(Duration::from_millis(25));
     }
     assert!(!socket.exists(), "SIGTERM removes the socket");
+}
+
+#[test]
+fn configured_pin_is_not_sent_after_a_wrong_pin_on_record() {
+    let token = Token::new();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("logins");
+    let state = dir.path().join("state");
+    std::fs::write(&state, "1").unwrap(); // one wrong PIN on record (COUNT_LOW)
+    let opts = AgentOptions {
+        module: Some(built("libp11_count.so")),
+        env: vec![
+            (
+                "P11_COUNT_MODULE".into(),
+                smime_tests::softhsm_module().display().to_string(),
+            ),
+            ("P11_COUNT_LOG".into(), log.display().to_string()),
+            ("P11_COUNT_LOCK_AFTER".into(), "3".into()),
+            ("P11_COUNT_STATE".into(), state.display().to_string()),
+        ],
+        ..Default::default() // the correct PIN file
+    };
+    let agent = Agent::start_with(&token, opts);
+    let dir2 = tempfile::tempdir().unwrap();
+    let data = dir2.path().join("d");
+    std::fs::write(&data, b"x").unwrap();
+    let out = agent.sign("alice-rsa", &data, &dir2.path().join("s"), &[]);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .count(),
+        0,
+        "an unattended agent spends no try"
+    );
+    // A user can still unlock.
+    let out = agent.smime_stdin(
+        &["unlock", "--pin-stdin"],
+        format!("{}\n", token.pin()).as_bytes(),
+    );
+    assert_ok(&out, "unlock");
+    sign_ok(&agent, "alice-rsa");
+}
+
+#[test]
+fn the_socket_path_must_not_be_another_file() {
+    let token = Token::new();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let precious = dir.path().join("id_key");
+    std::fs::write(&precious, b"do not delete").unwrap();
+    let out = run(Command::new(built("smime-agent"))
+        .args(["--foreground", "--socket"])
+        .arg(&precious)
+        .arg("--module")
+        .arg(smime_tests::softhsm_module())
+        .env("SOFTHSM2_CONF", token.file("softhsm2.conf")));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a socket"));
+    assert_eq!(std::fs::read(&precious).unwrap(), b"do not delete");
+}
+
+#[test]
+fn over_the_connection_limit_clients_are_told_at_once() {
+    let token = Token::new();
+    let so = smime_tests::softhsm_module().display().to_string();
+    let agent = Agent::start_with(
+        &token,
+        AgentOptions {
+            config: Some(format!("modules = [{so:?}]\nmax_connections = 1\n")),
+            ..Default::default()
+        },
+    );
+    // The start-up probe's connection may still hold the one slot for a moment.
+    let mut held = None;
+    for _ in 0..100 {
+        if let Ok(c) = AgentClient::connect(&agent.socket) {
+            held = Some(c);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let held = held.expect("one connection is served");
+    let start = std::time::Instant::now();
+    let out = agent.smime(&["status"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("connections"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "refused promptly, not left hanging"
+    );
+    drop(held);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_ok(&agent.smime(&["status"]), "status once the slot is free");
+}
+
+#[test]
+fn a_slow_frame_is_cut_off() {
+    let token = Token::new();
+    let agent = Agent::start(&token);
+    let mut s = UnixStream::connect(&agent.socket).unwrap();
+    hello(&mut s);
+    let start = std::time::Instant::now();
+    // One byte every 2 s: each read is quick, the frame never completes.
+    let frame = Request::Status.encode_frame().unwrap();
+    let mut cut = false;
+    for b in frame.iter().chain(std::iter::repeat_n(&0u8, 20)) {
+        if s.write_all(std::slice::from_ref(b)).is_err() {
+            cut = true;
+            break;
+        }
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut buf = [0u8; 64];
+        match s.read(&mut buf) {
+            Ok(0) => {
+                cut = true;
+                break;
+            }
+            Ok(_) => panic!("a response to a frame sent this slowly"),
+            Err(_) => {}
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            break;
+        }
+    }
+    assert!(cut, "the agent closed the slow connection");
+    assert!(
+        start.elapsed() < Duration::from_secs(16),
+        "within the 10 s frame deadline"
+    );
 }

@@ -292,3 +292,111 @@ fn large_input_is_streamed_from_stdin() {
         "openssl verify 64 MiB",
     );
 }
+
+#[test]
+fn without_a_trust_anchor_verification_fails_unless_asked_not_to_chain() {
+    let token = Token::new();
+    let agent = Agent::start(&token);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d");
+    std::fs::write(&data, b"trust me").unwrap();
+    let sig = dir.path().join("s.p7s");
+    sign_with(&agent, "alice-rsa", &data, &sig, &[]);
+    // The test CA is not in the system store.
+    let out = agent.smime(&[
+        "verify",
+        "--in",
+        sig.to_str().unwrap(),
+        "--content",
+        data.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("untrusted"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = agent.smime(&[
+        "verify",
+        "--no-chain",
+        "--in",
+        sig.to_str().unwrap(),
+        "--content",
+        data.to_str().unwrap(),
+    ]);
+    assert_ok(&out, "verify --no-chain");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("NOT checked"));
+    // A detached signature without its content is a usage error, not a silent read of stdin.
+    let out = agent.smime(&[
+        "verify",
+        "--in",
+        sig.to_str().unwrap(),
+        "--trust",
+        token.file("ca.pem").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--content"));
+}
+
+#[test]
+fn attached_openssl_signatures_verify_without_content() {
+    let token = Token::new();
+    let agent = Agent::start(&token);
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n);
+    let ossl = |args: &[&str]| {
+        assert_ok(
+            &run(Command::new("openssl").args(args).current_dir(dir.path())),
+            &args.join(" "),
+        )
+    };
+    ossl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "k",
+        "-out",
+        "c.pem",
+        "-subj",
+        "/CN=Attached",
+        "-days",
+        "2",
+        "-addext",
+        "subjectAltName=email:att@example.net",
+    ]);
+    std::fs::write(p("data"), b"inside the signature").unwrap();
+    ossl(&[
+        "cms",
+        "-sign",
+        "-binary",
+        "-nodetach",
+        "-in",
+        "data",
+        "-signer",
+        "c.pem",
+        "-inkey",
+        "k",
+        "-outform",
+        "DER",
+        "-out",
+        "att.der",
+    ]);
+    let out = agent.smime(&[
+        "verify",
+        "--in",
+        p("att.der").to_str().unwrap(),
+        "--trust",
+        p("c.pem").to_str().unwrap(),
+    ]);
+    assert_ok(&out, "verify attached");
+}

@@ -28,6 +28,7 @@ use smime_proto::{
 };
 
 use crate::error::AgentError;
+pub use worker::PinSource;
 use worker::{Job, Worker};
 
 /// A loaded and initialized PKCS#11 module.
@@ -117,6 +118,8 @@ pub struct Token {
     p11: Pkcs11,
     slot: Slot,
     jobs: Mutex<Option<crossbeam_channel::Sender<Job>>>,
+    /// Serializes logins, so two clients cannot spend two PIN tries at once.
+    login_lock: tokio::sync::Mutex<()>,
     workers: Mutex<Vec<JoinHandle<()>>>,
     state: Mutex<TokenState>,
 }
@@ -158,6 +161,7 @@ impl Token {
             p11: module.p11.clone(),
             slot,
             jobs: Mutex::new(Some(tx)),
+            login_lock: tokio::sync::Mutex::new(()),
             workers: Mutex::new(workers),
             state: Mutex::new(TokenState {
                 logged_in: false,
@@ -200,11 +204,15 @@ impl Token {
         Ok(())
     }
 
-    /// Logs in with `pin`: exactly one `C_Login`, never retried.
+    /// Logs in with `pin`: at most one `C_Login`, never retried (see [`Worker::login`]
+    /// for when no PIN is sent at all).
     ///
-    /// `configured` marks a PIN from the agent's own configuration: if the token rejects
-    /// it, it is remembered as rejected and never sent again.
-    pub async fn login(&self, pin: Arc<Pin>, configured: bool) -> Result<(), AgentError> {
+    /// A PIN from the configuration that the token rejects is remembered and never sent
+    /// again. Logins to one token are serialized, and one that finds the token already
+    /// logged in does not send its PIN.
+    pub async fn login(&self, pin: Arc<Pin>, source: PinSource) -> Result<(), AgentError> {
+        let configured = source == PinSource::Configured;
+        let _one_at_a_time = self.login_lock.lock().await;
         if configured && let Some(state) = self.state().configured_pin_rejected {
             return Err(AgentError::PinIncorrect {
                 token: self.label.clone(),
@@ -212,22 +220,26 @@ impl Token {
                 configured,
             });
         }
-        let result = self.run(move |w| w.login(&pin, configured)).await;
+        let result = self.run(move |w| w.login(&pin, source)).await;
         match &result {
-            Ok(()) => {
+            Ok(outcome) => {
                 self.state().logged_in = true;
-                tracing::info!(token = %self.label, "logged in");
+                if *outcome == worker::Login::AlreadyLoggedIn {
+                    tracing::info!(token = %self.label, "already logged in; PIN not sent");
+                } else {
+                    tracing::info!(token = %self.label, "logged in");
+                }
                 self.refresh_keys().await?;
             }
             Err(AgentError::PinIncorrect { state, .. }) => {
-                tracing::warn!(token = %self.label, pin_state = ?state, configured, "PIN rejected; not retrying");
+                tracing::warn!(token = %self.label, pin_state = ?state, configured, "PIN not accepted; not retrying");
                 if configured {
                     self.state().configured_pin_rejected = Some(*state);
                 }
             }
             Err(e) => tracing::warn!(token = %self.label, error = %e, "login failed"),
         }
-        result
+        result.map(|_| ())
     }
 
     /// Logs out (all sessions share the login) and forgets the login state.
@@ -307,13 +319,14 @@ impl Token {
     pub async fn ecdh(&self, key: &KeyEntry, peer: Vec<u8>) -> Result<SecretBytes, AgentError> {
         self.ready(key, Operation::Ecdh)?;
         check_alg(key, false, false)?;
-        let id = key.cka_id.clone();
-        self.after_op(self.run(move |w| w.ecdh(&id, &peer)).await)
+        let (id, curve) = (key.cka_id.clone(), key.info.algorithm);
+        self.after_op(self.run(move |w| w.ecdh(&id, curve, &peer)).await)
     }
 
-    /// Keeps the login flag honest: a token that says "not logged in" is not.
+    /// Keeps the login flag honest: the worker reports `PinRequired` only when its
+    /// session is not logged in, and a removed token has lost its login.
     fn after_op<T>(&self, r: Result<T, AgentError>) -> Result<T, AgentError> {
-        if let Err(AgentError::PinRequired { .. }) = &r {
+        if let Err(AgentError::PinRequired { .. } | AgentError::TokenAbsent { .. }) = &r {
             self.state().logged_in = false;
         }
         r

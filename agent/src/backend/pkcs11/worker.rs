@@ -22,6 +22,27 @@ use super::mechanism::{decrypt_mechanism, sign_input};
 use super::oaep;
 use crate::error::AgentError;
 
+/// Where a PIN comes from; decides what the agent may risk with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PinSource {
+    /// The agent's configuration (file or environment): sent only to a token with a
+    /// clean PIN record.
+    Configured,
+    /// A client forwarded what the user typed.
+    User,
+    /// As `User`, and the user agreed to spend the final try.
+    UserConfirmedFinalTry,
+}
+
+/// What a successful `login` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Login {
+    /// C_Login succeeded.
+    LoggedIn,
+    /// The token was already logged in; the PIN was not sent.
+    AlreadyLoggedIn,
+}
+
 /// A unit of work for a worker thread.
 pub(super) type Job = Box<dyn FnOnce(&mut Worker) + Send>;
 
@@ -78,6 +99,9 @@ impl Worker {
         };
         use RvError::*;
         match rv {
+            // The session may be logged in and the *key* want a context-specific login
+            // (CKA_ALWAYS_AUTHENTICATE): that is not "the token is locked".
+            UserNotLoggedIn if self.logged_in() => AgentError::KeyNeedsPinPerUse { token },
             UserNotLoggedIn => AgentError::PinRequired { token },
             PinLocked => AgentError::PinLocked { token },
             DeviceRemoved | TokenNotPresent | TokenNotRecognized | SessionHandleInvalid
@@ -102,20 +126,47 @@ impl Worker {
         }
     }
 
-    /// Exactly one C_Login. The token flags are read before (a locked PIN is never sent)
-    /// and after a failure (to report what is left).
-    pub(super) fn login(&mut self, pin: &Pin, configured: bool) -> Result<(), AgentError> {
+    /// Whether the application is logged in to the token (as seen by this session).
+    pub(super) fn logged_in(&self) -> bool {
+        use cryptoki::session::SessionState::{RoUser, RwUser};
+        matches!(
+            self.session.get_session_info().map(|i| i.session_state()),
+            Ok(RoUser | RwUser)
+        )
+    }
+
+    /// At most one C_Login, never retried. The token flags are read first: no PIN is sent
+    /// to a locked token, to a token on its final try without the user's consent, or,
+    /// for a PIN from the configuration, to a token with any wrong PIN on record.
+    pub(super) fn login(&mut self, pin: &Pin, source: PinSource) -> Result<Login, AgentError> {
         let token = self.token.clone();
+        if self.logged_in() {
+            return Ok(Login::AlreadyLoggedIn);
+        }
         let info = self
             .p11
             .get_token_info(self.slot)
             .map_err(|e| self.err(e, "C_GetTokenInfo"))?;
-        if info.user_pin_locked() {
-            return Err(AgentError::PinLocked { token });
+        let configured = source == PinSource::Configured;
+        match pin_state(&info) {
+            PinState::Locked => return Err(AgentError::PinLocked { token }),
+            PinState::FinalTry if source != PinSource::UserConfirmedFinalTry => {
+                return Err(AgentError::PinFinalTry { token });
+            }
+            state @ (PinState::CountLow | PinState::FinalTry) if configured => {
+                return Err(AgentError::PinIncorrect {
+                    token,
+                    state,
+                    configured,
+                });
+            }
+            _ => {}
         }
         let secret = cryptoki::types::AuthPin::from(pin.expose().to_owned());
         match self.session.login(UserType::User, Some(&secret)) {
-            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
+            Ok(()) => Ok(Login::LoggedIn),
+            // Someone else logged in between our check and the call: the PIN was not checked.
+            Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(Login::AlreadyLoggedIn),
             Err(CkError::Pkcs11(RvError::PinIncorrect, _)) => {
                 let state = self
                     .p11
@@ -131,6 +182,7 @@ impl Worker {
                     },
                 })
             }
+            Err(CkError::Pkcs11(RvError::PinLocked, _)) => Err(AgentError::PinLocked { token }),
             Err(CkError::Pkcs11(RvError::PinLenRange | RvError::PinInvalid, _)) => {
                 Err(AgentError::PinLenRange { token })
             }
@@ -288,9 +340,19 @@ impl Worker {
                 Attribute::Id(cka_id.to_vec()),
             ])
             .map_err(|e| self.err(e, "C_FindObjects"))?;
-        let h = *found.first().ok_or_else(|| AgentError::PinRequired {
-            token: self.token.clone(),
-        })?;
+        let Some(h) = found.first().copied() else {
+            // Private objects are invisible before login; after it, the key is gone.
+            return Err(if self.logged_in() {
+                AgentError::KeyGone {
+                    token: self.token.clone(),
+                    cka_id: hex::encode(cka_id),
+                }
+            } else {
+                AgentError::PinRequired {
+                    token: self.token.clone(),
+                }
+            });
+        };
         self.handles.insert(cka_id.to_vec(), h);
         Ok(h)
     }
@@ -410,11 +472,27 @@ impl Worker {
     }
 
     /// ECDH (CKM_ECDH1_DERIVE, no KDF): derives a session secret, reads Z, destroys it.
-    pub(super) fn ecdh(&mut self, cka_id: &[u8], peer: &[u8]) -> Result<SecretBytes, AgentError> {
-        if peer.first() != Some(&0x04) {
-            return Err(AgentError::BadRequest(
-                "the peer point must be SEC1 uncompressed (04 || X || Y)".into(),
-            ));
+    pub(super) fn ecdh(
+        &mut self,
+        cka_id: &[u8],
+        curve: KeyAlgorithm,
+        peer: &[u8],
+    ) -> Result<SecretBytes, AgentError> {
+        // The point must lie on the key's curve: a token that does not check it would
+        // leak the private key to an invalid-curve attack.
+        let on_curve = match curve {
+            KeyAlgorithm::EcP256 => {
+                peer.len() == 65 && p256::PublicKey::from_sec1_bytes(peer).is_ok()
+            }
+            KeyAlgorithm::EcP384 => {
+                peer.len() == 97 && p384::PublicKey::from_sec1_bytes(peer).is_ok()
+            }
+            _ => false,
+        };
+        if !on_curve || peer.first() != Some(&0x04) {
+            return Err(AgentError::BadRequest(format!(
+                "the peer point must be an uncompressed SEC1 point (04 || X || Y) on the key's curve ({curve:?})"
+            )));
         }
         // Modules disagree on the point's form: try it raw, then DER OCTET STRING wrapped.
         let z = match self.with_key(cka_id, |s, h| derive_z(s, h, peer), "C_DeriveKey") {
