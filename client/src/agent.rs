@@ -77,6 +77,17 @@ impl AgentClient<UnixStream> {
             path: path.to_owned(),
             source,
         })?;
+        // Talk (and send PINs) only to an agent of our own user.
+        let owner = rustix::net::sockopt::socket_peercred(&stream).map_err(std::io::Error::from)?;
+        let me = rustix::process::geteuid();
+        if owner.uid != me {
+            return Err(AgentError::Transport(format!(
+                "the agent at {} runs as uid {}, not as this user (uid {}); refusing to use it",
+                path.display(),
+                owner.uid.as_raw(),
+                me.as_raw()
+            )));
+        }
         // Never hang on a stuck agent. Operations can legitimately take a while (a card
         // waiting for a touch or a PIN pad), hence the generous read limit.
         stream.set_read_timeout(Some(READ_TIMEOUT))?;

@@ -679,3 +679,57 @@ fn a_slow_frame_is_cut_off() {
         "within the 10 s frame deadline"
     );
 }
+
+#[test]
+fn the_client_talks_only_to_an_agent_of_its_own_user() {
+    if !rustix_is_root() {
+        eprintln!("not root: cannot start an agent as another user");
+        return;
+    }
+    let token = Token::new();
+    let bin = tempfile::Builder::new()
+        .prefix("smime-bin-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(bin.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let agent_bin = bin.path().join("smime-agent");
+    std::fs::copy(built("smime-agent"), &agent_bin).unwrap();
+    let sock_dir = bin.path().join("nobody");
+    std::fs::create_dir(&sock_dir).unwrap();
+    assert_ok(
+        &run(Command::new("chown")
+            .args(["nobody:nogroup"])
+            .arg(&sock_dir)),
+        "chown",
+    );
+    std::fs::set_permissions(&sock_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let socket = sock_dir.join("agent.sock");
+    let mut agent = Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+        .arg(&agent_bin)
+        .args(["--foreground", "--socket"])
+        .arg(&socket)
+        .arg("--module")
+        .arg(smime_tests::softhsm_module())
+        .env("SOFTHSM2_CONF", token.file("softhsm2.conf"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..250 {
+        if socket.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = run(Command::new(built("smime"))
+        .args(["status", "--socket"])
+        .arg(&socket));
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not as this user"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
