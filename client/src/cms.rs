@@ -10,6 +10,8 @@
 //! Shared here: the [`HashAlg`] choice, a streaming [`Hasher`], [`digest_reader`] and the
 //! module's [`Error`].
 
+pub mod envelope;
+pub mod opaque;
 pub mod sign;
 pub mod verify;
 
