@@ -38,6 +38,14 @@ pub enum Command {
     Sign(SignArgs),
     /// Check a detached CMS signature against its content.
     Verify(VerifyArgs),
+    /// Encrypt for one or more recipients (S/MIME 4.0: AES-GCM AuthEnvelopedData by default).
+    Encrypt(EncryptArgs),
+    /// Add correspondents' certificates to the local store, to encrypt to them by address.
+    Import {
+        /// Certificate files (PEM with one or more certificates, or DER).
+        #[arg(required = true, value_name = "CERT")]
+        certs: Vec<PathBuf>,
+    },
     /// Show the agent's tokens and their login state.
     Status {
         /// Print JSON.
@@ -124,4 +132,95 @@ pub struct VerifyArgs {
     /// Print the verdict as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Content encryption algorithms.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Cipher {
+    /// AES-128-GCM AuthEnvelopedData (RFC 5084; the S/MIME 4.0 default).
+    Aes128Gcm,
+    /// AES-256-GCM AuthEnvelopedData.
+    Aes256Gcm,
+    /// AES-128-CBC EnvelopedData, for S/MIME 3.x clients.
+    Aes128Cbc,
+    /// AES-256-CBC EnvelopedData, for S/MIME 3.x clients.
+    Aes256Cbc,
+}
+
+/// RSA key transport.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum KeyTransport {
+    /// RSAES-PKCS1-v1_5 (every S/MIME client reads it).
+    Pkcs1,
+    /// RSAES-OAEP with SHA-256.
+    Oaep,
+    /// RSAES-OAEP with SHA-1 (older peers and tokens).
+    OaepSha1,
+}
+
+/// Output form of encrypted or opaque-signed data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutForm {
+    /// An S/MIME entity (application/pkcs7-mime), with the input's mail headers kept.
+    Smime,
+    /// Raw CMS, BER/DER.
+    Der,
+    /// Raw CMS, PEM (`-----BEGIN CMS-----`).
+    Pem,
+}
+
+/// `smime encrypt`.
+#[derive(Debug, Args)]
+pub struct EncryptArgs {
+    /// Recipient: a certificate file, or an e-mail address found in the certificate
+    /// store (`smime import`). Repeatable.
+    #[arg(
+        long = "to",
+        short = 't',
+        value_name = "CERT|EMAIL",
+        required_unless_present = "self_"
+    )]
+    pub to: Vec<String>,
+    /// Also encrypt to your own certificate (from the agent), so you can read what you sent.
+    #[arg(long = "self", id = "self_")]
+    pub self_: bool,
+    /// With --self: which of your keys (as for `smime sign --key`). Default: the only one
+    /// that can decrypt.
+    #[arg(long, short = 'k', value_name = "SEL")]
+    pub key: Option<String>,
+    /// Content (default: standard input).
+    #[arg(long = "in", short = 'i', value_name = "FILE")]
+    pub input: Option<PathBuf>,
+    /// Where to write (default: standard output). Written atomically.
+    #[arg(long = "out", short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Output an S/MIME entity (application/pkcs7-mime), keeping the input's mail
+    /// headers outside (the default).
+    #[arg(long, conflicts_with_all = ["der", "pem"])]
+    pub mime: bool,
+    /// Output raw CMS (BER).
+    #[arg(long, conflicts_with = "pem")]
+    pub der: bool,
+    /// Output raw CMS as PEM.
+    #[arg(long)]
+    pub pem: bool,
+    /// Content encryption.
+    #[arg(long, value_enum, default_value = "aes128-gcm")]
+    pub cipher: Cipher,
+    /// Key transport for RSA recipients.
+    #[arg(long = "rsa", value_enum, default_value = "pkcs1")]
+    pub rsa: KeyTransport,
+}
+
+impl EncryptArgs {
+    /// The output form the flags ask for.
+    pub fn outform(&self) -> OutForm {
+        if self.der {
+            OutForm::Der
+        } else if self.pem {
+            OutForm::Pem
+        } else {
+            OutForm::Smime
+        }
+    }
 }

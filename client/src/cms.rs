@@ -18,6 +18,7 @@ pub mod verify;
 mod alg;
 mod ber;
 mod pem;
+pub use pem::write_pem;
 
 #[cfg(test)]
 mod tests;

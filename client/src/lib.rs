@@ -14,6 +14,8 @@
 pub mod agent;
 pub mod cli;
 pub mod cms;
+pub mod commands;
 pub mod keys;
+pub mod output;
 pub mod signer;
 pub mod store;

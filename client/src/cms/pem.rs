@@ -112,3 +112,24 @@ pub(crate) fn decode_armor(bytes: &[u8]) -> Result<(String, Vec<u8>), Error> {
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
+
+/// Streams `der` out as PEM with the `CMS` label, in constant memory: chunks of a multiple
+/// of 48 bytes encode to whole 64-column lines.
+pub fn write_pem<R: std::io::Read, W: std::io::Write>(der: &mut R, out: &mut W) -> std::io::Result<()> {
+    out.write_all(b"-----BEGIN CMS-----\n")?;
+    let mut buf = vec![0u8; 48 * 1024];
+    loop {
+        let mut filled = 0;
+        while filled < buf.len() {
+            match der.read(buf.get_mut(filled..).unwrap_or_default())? {
+                0 => break,
+                n => filled += n,
+            }
+        }
+        out.write_all(encode_wrapped(buf.get(..filled).unwrap_or_default()).as_bytes())?;
+        if filled < buf.len() {
+            break;
+        }
+    }
+    out.write_all(b"-----END CMS-----\n")
+}

@@ -1,0 +1,482 @@
+//! The `smime` commands: each turns resolved flags into library calls, and every failure
+//! into one of the documented exit statuses. This is the binary's edge, hence `anyhow`.
+
+mod encrypt;
+mod smime_entity;
+
+use std::fs::File;
+use std::io::{self, BufReader, IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use crate::agent::{AgentClient, AgentError, socket_path};
+use crate::cms::{self, HashAlg};
+use crate::keys::{KeySummary, select};
+use crate::signer::RemoteSigner;
+use anyhow::{Context, anyhow};
+use der::Decode;
+use smime_proto::{ErrorCode, Operation, Pin, PinState, Request, Response};
+use x509_cert::Certificate;
+
+use crate::cli::{Cli, Command, Digest, SignArgs, VerifyArgs};
+
+/// How a command failed; decides the exit status.
+pub(crate) enum Failure {
+    /// 1: the signature or certificate did not verify.
+    Verify(anyhow::Error),
+    /// 2: bad arguments or input the user must fix.
+    Usage(anyhow::Error),
+    /// 3: the agent or the token is not available.
+    Unavailable(anyhow::Error),
+    /// 4: anything else.
+    Other(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        if e.downcast_ref::<AgentError>().is_some_and(unavailable) {
+            Failure::Unavailable(e)
+        } else {
+            Failure::Other(e)
+        }
+    }
+}
+
+/// Agent errors that mean "the agent, token, key or PIN is not available" (exit 3).
+fn unavailable(a: &AgentError) -> bool {
+    match a {
+        AgentError::Unreachable { .. } | AgentError::Transport(_) => true,
+        AgentError::Agent(r) => r.code.0 / 100 == 2 || r.code.0 / 100 == 3,
+        _ => false,
+    }
+}
+
+fn hint(e: &anyhow::Error) -> Option<&'static str> {
+    match e.downcast_ref::<AgentError>()? {
+        AgentError::Unreachable { .. } => {
+            Some("start the agent: eval \"$(smime-agent --module /path/to/pkcs11.so)\"")
+        }
+        AgentError::Agent(r) => match r.code {
+            ErrorCode::PIN_REQUIRED => Some("log in first: smime unlock"),
+            ErrorCode::PIN_INCORRECT => {
+                Some("check the PIN; the agent never retries a wrong PIN by itself")
+            }
+            ErrorCode::PIN_LOCKED => {
+                Some("unblock the PIN with the PUK or SO PIN (e.g. pkcs11-tool --unlock-pin)")
+            }
+            ErrorCode::TOKEN_ABSENT => Some("insert the card"),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Runs one command line and returns the process exit status.
+pub fn run(cli: &Cli) -> ExitCode {
+    let result = match &cli.command {
+        Command::Keys { json } => keys(cli, *json),
+        Command::Sign(a) => sign(cli, a),
+        Command::Verify(a) => verify(a),
+        Command::Status { json } => status(cli, *json),
+        Command::Unlock {
+            token,
+            pin_stdin,
+            confirm_final_try,
+        } => unlock(cli, token.as_deref(), *pin_stdin, *confirm_final_try),
+        Command::Lock { token } => lock(cli, token.clone()),
+        Command::Encrypt(a) => encrypt::encrypt(cli, a),
+        Command::Import { certs } => encrypt::import(certs),
+    };
+    let (code, e, what) = match result {
+        Ok(()) => return ExitCode::SUCCESS,
+        Err(Failure::Verify(e)) => (1, e, "verification failed"),
+        Err(Failure::Usage(e)) => (2, e, "error"),
+        Err(Failure::Unavailable(e)) => (3, e, "error"),
+        Err(Failure::Other(e)) => (4, e, "error"),
+    };
+    // A closed pipe (`smime keys | head`) is not a failure.
+    if e.downcast_ref::<io::Error>()
+        .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
+    {
+        return ExitCode::SUCCESS;
+    }
+    eprintln!("smime: {what}: {e:#}");
+    if let Some(h) = hint(&e) {
+        eprintln!("hint: {h}");
+    }
+    ExitCode::from(code)
+}
+
+fn connect(cli: &Cli) -> Result<AgentClient, Failure> {
+    let path = socket_path(cli.socket.as_deref()).ok_or_else(|| {
+        Failure::Unavailable(anyhow!(
+            "no agent socket: set SMIME_AGENT_SOCK or XDG_RUNTIME_DIR, or pass --socket"
+        ))
+    })?;
+    AgentClient::connect(&path).map_err(|e| anyhow::Error::from(e).into())
+}
+
+fn key_list(client: &mut AgentClient) -> Result<Vec<KeySummary>, Failure> {
+    Ok(client
+        .list_keys()
+        .map_err(anyhow::Error::from)?
+        .into_iter()
+        .map(KeySummary::new)
+        .collect())
+}
+
+fn keys(cli: &Cli, json: bool) -> Result<(), Failure> {
+    let keys = key_list(&mut connect(cli)?)?;
+    let mut out = io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, &keys).map_err(|e| Failure::Other(e.into()))?;
+        writeln!(out).map_err(|e| Failure::Other(e.into()))?;
+        return Ok(());
+    }
+    if keys.is_empty() {
+        eprintln!("the agent has no keys (is the token present and unlocked? try `smime status`)");
+    }
+    for k in &keys {
+        let w = |out: &mut io::StdoutLock<'_>| -> io::Result<()> {
+            writeln!(out, "{}", k.id)?;
+            writeln!(out, "  token:     {}", k.token)?;
+            writeln!(out, "  label:     {}", k.label)?;
+            writeln!(out, "  algorithm: {}", k.algorithm)?;
+            writeln!(out, "  subject:   {}", k.subject)?;
+            writeln!(out, "  email:     {}", k.emails.join(", "))?;
+            writeln!(
+                out,
+                "  validity:  {} .. {}",
+                k.not_before.as_deref().unwrap_or("-"),
+                k.not_after.as_deref().unwrap_or("-")
+            )?;
+            writeln!(out, "  sha256:    {}", k.sha256.as_deref().unwrap_or("-"))?;
+            writeln!(out, "  allows:    {}", k.operations.join(", "))
+        };
+        w(&mut out).map_err(|e| Failure::Other(e.into()))?;
+    }
+    Ok(())
+}
+
+fn open_input(path: Option<&Path>) -> Result<Box<dyn Read>, Failure> {
+    Ok(match path {
+        Some(p) if p != Path::new("-") => Box::new(BufReader::with_capacity(
+            cms::DIGEST_CHUNK,
+            File::open(p)
+                .with_context(|| format!("opening {}", p.display()))
+                .map_err(Failure::Usage)?,
+        )),
+        _ => Box::new(io::stdin().lock()),
+    })
+}
+
+fn load_certs(paths: &[PathBuf]) -> Result<Vec<Certificate>, Failure> {
+    let mut out = Vec::new();
+    for p in paths {
+        let bytes = std::fs::read(p)
+            .with_context(|| format!("reading {}", p.display()))
+            .map_err(Failure::Usage)?;
+        let is_pem = bytes.windows(11).any(|w| w == b"-----BEGIN ");
+        let certs = if is_pem {
+            Certificate::load_pem_chain(&bytes).map_err(|e| anyhow!(e))
+        } else {
+            Certificate::from_der(&bytes)
+                .map(|c| vec![c])
+                .map_err(|e| anyhow!(e))
+        }
+        .with_context(|| format!("{} holds no certificate", p.display()))
+        .map_err(Failure::Usage)?;
+        out.extend(certs);
+    }
+    Ok(out)
+}
+
+/// Writes `bytes` to `path` atomically (temp file + rename), or to stdout.
+fn write_output(path: Option<&Path>, bytes: &[u8]) -> Result<(), Failure> {
+    match path {
+        Some(p) if p != Path::new("-") => {
+            let dir = p
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            let mut tmp = tempfile::NamedTempFile::new_in(dir)
+                .with_context(|| format!("creating a file in {}", dir.display()))
+                .map_err(Failure::Usage)?;
+            tmp.write_all(bytes).map_err(|e| Failure::Other(e.into()))?;
+            tmp.persist(p)
+                .with_context(|| format!("writing {}", p.display()))
+                .map_err(Failure::Other)?;
+        }
+        _ => {
+            let mut out = io::stdout().lock();
+            out.write_all(bytes)
+                .and_then(|()| out.flush())
+                .map_err(|e| Failure::Other(e.into()))?;
+        }
+    }
+    Ok(())
+}
+
+fn sign(cli: &Cli, a: &SignArgs) -> Result<(), Failure> {
+    let hash = match a.digest {
+        Digest::Sha256 => HashAlg::Sha256,
+        Digest::Sha384 => HashAlg::Sha384,
+        Digest::Sha512 => HashAlg::Sha512,
+    };
+    let extra = load_certs(&a.certfile)?;
+    let mut client = connect(cli)?;
+    let keys = key_list(&mut client)?;
+    let key = select(&keys, &a.key, |k| {
+        k.certificate.is_some() && k.info.operations.contains(&Operation::Sign)
+    })
+    .map_err(|e| Failure::Usage(e.into()))?;
+    let cert = key
+        .certificate
+        .as_ref()
+        .ok_or_else(|| Failure::Usage(anyhow!("key has no certificate")))?;
+    if a.pss && !key.algorithm.starts_with("rsa") {
+        return Err(Failure::Usage(anyhow!(
+            "--pss needs an RSA key; {} is {}",
+            key.label,
+            key.algorithm
+        )));
+    }
+    let digest = cms::digest_reader(hash, open_input(a.input.as_deref())?)
+        .context("reading the content")
+        .map_err(Failure::Usage)?;
+    let signer = RemoteSigner::new(&mut client, key.info.id.clone());
+    let req = cms::sign::SignRequest {
+        content_digest: &digest,
+        hash,
+        pss: a.pss,
+        signer_cert: cert,
+        extra_certs: &extra,
+    };
+    let der = match cms::sign::sign_detached(&req, &signer) {
+        Ok(d) => d,
+        Err(cms::Error::Signer(e)) => {
+            return Err(match e.downcast::<AgentError>() {
+                Ok(agent) => anyhow::Error::from(*agent)
+                    .context("the agent could not sign")
+                    .into(),
+                Err(other) => Failure::Other(anyhow!(other)),
+            });
+        }
+        Err(e) => return Err(Failure::Other(anyhow!(e).context("building the signature"))),
+    };
+    let out = if a.pem {
+        cms::sign::to_pem(&der).into_bytes()
+    } else {
+        der
+    };
+    write_output(a.output.as_deref(), &out)
+}
+
+/// The system's CA bundle (Debian's ca-certificates), used when no --trust is given.
+const SYSTEM_ANCHORS: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+fn verify(a: &VerifyArgs) -> Result<(), Failure> {
+    let trust = if !a.trust.is_empty() {
+        load_certs(&a.trust)?
+    } else if a.no_chain {
+        vec![]
+    } else if Path::new(SYSTEM_ANCHORS).exists() {
+        load_certs(&[PathBuf::from(SYSTEM_ANCHORS)])?
+    } else {
+        return Err(Failure::Usage(anyhow!(
+            "no trust anchors: pass --trust CA.pem (or --no-chain to check only the signature)"
+        )));
+    };
+    let raw = std::fs::read(&a.input)
+        .with_context(|| format!("reading {}", a.input.display()))
+        .map_err(Failure::Usage)?;
+    // No --content: the signature must carry its content (attached); stdin is "-".
+    let content = a
+        .content
+        .as_deref()
+        .map(|p| open_input(Some(p)))
+        .transpose()?;
+    let v = match cms::verify::verify_detached(&raw, content, &trust, SystemTime::now()) {
+        Ok(v) => v,
+        Err(cms::Error::Io(e)) => {
+            return Err(Failure::Other(anyhow!(e).context("reading the content")));
+        }
+        Err(cms::Error::MissingContent) => {
+            return Err(Failure::Usage(anyhow!(
+                "the signature is detached: give the signed data with --content FILE (- for stdin)"
+            )));
+        }
+        Err(e) => return Err(Failure::Verify(anyhow!(e))),
+    };
+    if !a.no_chain && !v.trusted {
+        return Err(Failure::Verify(anyhow!(
+            "the signer's certificate does not chain to a trusted CA"
+        )));
+    }
+    let ks = KeySummary::new(smime_proto::KeyInfo {
+        id: smime_proto::KeyId(String::new()),
+        token: String::new(),
+        token_serial: String::new(),
+        label: String::new(),
+        algorithm: smime_proto::KeyAlgorithm::Unknown,
+        bits: 0,
+        certificate: der::Encode::to_der(&v.signer)
+            .ok()
+            .map(serde_bytes::ByteBuf::from),
+        operations: vec![],
+        always_authenticate: false,
+    });
+    if a.json {
+        let j = serde_json::json!({
+            "valid": true,
+            "trusted": v.trusted,
+            "signer": { "subject": ks.subject, "email": ks.email, "sha256": ks.sha256,
+                        "not_before": ks.not_before, "not_after": ks.not_after },
+            "digest": v.digest_alg.name(),
+            "signing_time": v.signing_time.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()).map(|d| d.as_secs()),
+        });
+        println!("{j}");
+    } else {
+        let trust_note = if v.trusted {
+            "certificate chains to a trusted CA"
+        } else {
+            "certificate NOT checked against a trust anchor (--no-chain)"
+        };
+        println!(
+            "Good signature from {}{} ({})",
+            ks.subject,
+            ks.email
+                .as_deref()
+                .map(|e| format!(" <{e}>"))
+                .unwrap_or_default(),
+            trust_note
+        );
+    }
+    Ok(())
+}
+
+fn status(cli: &Cli, json: bool) -> Result<(), Failure> {
+    let mut client = connect(cli)?;
+    let Response::Status { tokens } = client
+        .request(&Request::Status)
+        .map_err(anyhow::Error::from)?
+    else {
+        return Err(Failure::Other(anyhow!("unexpected response to status")));
+    };
+    if json {
+        let j: Vec<_> = tokens
+            .iter()
+            .map(|t| {
+                serde_json::json!({"label": t.label, "serial": t.serial, "module": t.module,
+                "logged_in": t.logged_in, "pin_state": t.pin_state, "keys": t.keys})
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(j));
+        return Ok(());
+    }
+    println!("agent: {}", client.agent);
+    for t in tokens {
+        println!(
+            "token {} (serial {}): {}, PIN {}, {} keys, module {}",
+            t.label,
+            t.serial,
+            if t.logged_in { "unlocked" } else { "locked" },
+            t.pin_state.as_str(),
+            t.keys,
+            t.module
+        );
+    }
+    Ok(())
+}
+
+fn unlock(
+    cli: &Cli,
+    token: Option<&str>,
+    pin_stdin: bool,
+    confirm_final_try: bool,
+) -> Result<(), Failure> {
+    let mut client = connect(cli)?;
+    let Response::Status { tokens } = client
+        .request(&Request::Status)
+        .map_err(anyhow::Error::from)?
+    else {
+        return Err(Failure::Other(anyhow!("unexpected response to status")));
+    };
+    let t = match (token, tokens.as_slice()) {
+        (Some(sel), all) => all
+            .iter()
+            .find(|t| t.label == sel || t.serial == sel)
+            .ok_or_else(|| Failure::Usage(anyhow!("the agent has no token {sel:?}")))?,
+        (None, [t]) => t,
+        (None, []) => return Err(Failure::Unavailable(anyhow!("the agent has no token"))),
+        (None, _) => {
+            return Err(Failure::Usage(anyhow!(
+                "several tokens: name one with --token"
+            )));
+        }
+    };
+    if t.logged_in {
+        eprintln!("token {} is already unlocked", t.label);
+        return Ok(());
+    }
+    let mut confirm = confirm_final_try;
+    match t.pin_state {
+        PinState::Locked => {
+            return Err(Failure::Unavailable(anyhow!(
+                "the PIN of token {} is locked; unblock it with the PUK or SO PIN",
+                t.label
+            )));
+        }
+        PinState::FinalTry if !confirm => {
+            eprintln!(
+                "WARNING: token {} is on its FINAL PIN try: one more wrong PIN locks it.",
+                t.label
+            );
+            if pin_stdin || !io::stdin().is_terminal() {
+                return Err(Failure::Unavailable(anyhow!(
+                    "not sending a PIN on the final try without confirmation (use --confirm-final-try)"
+                )));
+            }
+            eprint!("Type \"yes\" to enter the PIN anyway: ");
+            let mut answer = String::new();
+            io::stdin()
+                .read_line(&mut answer)
+                .map_err(|e| Failure::Usage(e.into()))?;
+            if answer.trim() != "yes" {
+                return Err(Failure::Usage(anyhow!("cancelled; no PIN was sent")));
+            }
+            confirm = true;
+        }
+        _ => {}
+    }
+    let pin = if pin_stdin {
+        let mut line = String::new();
+        io::stdin()
+            .read_line(&mut line)
+            .map_err(|e| Failure::Usage(e.into()))?;
+        let pin = line.trim_end_matches(['\r', '\n']).to_owned();
+        zeroize_string(line);
+        pin
+    } else {
+        rpassword::prompt_password(format!("PIN for token {}: ", t.label))
+            .map_err(|e| Failure::Usage(e.into()))?
+    };
+    client
+        .unlock(&t.serial, Pin::new(pin), confirm)
+        .map_err(anyhow::Error::from)?;
+    eprintln!("token {} unlocked", t.label);
+    Ok(())
+}
+
+fn zeroize_string(s: String) {
+    drop(Pin::new(s)); // Pin wipes its memory on drop
+}
+
+fn lock(cli: &Cli, token: Option<String>) -> Result<(), Failure> {
+    let mut client = connect(cli)?;
+    client
+        .request(&Request::Lock { token })
+        .map_err(anyhow::Error::from)?;
+    Ok(())
+}
