@@ -10,6 +10,8 @@ APT_PACKAGES=(
     opensc            # pkcs11-tool, used by softhsm-config/provision
     openssl           # test CA; and the judge of our signatures
     gpgsm gpg-agent   # the second judge
+    gnupg-pkcs11-scd  # gpgsm as a peer on the SoftHSM token (scdaemon over PKCS#11; tests/e2e/gpgsm.rs)
+    coreutils         # timeout(1) around every gpg-agent/gpgsm call in the tests
     python3 python3-cbor2   # the Python protocol client test
     gcc libc6-dev pkg-config   # linking Rust binaries
     util-linux        # setpriv, to run a client as another user

@@ -129,9 +129,25 @@ impl<S: Read + Write> AgentClient<S> {
         let frame = req
             .encode_frame()
             .map_err(|e| AgentError::Transport(e.to_string()))?;
-        self.stream.write_all(&frame)?;
-        self.stream.flush()?;
-        let payload = loop {
+        // If the agent hung up before taking the request (it may refuse a connection over
+        // its limit), it may still have said why: read that before reporting the write.
+        let sent = self
+            .stream
+            .write_all(&frame)
+            .and_then(|()| self.stream.flush());
+        let payload = match (self.read_frame(), sent) {
+            (Ok(p), _) => p,
+            (Err(_), Err(e)) => return Err(AgentError::from(e)),
+            (Err(e), Ok(())) => return Err(e),
+        };
+        match Response::decode(&payload).map_err(|e| AgentError::Transport(e.to_string()))? {
+            Response::Error(e) => Err(AgentError::Agent(e)),
+            r => Ok(r),
+        }
+    }
+
+    fn read_frame(&mut self) -> Result<Vec<u8>, AgentError> {
+        Ok(loop {
             if let Some(p) = self
                 .decoder
                 .next_frame()
@@ -155,11 +171,7 @@ impl<S: Read + Write> AgentClient<S> {
             {
                 break p;
             }
-        };
-        match Response::decode(&payload).map_err(|e| AgentError::Transport(e.to_string()))? {
-            Response::Error(e) => Err(AgentError::Agent(e)),
-            r => Ok(r),
-        }
+        })
     }
 
     /// Lists the agent's keys.

@@ -7,6 +7,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)] // test code: fail loudly
 #![allow(unreachable_pub)] // the test binary is the only user
 
+mod gpgsm_card;
+pub use gpgsm_card::sha1_fingerprint;
+
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
