@@ -98,8 +98,20 @@ pub struct SignArgs {
     #[arg(long = "out", short = 'o', value_name = "FILE")]
     pub output: Option<PathBuf>,
     /// PEM output (`-----BEGIN CMS-----`) instead of DER.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "mime")]
     pub pem: bool,
+    /// With --opaque: raw CMS (BER) instead of an S/MIME entity.
+    #[arg(long, requires = "opaque", conflicts_with = "pem")]
+    pub der: bool,
+    /// Output a clear-signed `multipart/signed` S/MIME entity. A whole RFC 5322 message
+    /// keeps its From/To/Subject/Date headers outside; the body is canonicalized to CRLF
+    /// and a 7-bit-safe transfer encoding before signing.
+    #[arg(long, conflicts_with = "opaque")]
+    pub mime: bool,
+    /// Output an opaque signed entity (application/pkcs7-mime; smime-type=signed-data):
+    /// the content travels inside the signature. With --der or --pem: raw CMS.
+    #[arg(long)]
+    pub opaque: bool,
     /// Digest algorithm.
     #[arg(long, value_enum, default_value = "sha256")]
     pub digest: Digest,

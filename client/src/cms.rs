@@ -10,6 +10,7 @@
 //! Shared here: the [`HashAlg`] choice, a streaming [`Hasher`], [`digest_reader`] and the
 //! module's [`Error`].
 
+pub mod decrypt;
 pub mod envelope;
 pub mod opaque;
 pub mod sign;
@@ -305,6 +306,40 @@ pub enum Error {
     /// Building the structure failed (encoding error inside the CMS builder).
     #[error("building CMS failed: {0}")]
     Build(String),
+
+    /// Decryption: the input is a ContentInfo of another type (e.g. SignedData), not
+    /// EnvelopedData or AuthEnvelopedData.
+    #[error("not an encrypted message: the input is {}, not EnvelopedData or AuthEnvelopedData", oid_name(.0))]
+    NotEnveloped(ObjectIdentifier),
+
+    /// Decryption: no RecipientInfo is addressed to any of the available keys. The
+    /// message lists the recipients the message is for.
+    #[error("the message is not encrypted for any of the available keys; its recipients are: {0}")]
+    NotForUs(String),
+
+    /// Decryption: the private-key holder (agent) failed to unwrap the content key or to
+    /// compute the ECDH secret; the original error is kept as the source.
+    #[error("private-key operation failed: {0}")]
+    Unwrapper(#[source] Box<dyn std::error::Error + Send + Sync>),
+
+    /// Decryption: the content-encryption key could not be recovered (AES key-unwrap
+    /// integrity check failed, or a key of the wrong length came back).
+    #[error("cannot recover the content-encryption key: {0}")]
+    WrongKey(String),
+
+    /// Decryption: the AES-GCM authentication tag does not match. Everything written so
+    /// far must be discarded.
+    #[error("authentication failed: the AES-GCM tag does not match (altered or wrong key)")]
+    TagMismatch,
+
+    /// Decryption: invalid CBC padding after decrypting the last block (corrupt
+    /// ciphertext or wrong key). Everything written so far must be discarded.
+    #[error("decryption failed: bad CBC padding (corrupt ciphertext or wrong key)")]
+    BadPadding,
+
+    /// Decryption: the input ends before the structure is complete.
+    #[error("truncated input: {0}")]
+    Truncated(String),
 
     /// Reading the content failed.
     #[error("reading content: {0}")]

@@ -2,6 +2,7 @@
 //! into one of the documented exit statuses. This is the binary's edge, hence `anyhow`.
 
 mod encrypt;
+mod sign;
 mod smime_entity;
 
 use std::fs::File;
@@ -11,15 +12,14 @@ use std::process::ExitCode;
 use std::time::SystemTime;
 
 use crate::agent::{AgentClient, AgentError, socket_path};
-use crate::cms::{self, HashAlg};
-use crate::keys::{KeySummary, select};
-use crate::signer::RemoteSigner;
+use crate::cms;
+use crate::keys::KeySummary;
 use anyhow::{Context, anyhow};
 use der::Decode;
-use smime_proto::{ErrorCode, Operation, Pin, PinState, Request, Response};
+use smime_proto::{ErrorCode, Pin, PinState, Request, Response};
 use x509_cert::Certificate;
 
-use crate::cli::{Cli, Command, Digest, SignArgs, VerifyArgs};
+use crate::cli::{Cli, Command, VerifyArgs};
 
 /// How a command failed; decides the exit status.
 pub(crate) enum Failure {
@@ -76,7 +76,7 @@ fn hint(e: &anyhow::Error) -> Option<&'static str> {
 pub fn run(cli: &Cli) -> ExitCode {
     let result = match &cli.command {
         Command::Keys { json } => keys(cli, *json),
-        Command::Sign(a) => sign(cli, a),
+        Command::Sign(a) => sign::sign(cli, a),
         Command::Verify(a) => verify(a),
         Command::Status { json } => status(cli, *json),
         Command::Unlock {
@@ -190,87 +190,6 @@ fn load_certs(paths: &[PathBuf]) -> Result<Vec<Certificate>, Failure> {
         out.extend(certs);
     }
     Ok(out)
-}
-
-/// Writes `bytes` to `path` atomically (temp file + rename), or to stdout.
-fn write_output(path: Option<&Path>, bytes: &[u8]) -> Result<(), Failure> {
-    match path {
-        Some(p) if p != Path::new("-") => {
-            let dir = p
-                .parent()
-                .filter(|d| !d.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
-            let mut tmp = tempfile::NamedTempFile::new_in(dir)
-                .with_context(|| format!("creating a file in {}", dir.display()))
-                .map_err(Failure::Usage)?;
-            tmp.write_all(bytes).map_err(|e| Failure::Other(e.into()))?;
-            tmp.persist(p)
-                .with_context(|| format!("writing {}", p.display()))
-                .map_err(Failure::Other)?;
-        }
-        _ => {
-            let mut out = io::stdout().lock();
-            out.write_all(bytes)
-                .and_then(|()| out.flush())
-                .map_err(|e| Failure::Other(e.into()))?;
-        }
-    }
-    Ok(())
-}
-
-fn sign(cli: &Cli, a: &SignArgs) -> Result<(), Failure> {
-    let hash = match a.digest {
-        Digest::Sha256 => HashAlg::Sha256,
-        Digest::Sha384 => HashAlg::Sha384,
-        Digest::Sha512 => HashAlg::Sha512,
-    };
-    let extra = load_certs(&a.certfile)?;
-    let mut client = connect(cli)?;
-    let keys = key_list(&mut client)?;
-    let key = select(&keys, &a.key, |k| {
-        k.certificate.is_some() && k.info.operations.contains(&Operation::Sign)
-    })
-    .map_err(|e| Failure::Usage(e.into()))?;
-    let cert = key
-        .certificate
-        .as_ref()
-        .ok_or_else(|| Failure::Usage(anyhow!("key has no certificate")))?;
-    if a.pss && !key.algorithm.starts_with("rsa") {
-        return Err(Failure::Usage(anyhow!(
-            "--pss needs an RSA key; {} is {}",
-            key.label,
-            key.algorithm
-        )));
-    }
-    let digest = cms::digest_reader(hash, open_input(a.input.as_deref())?)
-        .context("reading the content")
-        .map_err(Failure::Usage)?;
-    let signer = RemoteSigner::new(&mut client, key.info.id.clone());
-    let req = cms::sign::SignRequest {
-        content_digest: &digest,
-        hash,
-        pss: a.pss,
-        signer_cert: cert,
-        extra_certs: &extra,
-    };
-    let der = match cms::sign::sign_detached(&req, &signer) {
-        Ok(d) => d,
-        Err(cms::Error::Signer(e)) => {
-            return Err(match e.downcast::<AgentError>() {
-                Ok(agent) => anyhow::Error::from(*agent)
-                    .context("the agent could not sign")
-                    .into(),
-                Err(other) => Failure::Other(anyhow!(other)),
-            });
-        }
-        Err(e) => return Err(Failure::Other(anyhow!(e).context("building the signature"))),
-    };
-    let out = if a.pem {
-        cms::sign::to_pem(&der).into_bytes()
-    } else {
-        der
-    };
-    write_output(a.output.as_deref(), &out)
 }
 
 /// The system's CA bundle (Debian's ca-certificates), used when no --trust is given.

@@ -16,6 +16,7 @@ pub mod cli;
 pub mod cms;
 pub mod commands;
 pub mod keys;
+pub mod mime;
 pub mod output;
 pub mod signer;
 pub mod store;

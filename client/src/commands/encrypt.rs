@@ -133,12 +133,13 @@ pub(super) fn encrypt(cli: &Cli, a: &EncryptArgs) -> Result<(), Failure> {
     let mut out = Output::create(a.output.as_deref())
         .context("creating the output")
         .map_err(Failure::Usage)?;
-    let encrypt = |input: &mut dyn Read, out: &mut dyn Write| -> Result<(), Failure> {
-        envelope::encrypt(input, out, &recipients, cipher).map_err(|e| match e {
-            crate::cms::Error::Io(e) => Failure::Other(anyhow!(e).context("encrypting")),
-            e => Failure::Usage(anyhow!(e)),
-        })
-    };
+    let encrypt: &super::smime_entity::EncryptFn<'_> =
+        &|input: &mut dyn Read, out: &mut dyn Write| {
+            envelope::encrypt(input, out, &recipients, cipher).map_err(|e| match e {
+                crate::cms::Error::Io(e) => Failure::Other(anyhow!(e).context("encrypting")),
+                e => Failure::Usage(anyhow!(e)),
+            })
+        };
     match a.outform() {
         OutForm::Der => encrypt(&mut { input }, &mut out)?,
         OutForm::Pem => {
@@ -147,7 +148,7 @@ pub(super) fn encrypt(cli: &Cli, a: &EncryptArgs) -> Result<(), Failure> {
             der.rewind().map_err(|e| Failure::Other(e.into()))?;
             crate::cms::write_pem(&mut der, &mut out).map_err(|e| Failure::Other(e.into()))?;
         }
-        OutForm::Smime => super::smime_entity::encrypt_entity(input, &mut out, cipher, &encrypt)?,
+        OutForm::Smime => super::smime_entity::encrypt_entity(input, &mut out, cipher, encrypt)?,
     }
     out.commit()
         .context("writing the output")

@@ -1,27 +1,65 @@
 //! S/MIME entities on the command line: the MIME side of encrypt, sign and verify.
 
-use std::io::{Read, Write};
+use std::io::{Read, Seek, Write};
 
 use anyhow::anyhow;
 
 use super::Failure;
 use crate::cms::envelope::ContentCipher;
+use crate::mime;
 
-/// Encrypts a message as `application/pkcs7-mime`: its mail headers (From, To, Subject,
-/// …) stay outside, the MIME entity (Content-* headers and body) goes inside.
-pub(super) fn encrypt_entity(
-    mut input: Box<dyn Read>,
-    out: &mut dyn Write,
-    cipher: ContentCipher,
-    encrypt: &dyn Fn(&mut dyn Read, &mut dyn Write) -> Result<(), Failure>,
-) -> Result<(), Failure> {
+/// The encryption step, as `smime encrypt` configured it.
+pub(super) type EncryptFn<'a> = dyn Fn(&mut dyn Read, &mut dyn Write) -> Result<(), Failure> + 'a;
+
+fn read_message(mut input: Box<dyn Read>) -> Result<mime::Prepared, Failure> {
     let mut raw = Vec::new();
     input
         .read_to_end(&mut raw)
         .map_err(|e| Failure::Usage(anyhow!(e).context("reading the message")))?;
-    // WIP: wired to the mime module once it lands.
-    let _ = (out, cipher, encrypt, raw);
-    Err(Failure::Usage(anyhow!(
-        "S/MIME output is not available yet: use --der or --pem"
-    )))
+    mime::prepare_for_signing(&raw)
+        .map_err(|e| Failure::Usage(anyhow!(e).context("the input is not a well-formed message")))
+}
+
+fn write_err(e: std::io::Error) -> Failure {
+    Failure::Other(anyhow!(e).context("writing the S/MIME entity"))
+}
+
+/// Encrypts a message as `application/pkcs7-mime`: its mail headers (From, To, Subject,
+/// …) stay outside, the MIME entity (Content-* headers and body) goes inside.
+pub(super) fn encrypt_entity(
+    input: Box<dyn Read>,
+    out: &mut dyn Write,
+    cipher: ContentCipher,
+    encrypt: &EncryptFn<'_>,
+) -> Result<(), Failure> {
+    let prep = read_message(input)?;
+    let mut der = tempfile::tempfile().map_err(|e| Failure::Other(e.into()))?;
+    encrypt(&mut prep.inner.as_slice(), &mut der)?;
+    der.rewind().map_err(|e| Failure::Other(e.into()))?;
+    mime::write_pkcs7_mime(&prep.outer_headers, cipher.smime_type(), der, out).map_err(write_err)
+}
+
+/// Signs a message as `multipart/signed` (`clear`) or opaque `application/pkcs7-mime`.
+pub(super) fn sign_entity(
+    signer: &mut super::sign::Signer,
+    input: Box<dyn Read>,
+    out: &mut dyn Write,
+    clear: bool,
+) -> Result<(), Failure> {
+    let prep = read_message(input)?;
+    let detached = signer.sign_reader(prep.inner.as_slice())?;
+    if clear {
+        return out
+            .write_all(&mime::multipart_signed(
+                &prep,
+                &detached,
+                signer.hash().micalg(),
+            ))
+            .map_err(write_err);
+    }
+    let mut der = tempfile::tempfile().map_err(|e| Failure::Other(e.into()))?;
+    crate::cms::opaque::write_attached(&detached, prep.inner.as_slice(), &mut der)
+        .map_err(|e| Failure::Other(anyhow!(e)))?;
+    der.rewind().map_err(|e| Failure::Other(e.into()))?;
+    mime::write_pkcs7_mime(&prep.outer_headers, "signed-data", der, out).map_err(write_err)
 }

@@ -1,0 +1,158 @@
+//! `smime sign`: detached, opaque and clear-signed (multipart/signed) signatures.
+
+use std::fs::File;
+use std::io::{self, BufReader, Read, Seek, Write};
+use std::path::Path;
+
+use anyhow::{Context, anyhow};
+use smime_proto::Operation;
+use x509_cert::Certificate;
+
+use super::{Failure, connect, key_list, load_certs, open_input};
+use crate::agent::{AgentClient, AgentError};
+use crate::cli::{Cli, Digest, SignArgs};
+use crate::cms::{self, HashAlg};
+use crate::keys::select;
+use crate::output::Output;
+use crate::signer::RemoteSigner;
+
+/// A key chosen for signing, with its certificate and the chain to include.
+pub(super) struct Signer {
+    client: AgentClient,
+    key: smime_proto::KeyId,
+    cert: Certificate,
+    extra: Vec<Certificate>,
+    hash: HashAlg,
+    pss: bool,
+}
+
+impl Signer {
+    /// Connects, selects the key, and checks the options fit it.
+    pub(super) fn new(cli: &Cli, a: &SignArgs) -> Result<Self, Failure> {
+        let hash = match a.digest {
+            Digest::Sha256 => HashAlg::Sha256,
+            Digest::Sha384 => HashAlg::Sha384,
+            Digest::Sha512 => HashAlg::Sha512,
+        };
+        let extra = load_certs(&a.certfile)?;
+        let mut client = connect(cli)?;
+        let keys = key_list(&mut client)?;
+        let key = select(&keys, &a.key, |k| {
+            k.certificate.is_some() && k.info.operations.contains(&Operation::Sign)
+        })
+        .map_err(|e| Failure::Usage(e.into()))?;
+        let cert = key
+            .certificate
+            .clone()
+            .ok_or_else(|| Failure::Usage(anyhow!("key has no certificate")))?;
+        if a.pss && !key.algorithm.starts_with("rsa") {
+            return Err(Failure::Usage(anyhow!(
+                "--pss needs an RSA key; {} is {}",
+                key.label,
+                key.algorithm
+            )));
+        }
+        Ok(Self {
+            key: key.info.id.clone(),
+            client,
+            cert,
+            extra,
+            hash,
+            pss: a.pss,
+        })
+    }
+
+    /// A detached SignedData over content with this digest.
+    pub(super) fn sign_digest(&mut self, digest: &[u8]) -> Result<Vec<u8>, Failure> {
+        let signer = RemoteSigner::new(&mut self.client, self.key.clone());
+        let req = cms::sign::SignRequest {
+            content_digest: digest,
+            hash: self.hash,
+            pss: self.pss,
+            signer_cert: &self.cert,
+            extra_certs: &self.extra,
+        };
+        match cms::sign::sign_detached(&req, &signer) {
+            Ok(d) => Ok(d),
+            Err(cms::Error::Signer(e)) => Err(match e.downcast::<AgentError>() {
+                Ok(agent) => anyhow::Error::from(*agent)
+                    .context("the agent could not sign")
+                    .into(),
+                Err(other) => Failure::Other(anyhow!(other)),
+            }),
+            Err(e) => Err(Failure::Other(anyhow!(e).context("building the signature"))),
+        }
+    }
+
+    /// A detached SignedData over `content`, hashed as a stream.
+    pub(super) fn sign_reader(&mut self, content: impl Read) -> Result<Vec<u8>, Failure> {
+        let digest = cms::digest_reader(self.hash, content)
+            .context("reading the content")
+            .map_err(Failure::Usage)?;
+        self.sign_digest(&digest)
+    }
+
+    /// The digest algorithm (for `micalg`).
+    pub(super) fn hash(&self) -> HashAlg {
+        self.hash
+    }
+}
+
+/// Content that can be read twice (hash, then embed): the file itself, or standard input
+/// spooled to an anonymous temporary file.
+fn rereadable(path: Option<&Path>) -> Result<File, Failure> {
+    match path {
+        Some(p) if p != Path::new("-") => File::open(p)
+            .with_context(|| format!("opening {}", p.display()))
+            .map_err(Failure::Usage),
+        _ => {
+            let mut spool = tempfile::tempfile().map_err(|e| Failure::Other(e.into()))?;
+            io::copy(&mut io::stdin().lock(), &mut spool)
+                .context("reading standard input")
+                .map_err(Failure::Usage)?;
+            spool.rewind().map_err(|e| Failure::Other(e.into()))?;
+            Ok(spool)
+        }
+    }
+}
+
+pub(super) fn sign(cli: &Cli, a: &SignArgs) -> Result<(), Failure> {
+    let mut signer = Signer::new(cli, a)?;
+    let mut out = Output::create(a.output.as_deref())
+        .context("creating the output")
+        .map_err(Failure::Usage)?;
+    let io_err = |e: io::Error| Failure::Other(anyhow!(e).context("writing the output"));
+    if a.mime || (a.opaque && !a.der && !a.pem) {
+        super::smime_entity::sign_entity(
+            &mut signer,
+            open_input(a.input.as_deref())?,
+            &mut out,
+            a.mime,
+        )?;
+    } else if a.opaque {
+        let mut content = rereadable(a.input.as_deref())?;
+        let detached = signer.sign_reader(BufReader::new(&mut content))?;
+        content.rewind().map_err(|e| Failure::Other(e.into()))?;
+        if a.pem {
+            let mut der = tempfile::tempfile().map_err(|e| Failure::Other(e.into()))?;
+            cms::opaque::write_attached(&detached, BufReader::new(content), &mut der)
+                .map_err(|e| Failure::Other(anyhow!(e)))?;
+            der.rewind().map_err(|e| Failure::Other(e.into()))?;
+            cms::write_pem(&mut der, &mut out).map_err(io_err)?;
+        } else {
+            cms::opaque::write_attached(&detached, BufReader::new(content), &mut out)
+                .map_err(|e| Failure::Other(anyhow!(e)))?;
+        }
+    } else {
+        let der = signer.sign_reader(open_input(a.input.as_deref())?)?;
+        if a.pem {
+            out.write_all(cms::sign::to_pem(&der).as_bytes())
+                .map_err(io_err)?;
+        } else {
+            out.write_all(&der).map_err(io_err)?;
+        }
+    }
+    out.commit()
+        .context("writing the output")
+        .map_err(Failure::Other)
+}
