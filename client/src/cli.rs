@@ -126,13 +126,19 @@ pub struct SignArgs {
 /// `smime verify`.
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
-    /// The signature: DER, BER or PEM CMS.
-    #[arg(long = "in", short = 'i', value_name = "SIG")]
-    pub input: PathBuf,
-    /// The signed content of a detached signature (`-` for standard input). Not needed
-    /// when the signature carries its content.
+    /// The signed message or signature (default: standard input): an S/MIME entity
+    /// (multipart/signed or opaque pkcs7-mime), or CMS in DER, BER or PEM.
+    #[arg(long = "in", short = 'i', value_name = "FILE")]
+    pub input: Option<PathBuf>,
+    /// The signed content of a detached CMS signature (`-` for standard input). Not
+    /// needed when the input carries its content.
     #[arg(long, short = 'c', value_name = "FILE")]
     pub content: Option<PathBuf>,
+    /// Write the verified content here (`-` for standard output): the message with its
+    /// mail headers for S/MIME input. Written only if verification succeeds. With it, the
+    /// verdict goes to standard error.
+    #[arg(long = "out", short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
     /// Trusted CA certificates (PEM or DER, repeatable). The signer's certificate must
     /// chain to one of them. Default: the system's CA bundle.
     #[arg(long, value_name = "CA.pem")]
@@ -141,6 +147,9 @@ pub struct VerifyArgs {
     /// chain (like `openssl cms -verify -noverify`). The verdict says so.
     #[arg(long, conflicts_with = "trust")]
     pub no_chain: bool,
+    /// Add the signer's certificate to the certificate store (to encrypt to them later).
+    #[arg(long)]
+    pub store_signers: bool,
     /// Print the verdict as JSON.
     #[arg(long)]
     pub json: bool,

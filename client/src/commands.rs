@@ -4,12 +4,12 @@
 mod encrypt;
 mod sign;
 mod smime_entity;
+mod verify;
 
 use std::fs::File;
 use std::io::{self, BufReader, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::SystemTime;
 
 use crate::agent::{AgentClient, AgentError, socket_path};
 use crate::cms;
@@ -19,7 +19,7 @@ use der::Decode;
 use smime_proto::{ErrorCode, Pin, PinState, Request, Response};
 use x509_cert::Certificate;
 
-use crate::cli::{Cli, Command, VerifyArgs};
+use crate::cli::{Cli, Command};
 
 /// How a command failed; decides the exit status.
 pub(crate) enum Failure {
@@ -77,7 +77,7 @@ pub fn run(cli: &Cli) -> ExitCode {
     let result = match &cli.command {
         Command::Keys { json } => keys(cli, *json),
         Command::Sign(a) => sign::sign(cli, a),
-        Command::Verify(a) => verify(a),
+        Command::Verify(a) => verify::verify(a),
         Command::Status { json } => status(cli, *json),
         Command::Unlock {
             token,
@@ -190,89 +190,6 @@ fn load_certs(paths: &[PathBuf]) -> Result<Vec<Certificate>, Failure> {
         out.extend(certs);
     }
     Ok(out)
-}
-
-/// The system's CA bundle (Debian's ca-certificates), used when no --trust is given.
-const SYSTEM_ANCHORS: &str = "/etc/ssl/certs/ca-certificates.crt";
-
-fn verify(a: &VerifyArgs) -> Result<(), Failure> {
-    let trust = if !a.trust.is_empty() {
-        load_certs(&a.trust)?
-    } else if a.no_chain {
-        vec![]
-    } else if Path::new(SYSTEM_ANCHORS).exists() {
-        load_certs(&[PathBuf::from(SYSTEM_ANCHORS)])?
-    } else {
-        return Err(Failure::Usage(anyhow!(
-            "no trust anchors: pass --trust CA.pem (or --no-chain to check only the signature)"
-        )));
-    };
-    let raw = std::fs::read(&a.input)
-        .with_context(|| format!("reading {}", a.input.display()))
-        .map_err(Failure::Usage)?;
-    // No --content: the signature must carry its content (attached); stdin is "-".
-    let content = a
-        .content
-        .as_deref()
-        .map(|p| open_input(Some(p)))
-        .transpose()?;
-    let v = match cms::verify::verify_detached(&raw, content, &trust, SystemTime::now()) {
-        Ok(v) => v,
-        Err(cms::Error::Io(e)) => {
-            return Err(Failure::Other(anyhow!(e).context("reading the content")));
-        }
-        Err(cms::Error::MissingContent) => {
-            return Err(Failure::Usage(anyhow!(
-                "the signature is detached: give the signed data with --content FILE (- for stdin)"
-            )));
-        }
-        Err(e) => return Err(Failure::Verify(anyhow!(e))),
-    };
-    if !a.no_chain && !v.trusted {
-        return Err(Failure::Verify(anyhow!(
-            "the signer's certificate does not chain to a trusted CA"
-        )));
-    }
-    let ks = KeySummary::new(smime_proto::KeyInfo {
-        id: smime_proto::KeyId(String::new()),
-        token: String::new(),
-        token_serial: String::new(),
-        label: String::new(),
-        algorithm: smime_proto::KeyAlgorithm::Unknown,
-        bits: 0,
-        certificate: der::Encode::to_der(&v.signer)
-            .ok()
-            .map(serde_bytes::ByteBuf::from),
-        operations: vec![],
-        always_authenticate: false,
-    });
-    if a.json {
-        let j = serde_json::json!({
-            "valid": true,
-            "trusted": v.trusted,
-            "signer": { "subject": ks.subject, "email": ks.email, "sha256": ks.sha256,
-                        "not_before": ks.not_before, "not_after": ks.not_after },
-            "digest": v.digest_alg.name(),
-            "signing_time": v.signing_time.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()).map(|d| d.as_secs()),
-        });
-        println!("{j}");
-    } else {
-        let trust_note = if v.trusted {
-            "certificate chains to a trusted CA"
-        } else {
-            "certificate NOT checked against a trust anchor (--no-chain)"
-        };
-        println!(
-            "Good signature from {}{} ({})",
-            ks.subject,
-            ks.email
-                .as_deref()
-                .map(|e| format!(" <{e}>"))
-                .unwrap_or_default(),
-            trust_note
-        );
-    }
-    Ok(())
 }
 
 fn status(cli: &Cli, json: bool) -> Result<(), Failure> {

@@ -129,6 +129,21 @@ impl KeySummary {
         }
     }
 
+    /// A summary of a certificate alone (no key behind it), for verdicts.
+    pub fn from_certificate(cert: &Certificate) -> Self {
+        Self::new(KeyInfo {
+            id: smime_proto::KeyId(String::new()),
+            token: String::new(),
+            token_serial: String::new(),
+            label: String::new(),
+            algorithm: KeyAlgorithm::Unknown,
+            bits: 0,
+            certificate: cert.to_der().ok().map(serde_bytes::ByteBuf::from),
+            operations: vec![],
+            always_authenticate: false,
+        })
+    }
+
     /// Whether `sel` names this key: its id, label, an e-mail address of its certificate,
     /// or its certificate fingerprint (hex, colons allowed, at least 8 digits of prefix).
     pub fn matches(&self, sel: &str) -> bool {

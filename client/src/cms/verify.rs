@@ -131,6 +131,18 @@ pub fn verify_detached_all<R: Read>(
     Ok(out)
 }
 
+/// The encapsulated content of a SignedData (`eContent`, chunks joined), or `None` for a
+/// detached signature. Call it only after verification succeeded: the bytes are as
+/// unverified as the message until then.
+///
+/// # Errors
+/// When `cms` is not a SignedData.
+pub fn encapsulated_content(cms: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+    let bin = parse_cms_input(cms)?;
+    let sd = parse_signed_data(&bin)?;
+    Ok(sd.econtent.map(|chunks| chunks.concat()))
+}
+
 /// Turns what a user hands in into the binary encoding: DER or BER as is (checked to be one
 /// well-formed element; trailing whitespace/NULs allowed), PEM with the labels `CMS`,
 /// `PKCS7` or `PKCS #7 SIGNED DATA`, or bare base64 (an S/MIME `.p7s` body).
