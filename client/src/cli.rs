@@ -40,6 +40,10 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Encrypt for one or more recipients (S/MIME 4.0: AES-GCM AuthEnvelopedData by default).
     Encrypt(EncryptArgs),
+    /// Decrypt a message or CMS for one of the agent's keys.
+    Decrypt(DecryptArgs),
+    /// Decrypt and verify a signed-then-encrypted message (`smime decrypt --verify`).
+    Open(DecryptArgs),
     /// Add correspondents' certificates to the local store, to encrypt to them by address.
     Import {
         /// Certificate files (PEM with one or more certificates, or DER).
@@ -244,4 +248,28 @@ impl EncryptArgs {
             OutForm::Smime
         }
     }
+}
+
+/// `smime decrypt` and `smime open`.
+#[derive(Debug, Args)]
+pub struct DecryptArgs {
+    /// The encrypted message (default: standard input): S/MIME, or CMS in DER, BER or PEM.
+    #[arg(long = "in", short = 'i', value_name = "FILE")]
+    pub input: Option<PathBuf>,
+    /// Where to write the plaintext (default: standard output). Nothing is written unless
+    /// decryption (and, with --verify, verification) succeeds.
+    #[arg(long = "out", short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// The decrypted message must be signed; verify it and output its content.
+    #[arg(long)]
+    pub verify: bool,
+    /// With --verify: trusted CA certificates (default: the system's CA bundle).
+    #[arg(long, value_name = "CA.pem")]
+    pub trust: Vec<PathBuf>,
+    /// With --verify: do not check the signer's chain.
+    #[arg(long, conflicts_with = "trust")]
+    pub no_chain: bool,
+    /// Use only this key (as for `smime sign --key`). Default: every key that can decrypt.
+    #[arg(long, short = 'k', value_name = "SEL")]
+    pub key: Option<String>,
 }

@@ -19,7 +19,7 @@ pub mod verify;
 mod alg;
 mod ber;
 mod pem;
-pub use pem::write_pem;
+pub use pem::{decode_pem, write_pem};
 
 #[cfg(test)]
 mod tests;

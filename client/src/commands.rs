@@ -1,6 +1,7 @@
 //! The `smime` commands: each turns resolved flags into library calls, and every failure
 //! into one of the documented exit statuses. This is the binary's edge, hence `anyhow`.
 
+mod decrypt;
 mod encrypt;
 mod sign;
 mod smime_entity;
@@ -86,6 +87,8 @@ pub fn run(cli: &Cli) -> ExitCode {
         } => unlock(cli, token.as_deref(), *pin_stdin, *confirm_final_try),
         Command::Lock { token } => lock(cli, token.clone()),
         Command::Encrypt(a) => encrypt::encrypt(cli, a),
+        Command::Decrypt(a) => decrypt::decrypt(cli, a, a.verify),
+        Command::Open(a) => decrypt::decrypt(cli, a, true),
         Command::Import { certs } => encrypt::import(certs),
     };
     let (code, e, what) = match result {

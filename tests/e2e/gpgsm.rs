@@ -224,7 +224,6 @@ fn smime_encrypt_cbc_is_decrypted_by_gpgsm_on_the_card() {
 }
 
 #[test]
-#[ignore = "needs smime encrypt/decrypt (issue 3)"]
 fn gpgsm_encrypt_is_decrypted_by_smime_through_the_agent() {
     let token = Token::new();
     let gpgsm = Gpgsm::with_token(&token);

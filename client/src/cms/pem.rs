@@ -133,3 +133,11 @@ pub fn write_pem<R: std::io::Read, W: std::io::Write>(der: &mut R, out: &mut W) 
     }
     out.write_all(b"-----END CMS-----\n")
 }
+
+/// The DER inside PEM armor (`CMS`, `PKCS7`, … labels), for CMS given as PEM.
+///
+/// # Errors
+/// When the armor or its base64 is broken.
+pub fn decode_pem(bytes: &[u8]) -> Result<Vec<u8>, Error> {
+    decode_armor(bytes).map(|(_, der)| der)
+}
