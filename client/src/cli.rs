@@ -116,6 +116,10 @@ pub struct SignArgs {
     /// the content travels inside the signature. With --der or --pem: raw CMS.
     #[arg(long)]
     pub opaque: bool,
+    /// Sign, then encrypt the signed S/MIME message to these recipients (certificate
+    /// files or addresses in the store; repeatable). Implies --mime unless --opaque.
+    #[arg(long = "encrypt-to", value_name = "CERT|EMAIL", conflicts_with_all = ["der", "pem"])]
+    pub encrypt_to: Vec<String>,
     /// Digest algorithm.
     #[arg(long, value_enum, default_value = "sha256")]
     pub digest: Digest,
@@ -160,9 +164,10 @@ pub struct VerifyArgs {
 }
 
 /// Content encryption algorithms.
-#[derive(Debug, Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, ValueEnum)]
 pub enum Cipher {
     /// AES-128-GCM AuthEnvelopedData (RFC 5084; the S/MIME 4.0 default).
+    #[default]
     Aes128Gcm,
     /// AES-256-GCM AuthEnvelopedData.
     Aes256Gcm,
@@ -173,9 +178,10 @@ pub enum Cipher {
 }
 
 /// RSA key transport.
-#[derive(Debug, Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, ValueEnum)]
 pub enum KeyTransport {
     /// RSAES-PKCS1-v1_5 (every S/MIME client reads it).
+    #[default]
     Pkcs1,
     /// RSAES-OAEP with SHA-256.
     Oaep,
@@ -195,7 +201,7 @@ pub enum OutForm {
 }
 
 /// `smime encrypt`.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Default, Args)]
 pub struct EncryptArgs {
     /// Recipient: a certificate file, or an e-mail address found in the certificate
     /// store (`smime import`). Repeatable.

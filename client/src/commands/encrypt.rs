@@ -100,6 +100,23 @@ fn own_cert(cli: &Cli, sel: Option<&str>) -> Result<Certificate, Failure> {
 }
 
 pub(super) fn encrypt(cli: &Cli, a: &EncryptArgs) -> Result<(), Failure> {
+    let input = open_input(a.input.as_deref())?;
+    let mut out = Output::create(a.output.as_deref())
+        .context("creating the output")
+        .map_err(Failure::Usage)?;
+    encrypt_to(cli, a, input, &mut out)?;
+    out.commit()
+        .context("writing the output")
+        .map_err(Failure::Other)
+}
+
+/// Encrypts `input` as `a` says (recipients, cipher, form) into `out`.
+pub(super) fn encrypt_to(
+    cli: &Cli,
+    a: &EncryptArgs,
+    input: Box<dyn Read>,
+    out: &mut Output,
+) -> Result<(), Failure> {
     let store = CertStore::default_location().ok();
     let mut certs = Vec::new();
     for to in &a.to {
@@ -129,10 +146,6 @@ pub(super) fn encrypt(cli: &Cli, a: &EncryptArgs) -> Result<(), Failure> {
         .into_iter()
         .map(|cert| Recipient { cert, rsa })
         .collect();
-    let input = open_input(a.input.as_deref())?;
-    let mut out = Output::create(a.output.as_deref())
-        .context("creating the output")
-        .map_err(Failure::Usage)?;
     let encrypt: &super::smime_entity::EncryptFn<'_> =
         &|input: &mut dyn Read, out: &mut dyn Write| {
             envelope::encrypt(input, out, &recipients, cipher).map_err(|e| match e {
@@ -141,18 +154,16 @@ pub(super) fn encrypt(cli: &Cli, a: &EncryptArgs) -> Result<(), Failure> {
             })
         };
     match a.outform() {
-        OutForm::Der => encrypt(&mut { input }, &mut out)?,
+        OutForm::Der => encrypt(&mut { input }, out)?,
         OutForm::Pem => {
             let mut der = tempfile::tempfile().map_err(|e| Failure::Other(e.into()))?;
             encrypt(&mut { input }, &mut der)?;
             der.rewind().map_err(|e| Failure::Other(e.into()))?;
-            crate::cms::write_pem(&mut der, &mut out).map_err(|e| Failure::Other(e.into()))?;
+            crate::cms::write_pem(&mut der, out).map_err(|e| Failure::Other(e.into()))?;
         }
-        OutForm::Smime => super::smime_entity::encrypt_entity(input, &mut out, cipher, encrypt)?,
+        OutForm::Smime => super::smime_entity::encrypt_entity(input, out, cipher, encrypt)?,
     }
-    out.commit()
-        .context("writing the output")
-        .map_err(Failure::Other)
+    Ok(())
 }
 
 pub(super) fn import(certs: &[std::path::PathBuf]) -> Result<(), Failure> {

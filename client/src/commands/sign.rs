@@ -122,7 +122,22 @@ pub(super) fn sign(cli: &Cli, a: &SignArgs) -> Result<(), Failure> {
         .context("creating the output")
         .map_err(Failure::Usage)?;
     let io_err = |e: io::Error| Failure::Other(anyhow!(e).context("writing the output"));
-    if a.mime || (a.opaque && !a.der && !a.pem) {
+    if !a.encrypt_to.is_empty() {
+        // Sign, then encrypt the signed message (RFC 8551 §3.7: sign first, so the
+        // signature is inside and protected).
+        let mut signed = Vec::new();
+        super::smime_entity::sign_entity(
+            &mut signer,
+            open_input(a.input.as_deref())?,
+            &mut signed,
+            !a.opaque,
+        )?;
+        let enc = crate::cli::EncryptArgs {
+            to: a.encrypt_to.clone(),
+            ..Default::default()
+        };
+        super::encrypt::encrypt_to(cli, &enc, Box::new(io::Cursor::new(signed)), &mut out)?;
+    } else if a.mime || (a.opaque && !a.der && !a.pem) {
         super::smime_entity::sign_entity(
             &mut signer,
             open_input(a.input.as_deref())?,
