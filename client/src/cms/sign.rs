@@ -135,6 +135,8 @@ pub fn sign_detached<S: DigestSigner>(req: &SignRequest<'_>, signer: &S) -> Resu
         .map_err(build_err)?;
     sib.add_signed_attribute(signing_certificate_v2(req.signer_cert)?)
         .map_err(build_err)?;
+    sib.add_signed_attribute(smime_capabilities()?)
+        .map_err(build_err)?;
 
     let mut builder = SignedDataBuilder::new(&eci);
     builder
@@ -234,6 +236,25 @@ fn signing_certificate_v2(cert: &Certificate) -> Result<Attribute, Error> {
         oid: rfc5911::ID_AA_SIGNING_CERTIFICATE_V_2,
         values,
     })
+}
+
+/// S/MIME capabilities (RFC 8551 §2.5.2): what we can decrypt, strongest first, so that
+/// a correspondent's client picks a content cipher we read.
+fn smime_capabilities() -> Result<Attribute, Error> {
+    let caps: Vec<AlgorithmIdentifierOwned> = [
+        rfc5911::ID_AES_256_GCM,
+        rfc5911::ID_AES_128_GCM,
+        rfc5911::ID_AES_256_CBC,
+        rfc5911::ID_AES_128_CBC,
+    ]
+    .into_iter()
+    .map(|oid| AlgorithmIdentifierOwned { oid, parameters: None })
+    .collect();
+    let mut values = SetOfVec::new();
+    values
+        .insert(AttributeValue::from_der(&caps.to_der().map_err(build_err)?).map_err(build_err)?)
+        .map_err(build_err)?;
+    Ok(Attribute { oid: rfc5911::SMIME_CAPABILITIES, values })
 }
 
 /// A signature exactly as the signer produced it (after normalization).

@@ -52,6 +52,15 @@ impl Signer {
                 key.algorithm
             )));
         }
+        // The chain up to (not including) a root, from the certificate store and the
+        // agent's other certificates, so recipients can validate without fetching.
+        let mut pool: Vec<Certificate> =
+            keys.iter().filter_map(|k| k.certificate.clone()).collect();
+        if let Ok(store) = crate::store::CertStore::default_location() {
+            pool.extend(store.all().unwrap_or_default());
+        }
+        let mut extra = extra;
+        extra.extend(intermediates(&cert, &pool));
         Ok(Self {
             key: key.info.id.clone(),
             client,
@@ -96,6 +105,32 @@ impl Signer {
     pub(super) fn hash(&self) -> HashAlg {
         self.hash
     }
+}
+
+/// Issuer certificates of `cert` found in `pool` by name, nearest first, stopping at a
+/// self-signed root (not included) or after 8 steps.
+fn intermediates(cert: &Certificate, pool: &[Certificate]) -> Vec<Certificate> {
+    let mut chain = Vec::new();
+    let mut current = cert.clone();
+    for _ in 0..8 {
+        let tbs = current.tbs_certificate();
+        if tbs.issuer() == tbs.subject() {
+            break;
+        }
+        let Some(issuer) = pool
+            .iter()
+            .find(|c| c.tbs_certificate().subject() == tbs.issuer())
+        else {
+            break;
+        };
+        let itbs = issuer.tbs_certificate();
+        if itbs.issuer() == itbs.subject() || chain.contains(issuer) {
+            break;
+        }
+        chain.push(issuer.clone());
+        current = issuer.clone();
+    }
+    chain
 }
 
 /// Content that can be read twice (hash, then embed): the file itself, or standard input
