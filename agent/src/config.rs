@@ -9,7 +9,7 @@
 //! modules = ["/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so"]
 //! socket = "/run/user/1000/smime-agent/agent.sock"   # optional
 //! sessions = 2            # worker sessions per token
-//! max_connections = 64
+//! max_connections = 4096  # also bounded by the open-file limit
 //! pin_file = "/path/to/pin"   # CI only: a PIN for the single token that needs one
 //! pin_token = "smime-demo"    # which token the PIN is for
 //! ```
@@ -190,7 +190,7 @@ impl Config {
             modules,
             socket,
             sessions: flags.sessions.or(file.sessions).unwrap_or(2).clamp(1, 64),
-            max_connections: file.max_connections.unwrap_or(64).max(1),
+            max_connections: file.max_connections.unwrap_or(4096).max(1),
             pin: pin.map(|p| (Arc::new(p), pin_token)),
         })
     }

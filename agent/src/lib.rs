@@ -56,7 +56,7 @@ pub async fn run(
         listener,
         config.socket.clone(),
         keystore.clone(),
-        config.max_connections,
+        server::fit_connection_limit(config.max_connections),
         cancel.clone(),
     ));
     shutdown.await;

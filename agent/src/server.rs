@@ -32,6 +32,11 @@ use crate::session::{Peer, Session};
 const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 /// A response must be written within this time (a client that never reads).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Requests per second one connection may make; beyond it the agent slows it down
+/// (it reads the next request later) instead of letting it starve the others.
+const RATE_PER_SEC: f64 = 500.0;
+/// Requests a connection may make in a burst before the rate applies.
+const RATE_BURST: f64 = 500.0;
 /// An idle connection is closed after this time.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
@@ -97,6 +102,34 @@ pub fn bind(path: &Path) -> anyhow::Result<Listener> {
         .create_tokio()
         .with_context(|| format!("binding {}", path.display()))?;
     Ok(listener)
+}
+
+/// Raises the open-file limit to its hard maximum and returns how many connections fit
+/// under it, keeping room for the modules' own files and sockets.
+pub fn fit_connection_limit(wanted: usize) -> usize {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut lim = getrlimit(Resource::Nofile);
+    if let (Some(cur), Some(max)) = (lim.current, lim.maximum)
+        && cur < max
+    {
+        lim.current = Some(max);
+        if setrlimit(Resource::Nofile, lim).is_err() {
+            lim.current = Some(cur);
+        }
+    }
+    let files = lim
+        .current
+        .map_or(usize::MAX, |c| usize::try_from(c).unwrap_or(usize::MAX));
+    let fit = wanted.min(files.saturating_sub(128)).max(1);
+    if fit < wanted {
+        tracing::warn!(
+            wanted,
+            fit,
+            open_files = files,
+            "the open-file limit lowers the connection limit"
+        );
+    }
+    fit
 }
 
 /// Accepts connections until `cancel` fires, then waits for the handlers to finish
@@ -192,7 +225,9 @@ enum Next {
 impl Handler {
     async fn run(mut self) {
         let mut decoder = FrameDecoder::with_limit(MAX_REQUEST_LEN);
+        let mut bucket = RateLimit::new();
         loop {
+            bucket.wait().await;
             let payload = match self.next_frame(&mut decoder).await {
                 Ok(Next::Frame(p)) => zeroize::Zeroizing::new(p), // may hold a PIN
                 Ok(Next::Closed) => return,
@@ -248,13 +283,20 @@ impl Handler {
     /// [`IDLE_TIMEOUT`]) and shutdown ends it; once a frame has begun, all of it must
     /// arrive within [`FRAME_TIMEOUT`].
     async fn next_frame(&mut self, decoder: &mut FrameDecoder) -> Result<Next, io::Error> {
-        let mut buf = [0u8; 16 * 1024];
+        let mut buf = [0u8; 4 * 1024];
         let mut deadline: Option<tokio::time::Instant> = None;
         loop {
             if let Some(p) = decoder.next_frame().map_err(invalid)? {
                 return Ok(Next::Frame(p));
             }
-            let until = deadline.unwrap_or_else(|| tokio::time::Instant::now() + IDLE_TIMEOUT);
+            // A connection that has not said hello yet gets no idle allowance: a flood of
+            // silent connections must not hold slots for long.
+            let idle = if self.session.greeted() {
+                IDLE_TIMEOUT
+            } else {
+                FRAME_TIMEOUT
+            };
+            let until = deadline.unwrap_or_else(|| tokio::time::Instant::now() + idle);
             // Read no more than the decoder wants, so a flood never sits in our buffer.
             let want = decoder.wanted().clamp(1, buf.len());
             let n = tokio::select! {
@@ -273,6 +315,36 @@ impl Handler {
                 return Ok(Next::Frame(p));
             }
         }
+    }
+}
+
+/// A token bucket: [`RATE_BURST`] requests at once, then [`RATE_PER_SEC`].
+struct RateLimit {
+    tokens: f64,
+    last: tokio::time::Instant,
+}
+
+impl RateLimit {
+    fn new() -> Self {
+        Self {
+            tokens: RATE_BURST,
+            last: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Takes one token, sleeping until there is one.
+    async fn wait(&mut self) {
+        let now = tokio::time::Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * RATE_PER_SEC)
+            .min(RATE_BURST);
+        self.last = now;
+        if self.tokens < 1.0 {
+            let wait = Duration::from_secs_f64((1.0 - self.tokens) / RATE_PER_SEC);
+            tokio::time::sleep(wait).await;
+            self.tokens = 1.0;
+            self.last = tokio::time::Instant::now();
+        }
+        self.tokens -= 1.0;
     }
 }
 

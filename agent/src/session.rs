@@ -50,6 +50,11 @@ impl Session {
         }
     }
 
+    /// Whether the client has completed `Hello`.
+    pub fn greeted(&self) -> bool {
+        self.version.is_some()
+    }
+
     /// The peer.
     pub fn peer(&self) -> &Peer {
         &self.peer

@@ -736,3 +736,99 @@ fn the_client_talks_only_to_an_agent_of_its_own_user() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Lets this process hold a few thousand sockets.
+fn raise_open_files() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut lim = getrlimit(Resource::Nofile);
+    lim.current = lim.maximum;
+    let _ = setrlimit(Resource::Nofile, lim);
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn floods_and_slow_clients_do_not_starve_a_good_client() {
+    raise_open_files();
+    let token = Token::new();
+    let mut agent = Agent::start(&token);
+    let mut good = AgentClient::connect(&agent.socket).unwrap();
+    let key = good.list_keys().unwrap()[0].id.clone();
+    let mut sign_worst = |c: &mut AgentClient| {
+        (0..20)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                c.sign(&key, SignAlgorithm::RsaPkcs1Sha256, &[1; 32])
+                    .unwrap();
+                t.elapsed()
+            })
+            .max()
+            .unwrap()
+    };
+    let before = sign_worst(&mut good);
+    let rss_before = rss_kib(agent.pid());
+    // 1000 connections at once that say nothing, 100 slow-loris connections that start a
+    // frame and stall, and a burst of garbage on 50 more.
+    let flood: Vec<UnixStream> = (0..1000)
+        .filter_map(|_| UnixStream::connect(&agent.socket).ok())
+        .collect();
+    assert!(
+        flood.len() >= 990,
+        "only {} connections were accepted",
+        flood.len()
+    );
+    let slow: Vec<UnixStream> = (0..100)
+        .map(|_| {
+            let mut s = UnixStream::connect(&agent.socket).unwrap();
+            s.write_all(&[0, 0]).unwrap();
+            s
+        })
+        .collect();
+    for i in 0..50u32 {
+        let mut s = UnixStream::connect(&agent.socket).unwrap();
+        let junk: Vec<u8> = (0..4096u32)
+            .map(|b| (b.wrapping_mul(2_654_435_761).wrapping_add(i) >> 13) as u8)
+            .collect();
+        let _ = s.write_all(&junk);
+    }
+    // The client already connected, and a new one, are served as usual.
+    let during = sign_worst(&mut good);
+    let mut fresh = AgentClient::connect(&agent.socket).unwrap();
+    let fresh_worst = sign_worst(&mut fresh);
+    let limit = (before * 20).max(Duration::from_millis(500));
+    assert!(
+        during < limit && fresh_worst < limit,
+        "before {before:?}, during {during:?}, new client {fresh_worst:?}"
+    );
+    let rss_during = rss_kib(agent.pid());
+    assert!(
+        rss_during < rss_before + 64 * 1024,
+        "agent RSS grew from {rss_before} KiB to {rss_during} KiB"
+    );
+    // The silent and stalled connections are cut after the 10 s hello/frame deadline.
+    std::thread::sleep(Duration::from_secs(12));
+    let mut cut = 0;
+    for mut s in flood.into_iter().chain(slow) {
+        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        let mut b = [0u8; 16];
+        // A closed connection reads end-of-file at once; an open one times out.
+        if matches!(s.read(&mut b), Ok(0)) {
+            cut += 1;
+        }
+    }
+    assert!(
+        cut >= 1000,
+        "only {cut} of 1100 idle or stalled connections were closed"
+    );
+    assert!(agent.is_running());
+    assert_eq!(
+        good.sign(&key, SignAlgorithm::RsaPkcs1Sha256, &[2; 32])
+            .unwrap()
+            .len(),
+        256
+    );
+}
