@@ -758,7 +758,7 @@ fn floods_and_slow_clients_do_not_starve_a_good_client() {
     let mut agent = Agent::start(&token);
     let mut good = AgentClient::connect(&agent.socket).unwrap();
     let key = good.list_keys().unwrap()[0].id.clone();
-    let mut sign_worst = |c: &mut AgentClient| {
+    let sign_worst = |c: &mut AgentClient| {
         (0..20)
             .map(|_| {
                 let t = std::time::Instant::now();
