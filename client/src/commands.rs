@@ -117,7 +117,45 @@ fn connect(cli: &Cli) -> Result<AgentClient, Failure> {
             "no agent socket: set SMIME_AGENT_SOCK or XDG_RUNTIME_DIR, or pass --socket"
         ))
     })?;
-    AgentClient::connect(&path).map_err(|e| anyhow::Error::from(e).into())
+    match AgentClient::connect(&path) {
+        Err(AgentError::Unreachable { .. })
+            if std::env::var_os("SMIME_AGENT_NO_AUTOSTART").is_none() =>
+        {
+            autostart(&path)?;
+            AgentClient::connect(&path).map_err(|e| anyhow::Error::from(e).into())
+        }
+        r => r.map_err(|e| anyhow::Error::from(e).into()),
+    }
+}
+
+/// Starts `smime-agent` (next to this program, else from PATH) on `path`, as gpg-agent
+/// is started on demand. It detaches and returns once the socket answers.
+fn autostart(path: &Path) -> Result<(), Failure> {
+    let sibling = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join("smime-agent")));
+    let program = sibling
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("smime-agent"));
+    let out = std::process::Command::new(&program)
+        .arg("--socket")
+        .arg(path)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| {
+            Failure::Unavailable(anyhow!(e).context(format!(
+                "no agent is running and {} cannot be started",
+                program.display()
+            )))
+        })?;
+    if !out.status.success() {
+        return Err(Failure::Unavailable(anyhow!(
+            "no agent is running, and starting one failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    eprintln!("smime: started an agent on {}", path.display());
+    Ok(())
 }
 
 fn key_list(client: &mut AgentClient) -> Result<Vec<KeySummary>, Failure> {

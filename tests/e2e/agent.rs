@@ -832,3 +832,48 @@ fn floods_and_slow_clients_do_not_starve_a_good_client() {
         256
     );
 }
+
+#[test]
+fn the_client_starts_an_agent_when_none_answers() {
+    let token = Token::new();
+    let runtime = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(runtime.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let smime = |extra_env: &[(&str, &str)]| {
+        let mut cmd = Command::new(built("smime"));
+        cmd.arg("keys")
+            .env("XDG_RUNTIME_DIR", runtime.path())
+            .env("XDG_CONFIG_HOME", runtime.path())
+            .env_remove("SMIME_AGENT_SOCK")
+            .env("SOFTHSM2_CONF", token.file("softhsm2.conf"))
+            .env("SMIME_AGENT_MODULE", smime_tests::softhsm_module())
+            .env("SMIME_AGENT_PIN_FILE", token.file("pin"));
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        run(&mut cmd)
+    };
+    let socket = runtime.path().join("smime-agent/agent.sock");
+    // Opting out: no agent, a clear error.
+    let out = smime(&[("SMIME_AGENT_NO_AUTOSTART", "1")]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(!socket.exists());
+    // By default the client starts one and gets its answer.
+    let out = smime(&[]);
+    assert_ok(&out, "smime keys with autostart");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("alice-rsa"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("started an agent"));
+    // The agent stays for the next command, which does not start another.
+    let again = smime(&[]);
+    assert_ok(&again, "second smime keys");
+    assert!(!String::from_utf8_lossy(&again.stderr).contains("started an agent"));
+    let s = UnixStream::connect(&socket).unwrap();
+    let pid = rustix::net::sockopt::socket_peercred(&s)
+        .unwrap()
+        .pid
+        .as_raw_nonzero()
+        .get();
+    assert_ok(
+        &run(Command::new("kill").arg(pid.to_string())),
+        "stop the started agent",
+    );
+}
