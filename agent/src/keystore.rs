@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use smime_proto::{KeyId, KeyInfo, Pin};
+use smime_proto::{KeyId, KeyInfo, ModuleStatus, Pin};
 
 use crate::backend::pkcs11::{KeyEntry, Module, PinSource, Token};
 use crate::config::Config;
@@ -12,6 +12,9 @@ use crate::error::AgentError;
 #[derive(Debug)]
 pub struct Keystore {
     modules: Vec<Module>,
+    /// Every configured module with its load outcome, for `Status`.
+    module_status: Vec<ModuleStatus>,
+    started: std::time::Instant,
     tokens: Vec<Arc<Token>>,
 }
 
@@ -20,19 +23,35 @@ impl Keystore {
     /// reported and skipped: the others still serve. Blocking.
     pub fn open(config: &Config) -> Self {
         let mut modules = Vec::new();
+        let mut module_status = Vec::new();
         let mut tokens = Vec::new();
         for path in &config.modules {
             match Module::load(path) {
                 Ok(m) => {
                     tokens.extend(m.open_tokens(config.sessions));
                     modules.push(m);
+                    module_status.push(ModuleStatus {
+                        path: path.display().to_string(),
+                        loaded: true,
+                        error: None,
+                    });
                 }
                 Err(e) => {
-                    tracing::error!(module = %path.display(), error = %e, "cannot load PKCS#11 module")
+                    tracing::error!(module = %path.display(), error = %e, "cannot load PKCS#11 module");
+                    module_status.push(ModuleStatus {
+                        path: path.display().to_string(),
+                        loaded: false,
+                        error: Some(e.to_string()),
+                    });
                 }
             }
         }
-        Self { modules, tokens }
+        Self {
+            modules,
+            module_status,
+            tokens,
+            started: std::time::Instant::now(),
+        }
     }
 
     /// Enumerates keys and, where a PIN is configured, logs in once.
@@ -100,6 +119,16 @@ impl Keystore {
             ))),
             _ => Err(AgentError::TokenNotFound(sel.to_owned())),
         }
+    }
+
+    /// When the agent loaded its modules.
+    pub fn started(&self) -> std::time::Instant {
+        self.started
+    }
+
+    /// Every configured module and whether it loaded.
+    pub fn modules(&self) -> &[ModuleStatus] {
+        &self.module_status
     }
 
     /// All tokens.

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use smime_proto::{ErrorCode, ErrorResponse, PROTOCOL_VERSION, Request, Response};
+use smime_proto::{AgentStatus, ErrorCode, ErrorResponse, PROTOCOL_VERSION, Request, Response};
 
 use crate::backend::pkcs11::PinSource;
 use crate::error::AgentError;
@@ -166,7 +166,14 @@ impl Session {
                 for t in ks.tokens() {
                     tokens.push(t.status().await);
                 }
-                Ok(Response::Status { tokens })
+                Ok(Response::Status {
+                    tokens,
+                    agent: Some(AgentStatus {
+                        version: format!("smime-agent {}", env!("CARGO_PKG_VERSION")),
+                        uptime_secs: ks.started().elapsed().as_secs(),
+                        modules: ks.modules().to_vec(),
+                    }),
+                })
             }
             Request::Hello { .. } => Err(AgentError::Internal("hello handled above".into())),
             _ => Err(AgentError::BadRequest("operation not supported".into())),

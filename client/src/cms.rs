@@ -18,7 +18,8 @@ pub mod verify;
 
 mod alg;
 mod ber;
-mod pem;
+mod gcm;
+pub(crate) mod pem;
 pub use pem::{decode_pem, write_pem};
 
 #[cfg(test)]

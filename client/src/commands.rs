@@ -235,27 +235,35 @@ fn load_certs(paths: &[PathBuf]) -> Result<Vec<Certificate>, Failure> {
 
 fn status(cli: &Cli, json: bool) -> Result<(), Failure> {
     let mut client = connect(cli)?;
-    let Response::Status { tokens } = client
+    let Response::Status { tokens, agent } = client
         .request(&Request::Status)
         .map_err(anyhow::Error::from)?
     else {
         return Err(Failure::Other(anyhow!("unexpected response to status")));
     };
     if json {
-        let j: Vec<_> = tokens
-            .iter()
-            .map(|t| {
-                serde_json::json!({"label": t.label, "serial": t.serial, "module": t.module,
-                "logged_in": t.logged_in, "pin_state": t.pin_state, "keys": t.keys})
-            })
-            .collect();
-        println!("{}", serde_json::Value::Array(j));
+        let j = serde_json::json!({ "agent": agent, "tokens": tokens });
+        println!("{j}");
         return Ok(());
     }
-    println!("agent: {}", client.agent);
+    match &agent {
+        Some(a) => println!("agent: {} (up {} s)", a.version, a.uptime_secs),
+        None => println!("agent: {}", client.agent),
+    }
+    for m in agent.iter().flat_map(|a| &a.modules) {
+        match &m.error {
+            None => println!("module {}: loaded", m.path),
+            Some(e) => println!("module {}: NOT LOADED: {e}", m.path),
+        }
+    }
     for t in tokens {
+        let tries = t
+            .pin_state
+            .tries_left()
+            .map(|n| format!(" ({n} tries left)"))
+            .unwrap_or_default();
         println!(
-            "token {} (serial {}): {}, PIN {}, {} keys, module {}",
+            "token {} (serial {}): {}, PIN {}{tries}, {} keys, module {}",
             t.label,
             t.serial,
             if t.logged_in { "unlocked" } else { "locked" },
@@ -274,7 +282,7 @@ fn unlock(
     confirm_final_try: bool,
 ) -> Result<(), Failure> {
     let mut client = connect(cli)?;
-    let Response::Status { tokens } = client
+    let Response::Status { tokens, .. } = client
         .request(&Request::Status)
         .map_err(anyhow::Error::from)?
     else {

@@ -27,7 +27,9 @@ pub mod types;
 
 pub use error::{DecodeError, FrameError};
 pub use frame::{FrameDecoder, MAX_FRAME_LEN, MAX_REQUEST_LEN, encode_frame};
-pub use message::{ErrorResponse, KeyInfo, Request, Response, TokenStatus};
+pub use message::{
+    AgentStatus, ErrorResponse, KeyInfo, ModuleStatus, Request, Response, TokenStatus,
+};
 pub use secret::{Pin, SecretBytes};
 pub use types::{
     DecryptAlgorithm, ErrorCode, KeyAlgorithm, KeyId, Operation, PinState, SignAlgorithm,

@@ -116,6 +116,9 @@ pub enum Response {
     Status {
         /// One entry per token.
         tokens: Vec<TokenStatus>,
+        /// The agent itself: version, uptime, modules. Absent from agents before 0.1.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        agent: Option<AgentStatus>,
     },
     /// The operation failed; the connection stays usable.
     Error(ErrorResponse),
@@ -192,6 +195,29 @@ pub struct KeyInfo {
     /// CKA_ALWAYS_AUTHENTICATE: the token wants the PIN before every use.
     #[serde(default)]
     pub always_authenticate: bool,
+}
+
+/// The agent, as `Status` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentStatus {
+    /// Agent name and version.
+    pub version: String,
+    /// Seconds since the agent started.
+    pub uptime_secs: u64,
+    /// Every configured PKCS#11 module, loaded or not.
+    pub modules: Vec<ModuleStatus>,
+}
+
+/// One configured PKCS#11 module.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleStatus {
+    /// Library path.
+    pub path: String,
+    /// Whether it loaded and initialized.
+    pub loaded: bool,
+    /// Why it did not load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// One token, as `Status` reports it.
@@ -408,6 +434,7 @@ mod tests {
                     pin_state: PinState::Ok,
                     keys: 3,
                 }],
+                agent: None,
             },
             Response::Error(ErrorResponse {
                 code: ErrorCode::PIN_INCORRECT,

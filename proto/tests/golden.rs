@@ -178,6 +178,7 @@ fn responses() -> Vec<(&'static str, Response)> {
                     pin_state: PinState::Ok,
                     keys: 3,
                 }],
+                agent: None,
             },
         ),
         (

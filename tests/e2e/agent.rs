@@ -498,6 +498,20 @@ fn modules_come_from_config_file_or_environment() {
     );
     assert_eq!(count(&from_env), 3);
     assert!(from_env.log_text().contains("cannot load PKCS#11 module"));
+    // `smime status` names the module that failed and the one that serves.
+    let status = from_env.smime(&["status"]);
+    assert_ok(&status, "status");
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains("module /nonexistent/pkcs11.so: NOT LOADED"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("module {so}: loaded")), "{text}");
+    assert!(text.contains("up ") && text.contains("PIN ok"), "{text}");
+    let json: serde_json::Value =
+        serde_json::from_slice(&from_env.smime(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(json["agent"]["modules"].as_array().unwrap().len(), 2);
+    assert_eq!(json["tokens"][0]["label"], "smime-demo");
 }
 
 #[test]

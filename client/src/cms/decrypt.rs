@@ -19,7 +19,6 @@
 //! wrote must be thrown away (write to a temporary file, rename only on `Ok`).
 
 mod content;
-mod gcm;
 mod recipient;
 mod stream;
 
@@ -37,7 +36,7 @@ use x509_cert::Certificate;
 use super::ber::{
     TAG_CTX0, TAG_OCTET_STRING, TAG_OCTET_STRING_CONSTRUCTED, TAG_SEQUENCE, TAG_SET, Tlv,
 };
-use super::{Error, malformed};
+use super::{Error, gcm, malformed};
 use content::ContentAlg;
 use stream::{Frame, Header, Reader};
 

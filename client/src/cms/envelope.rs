@@ -18,7 +18,6 @@
 //! Nothing holds more than one chunk of content: memory use does not depend on the input
 //! size.
 
-mod gcm;
 mod recipient;
 
 #[cfg(test)]
@@ -40,6 +39,7 @@ use zeroize::Zeroizing;
 
 use super::Error;
 use super::ber::write_header;
+use super::gcm;
 
 /// Largest content AES-GCM can encrypt under one key and nonce: 2^36 − 32 bytes (64 GiB).
 pub const GCM_MAX_CONTENT: u64 = gcm::P_MAX;

@@ -1,85 +1,194 @@
 //! PEM armor and plain base64, tolerant on input (any line width, CRLF, surrounding text),
 //! canonical on output (64-column lines, LF), as OpenSSL writes it.
+//!
+//! Also the crate's one base64 helper, on top of the `base64` crate: line-wrapped encoding
+//! (in memory and streamed) and lenient decoding, used here and by `mime::codec`.
+
+use std::io::{self, Read, Write};
+
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
+use base64::engine::{DecodePaddingMode, Engine as _};
+use base64::{DecodeError, alphabet};
 
 use super::{Error, malformed};
 
-const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+/// PEM line width, as OpenSSL writes it.
+const PEM_COLUMNS: usize = 64;
 
 /// Standard base64 with padding, wrapped at 64 columns, each line ending in `\n`.
 pub(crate) fn encode_wrapped(data: &[u8]) -> String {
-    let mut flat = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b0 = chunk.first().copied().unwrap_or(0);
-        let b1 = chunk.get(1).copied().unwrap_or(0);
-        let b2 = chunk.get(2).copied().unwrap_or(0);
-        let n = (u32::from(b0) << 16) | (u32::from(b1) << 8) | u32::from(b2);
-        let sym = |shift: u32| char::from(ALPHABET[((n >> shift) & 0x3f) as usize]);
-        flat.push(sym(18));
-        flat.push(sym(12));
-        flat.push(if chunk.len() > 1 { sym(6) } else { '=' });
-        flat.push(if chunk.len() > 2 { sym(0) } else { '=' });
-    }
-    let mut out = String::with_capacity(flat.len() + flat.len() / 64 + 1);
-    let mut rest = flat.as_str();
-    while !rest.is_empty() {
-        let (line, tail) = rest.split_at(rest.len().min(64));
-        out.push_str(line);
-        out.push('\n');
-        rest = tail;
-    }
+    encode_lines(data, PEM_COLUMNS, "\n")
+}
+
+/// Standard base64 with padding in lines of `columns` characters (a multiple of 4), each
+/// ending in `eol`; nothing for empty input. Shared by PEM (64, LF) and MIME (76, CRLF).
+pub(crate) fn encode_lines(data: &[u8], columns: usize, eol: &str) -> String {
+    let mut out = String::new();
+    append_lines(data, columns, eol, &mut out);
     out
 }
 
-fn value(c: u8) -> Option<u32> {
-    match c {
-        b'A'..=b'Z' => Some(u32::from(c - b'A')),
-        b'a'..=b'z' => Some(u32::from(c - b'a') + 26),
-        b'0'..=b'9' => Some(u32::from(c - b'0') + 52),
-        b'+' | b'-' => Some(62),
-        b'/' | b'_' => Some(63),
-        _ => None,
+/// [`encode_lines`], appending to `out`.
+fn append_lines(data: &[u8], columns: usize, eol: &str, out: &mut String) {
+    let line_octets = columns / 4 * 3;
+    out.reserve(data.len().div_ceil(line_octets) * (columns + eol.len()));
+    for line in data.chunks(line_octets) {
+        STANDARD.encode_string(line, out);
+        out.push_str(eol);
     }
 }
 
-/// Decodes base64, ignoring ASCII whitespace; padding is optional.
+/// Streams `input` to `out` as [`encode_lines`] would encode it, in bounded memory.
+pub(crate) fn copy_encoded_lines<R: Read + ?Sized, W: Write + ?Sized>(
+    input: &mut R,
+    out: &mut W,
+    columns: usize,
+    eol: &str,
+) -> io::Result<()> {
+    // A whole number of lines, so that every full buffer encodes to whole lines.
+    let chunk = columns / 4 * 3 * 1024;
+    let mut buf = vec![0u8; chunk];
+    let mut encoded = String::new();
+    loop {
+        // Fill the buffer completely unless the input ends: a short read must not produce
+        // a short line (or padding) in the middle of the output.
+        let mut filled = 0;
+        while filled < chunk {
+            match input.read(buf.get_mut(filled..).unwrap_or_default()) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        encoded.clear();
+        append_lines(
+            buf.get(..filled).unwrap_or_default(),
+            columns,
+            eol,
+            &mut encoded,
+        );
+        out.write_all(encoded.as_bytes())?;
+        if filled < chunk {
+            return Ok(());
+        }
+    }
+}
+
+/// Why base64 text could not be decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Base64Error {
+    /// A character outside the alphabet (and not whitespace).
+    InvalidChar(u8),
+    /// Data after `=` padding.
+    DataAfterPadding,
+    /// A lone trailing character (6 bits cannot make an octet).
+    Truncated,
+    /// More `=` than [`Lenience::max_padding`] allows.
+    ExcessPadding,
+}
+
+impl std::fmt::Display for Base64Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::InvalidChar(c) if c.is_ascii_graphic() => {
+                write!(f, "invalid character {:?}", char::from(*c))
+            }
+            Self::InvalidChar(c) => write!(f, "invalid octet 0x{c:02x}"),
+            Self::DataAfterPadding => f.write_str("data after '=' padding"),
+            Self::Truncated => f.write_str("truncated (a lone final character)"),
+            Self::ExcessPadding => f.write_str("too much '=' padding"),
+        }
+    }
+}
+
+/// What [`decode_lenient`] accepts beyond the standard alphabet with ASCII whitespace
+/// anywhere, padding optional and nonzero trailing bits ignored.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Lenience {
+    /// Also read `-` and `_` (the URL-safe alphabet) as 62 and 63, mixed freely.
+    pub(crate) url_safe: bool,
+    /// How many `=` may end the text.
+    pub(crate) max_padding: usize,
+}
+
+/// PEM and bare base64 CMS input: either alphabet, at most `==`.
+const PEM_INPUT: Lenience = Lenience {
+    url_safe: true,
+    max_padding: 2,
+};
+
+/// Standard alphabet; padding, if any, is not checked against the length (that is
+/// [`decode_lenient`]'s job, which strips it first).
+const LENIENT: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new()
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+        .with_decode_allow_trailing_bits(true),
+);
+
+/// Decodes base64 leniently: ASCII whitespace (line breaks) is ignored and padding is
+/// optional, but any other character outside the alphabet is an error rather than
+/// skipped, so that damaged input is reported as such instead of as a bogus DER parse
+/// failure. Errors are reported in input order, as a scan would find them.
+pub(crate) fn decode_lenient(text: &[u8], lenience: Lenience) -> Result<Vec<u8>, Base64Error> {
+    let compact: Vec<u8> = text
+        .iter()
+        .filter(|c| !c.is_ascii_whitespace())
+        .map(|&c| match c {
+            b'-' if lenience.url_safe => b'+',
+            b'_' if lenience.url_safe => b'/',
+            c => c,
+        })
+        .collect();
+    // The engine wants padding to match the length; strip it and check it here instead.
+    let (symbols, padding) = compact.split_at(
+        compact
+            .iter()
+            .position(|&c| c == b'=')
+            .unwrap_or(compact.len()),
+    );
+    let decoded = LENIENT.decode(symbols);
+    if let Err(DecodeError::InvalidByte(_, c)) = decoded {
+        // The engine may name a later bad byte (a lone last one first); report the first.
+        let valid = alphabet::STANDARD.as_str().as_bytes();
+        let first = symbols.iter().find(|b| !valid.contains(b)).copied();
+        return Err(Base64Error::InvalidChar(first.unwrap_or(c)));
+    }
+    if padding.iter().any(|&c| c != b'=') {
+        return Err(Base64Error::DataAfterPadding);
+    }
+    if padding.len() > lenience.max_padding {
+        return Err(Base64Error::ExcessPadding);
+    }
+    decoded.map_err(|e| match e {
+        DecodeError::InvalidByte(_, c) | DecodeError::InvalidLastSymbol(_, c) => {
+            Base64Error::InvalidChar(c)
+        }
+        DecodeError::InvalidLength(_) => Base64Error::Truncated,
+        DecodeError::InvalidPadding => Base64Error::DataAfterPadding,
+    })
+}
+
+/// Decodes base64 (either alphabet), ignoring ASCII whitespace; padding is optional.
 pub(crate) fn decode(text: &[u8]) -> Result<Vec<u8>, Error> {
-    let mut out = Vec::with_capacity(text.len() / 4 * 3);
-    let mut acc = 0u32;
-    let mut bits = 0u32;
-    let mut padding = 0usize;
-    for &c in text {
-        if c.is_ascii_whitespace() {
-            continue;
+    decode_lenient(text, PEM_INPUT).map_err(|e| match e {
+        Base64Error::InvalidChar(c) => {
+            malformed(format!("base64: invalid character {:?}", char::from(c)))
         }
-        if c == b'=' {
-            padding += 1;
-            continue;
-        }
-        if padding > 0 {
-            return Err(malformed("base64: data after padding"));
-        }
-        let v = value(c)
-            .ok_or_else(|| malformed(format!("base64: invalid character {:?}", char::from(c))))?;
-        acc = (acc << 6) | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    if padding > 2 || bits >= 6 {
-        return Err(malformed("base64: bad length"));
-    }
-    Ok(out)
+        Base64Error::DataAfterPadding => malformed("base64: data after padding"),
+        Base64Error::Truncated | Base64Error::ExcessPadding => malformed("base64: bad length"),
+    })
 }
 
 /// Whether `bytes` (trimmed) could be bare base64 text.
 pub(crate) fn looks_like_base64(bytes: &[u8]) -> bool {
     !bytes.is_empty()
-        && bytes
-            .iter()
-            .all(|c| c.is_ascii_whitespace() || *c == b'=' || value(*c).is_some())
+        && bytes.iter().all(|c| {
+            c.is_ascii_alphanumeric()
+                || c.is_ascii_whitespace()
+                || matches!(c, b'+' | b'/' | b'-' | b'_' | b'=')
+        })
 }
 
 /// Finds the first `-----BEGIN <label>-----` block; returns the label and the decoded body.
@@ -113,24 +222,10 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-/// Streams `der` out as PEM with the `CMS` label, in constant memory: chunks of a multiple
-/// of 48 bytes encode to whole 64-column lines.
-pub fn write_pem<R: std::io::Read, W: std::io::Write>(der: &mut R, out: &mut W) -> std::io::Result<()> {
+/// Streams `der` out as PEM with the `CMS` label, in constant memory.
+pub fn write_pem<R: Read, W: Write>(der: &mut R, out: &mut W) -> io::Result<()> {
     out.write_all(b"-----BEGIN CMS-----\n")?;
-    let mut buf = vec![0u8; 48 * 1024];
-    loop {
-        let mut filled = 0;
-        while filled < buf.len() {
-            match der.read(buf.get_mut(filled..).unwrap_or_default())? {
-                0 => break,
-                n => filled += n,
-            }
-        }
-        out.write_all(encode_wrapped(buf.get(..filled).unwrap_or_default()).as_bytes())?;
-        if filled < buf.len() {
-            break;
-        }
-    }
+    copy_encoded_lines(der, out, PEM_COLUMNS, "\n")?;
     out.write_all(b"-----END CMS-----\n")
 }
 

@@ -1,142 +1,43 @@
 //! Transfer encodings (RFC 2045 §6.7, §6.8): base64 with 76-column CRLF lines, a streaming
 //! base64 writer, and quoted-printable for canonical (CRLF) text.
 //!
-//! Hand-written rather than taken from a crate: the workspace has no `base64` dependency,
-//! and the rules that matter here are MIME-specific anyway (line width, CRLF, which octets
-//! a mail transport may damage).
+//! Base64 is the `base64` crate, through the helpers in `cms::pem` shared with PEM.
+//!
+//! Quoted-printable stays hand-written: the `quoted_printable` crate (0.5) does not fit.
+//! Its encoder leaves the `F` of a line starting with `From ` literal (mbox quoting turns
+//! it into `>From `, which breaks a signature), and its decoder silently drops 8-bit and
+//! control octets instead of keeping them, where RFC 2045 §6.7 note 4 asks for leniency.
 
 use std::io::{self, Read, Write};
 
-const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+use crate::cms::pem::{self, Lenience};
 
-/// Input octets per 76-character base64 line.
-const LINE_OCTETS: usize = 57;
+pub(super) use crate::cms::pem::Base64Error;
 
-fn encode_chunk(chunk: &[u8], out: &mut Vec<u8>) {
-    let b0 = chunk.first().copied().unwrap_or(0);
-    let b1 = chunk.get(1).copied().unwrap_or(0);
-    let b2 = chunk.get(2).copied().unwrap_or(0);
-    let n = (u32::from(b0) << 16) | (u32::from(b1) << 8) | u32::from(b2);
-    let sym = |shift: u32| ALPHABET[((n >> shift) & 0x3f) as usize];
-    out.push(sym(18));
-    out.push(sym(12));
-    out.push(if chunk.len() > 1 { sym(6) } else { b'=' });
-    out.push(if chunk.len() > 2 { sym(0) } else { b'=' });
-}
+/// Characters per base64 line (RFC 2045 §6.8).
+const COLUMNS: usize = 76;
+
+/// Body text: standard alphabet only, any number of `=` at the end.
+const BODY: Lenience = Lenience {
+    url_safe: false,
+    max_padding: usize::MAX,
+};
 
 /// Base64 in lines of at most 76 characters, each ending in CRLF (nothing for empty input).
 pub(super) fn base64_lines(data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(data.len().div_ceil(LINE_OCTETS) * 78);
-    for line in data.chunks(LINE_OCTETS) {
-        for chunk in line.chunks(3) {
-            encode_chunk(chunk, &mut out);
-        }
-        out.extend_from_slice(b"\r\n");
-    }
-    out
+    pem::encode_lines(data, COLUMNS, "\r\n").into_bytes()
 }
 
 /// Streams `input` to `out` as [`base64_lines`] would encode it, in bounded memory.
 pub(super) fn copy_base64_lines(mut input: impl Read, out: &mut impl Write) -> io::Result<()> {
-    // A multiple of 57 so that every full buffer encodes to whole lines.
-    const BUF: usize = LINE_OCTETS * 1024;
-    let mut buf = vec![0u8; BUF];
-    let mut encoded = Vec::with_capacity(BUF / LINE_OCTETS * 78);
-    loop {
-        // Fill the buffer completely unless the input ends: a short read must not produce
-        // a short line (or padding) in the middle of the output.
-        let mut filled = 0;
-        while filled < BUF {
-            match input.read(&mut buf[filled..]) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        encoded.clear();
-        for line in buf[..filled].chunks(LINE_OCTETS) {
-            for chunk in line.chunks(3) {
-                encode_chunk(chunk, &mut encoded);
-            }
-            encoded.extend_from_slice(b"\r\n");
-        }
-        out.write_all(&encoded)?;
-        if filled < BUF {
-            return Ok(());
-        }
-    }
-}
-
-/// Why base64 text could not be decoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Base64Error {
-    /// A character outside the alphabet (and not whitespace).
-    InvalidChar(u8),
-    /// Data after `=` padding.
-    DataAfterPadding,
-    /// A lone trailing character (6 bits cannot make an octet).
-    Truncated,
-}
-
-impl std::fmt::Display for Base64Error {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::InvalidChar(c) if c.is_ascii_graphic() => {
-                write!(f, "invalid character {:?}", char::from(*c))
-            }
-            Self::InvalidChar(c) => write!(f, "invalid octet 0x{c:02x}"),
-            Self::DataAfterPadding => f.write_str("data after '=' padding"),
-            Self::Truncated => f.write_str("truncated (a lone final character)"),
-        }
-    }
-}
-
-fn value(c: u8) -> Option<u32> {
-    match c {
-        b'A'..=b'Z' => Some(u32::from(c - b'A')),
-        b'a'..=b'z' => Some(u32::from(c - b'a') + 26),
-        b'0'..=b'9' => Some(u32::from(c - b'0') + 52),
-        b'+' => Some(62),
-        b'/' => Some(63),
-        _ => None,
-    }
+    pem::copy_encoded_lines(&mut input, out, COLUMNS, "\r\n")
 }
 
 /// Decodes base64 body text: whitespace (line breaks) is ignored and padding is optional,
 /// but any other character outside the alphabet is an error rather than skipped, so that
 /// a damaged signature is reported as such instead of as a bogus DER parse failure.
 pub(super) fn base64_decode(text: &[u8]) -> Result<Vec<u8>, Base64Error> {
-    let mut out = Vec::with_capacity(text.len() / 4 * 3);
-    let mut acc = 0u32;
-    let mut bits = 0u32;
-    let mut symbols = 0usize;
-    let mut padding = false;
-    for &c in text {
-        if c.is_ascii_whitespace() {
-            continue;
-        }
-        if c == b'=' {
-            padding = true;
-            continue;
-        }
-        if padding {
-            return Err(Base64Error::DataAfterPadding);
-        }
-        let v = value(c).ok_or(Base64Error::InvalidChar(c))?;
-        symbols += 1;
-        acc = (acc << 6) | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    if symbols % 4 == 1 {
-        return Err(Base64Error::Truncated);
-    }
-    Ok(out)
+    pem::decode_lenient(text, BODY)
 }
 
 /// Quoted-printable for text already in canonical form (lines end in CRLF). CRLF stays a
