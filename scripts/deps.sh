@@ -15,6 +15,7 @@ APT_PACKAGES=(
     python3 python3-cbor2   # the Python protocol client test
     gcc libc6-dev pkg-config   # linking Rust binaries
     util-linux        # setpriv, to run a client as another user
+    systemd           # systemd-socket-activate, to test socket activation
     ca-certificates curl  # rustup, if Rust is missing
 )
 

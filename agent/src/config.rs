@@ -163,6 +163,11 @@ impl Config {
             .or(file.socket)
         {
             Some(s) => s,
+            // Under socket activation the service manager passes the socket; its path
+            // is only informative.
+            None if std::env::var_os("LISTEN_FDS").is_some() => {
+                default_socket().unwrap_or_default()
+            }
             None => default_socket()?,
         };
         let pin_file = flags

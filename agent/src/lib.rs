@@ -42,19 +42,29 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     ready: impl FnOnce(),
 ) -> anyhow::Result<()> {
-    server::check_not_running(&config.socket)?;
+    // Under socket activation the service manager owns the socket and its permissions.
+    let activated = server::activated_listener()?;
+    if activated.is_none() {
+        server::check_not_running(&config.socket)?;
+    }
     let cfg = config.clone();
     let keystore = tokio::task::spawn_blocking(move || keystore::Keystore::open(&cfg))
         .await
         .context("loading modules")?;
     keystore.start(config.pin.clone()).await;
     let keystore = Arc::new(keystore);
-    let listener = server::bind(&config.socket)?;
+    let (listener, socket) = match activated {
+        Some((l, path)) => {
+            tracing::info!(socket = ?path, "using the socket passed by the service manager");
+            (l, path.unwrap_or_else(|| config.socket.clone()))
+        }
+        None => (server::bind(&config.socket)?, config.socket.clone()),
+    };
     ready();
     let cancel = CancellationToken::new();
     let server = tokio::spawn(server::serve(
         listener,
-        config.socket.clone(),
+        socket,
         keystore.clone(),
         server::fit_connection_limit(config.max_connections),
         cancel.clone(),

@@ -104,6 +104,27 @@ pub fn bind(path: &Path) -> anyhow::Result<Listener> {
     Ok(listener)
 }
 
+/// The listening socket handed over by a service manager (systemd socket activation:
+/// `LISTEN_FDS`, `LISTEN_PID`), with its path if it has one.
+///
+/// # Errors
+/// When the passed descriptor is not a Unix stream socket.
+pub fn activated_listener() -> anyhow::Result<Option<(Listener, Option<PathBuf>)>> {
+    let mut fds = listenfd::ListenFd::from_env();
+    if fds.len() == 0 {
+        return Ok(None);
+    }
+    let std_listener = fds
+        .take_unix_listener(0)
+        .context("LISTEN_FDS: descriptor 3 is not a Unix stream socket")?
+        .context("LISTEN_FDS: descriptor 3 was already taken")?;
+    std_listener.set_nonblocking(true)?;
+    let path = std_listener.local_addr()?.as_pathname().map(Path::to_owned);
+    let fd: std::os::fd::OwnedFd = std_listener.into();
+    let uds = interprocess::os::unix::uds_local_socket::tokio::Listener::try_from(fd)?;
+    Ok(Some((Listener::from(uds), path)))
+}
+
 /// Raises the open-file limit to its hard maximum and returns how many connections fit
 /// under it, keeping room for the modules' own files and sockets.
 pub fn fit_connection_limit(wanted: usize) -> usize {

@@ -891,3 +891,45 @@ fn the_client_starts_an_agent_when_none_answers() {
         "stop the started agent",
     );
 }
+
+#[test]
+fn socket_activation_hands_the_agent_its_listener() {
+    let token = Token::new();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let socket = dir.path().join("activated.sock");
+    // systemd-socket-activate plays the service manager: it binds, then starts the agent
+    // with LISTEN_FDS=1 on the first connection.
+    let mut manager = Command::new("systemd-socket-activate")
+        .arg("--listen")
+        .arg(&socket)
+        .arg("-E")
+        .arg(format!(
+            "SOFTHSM2_CONF={}",
+            token.file("softhsm2.conf").display()
+        ))
+        .arg(built("smime-agent"))
+        .args(["--foreground", "--module"])
+        .arg(smime_tests::softhsm_module())
+        .arg("--pin-file")
+        .arg(token.file("pin"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("systemd-socket-activate (Debian package systemd)");
+    for _ in 0..250 {
+        if socket.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = run(Command::new(built("smime"))
+        .args(["keys", "--socket"])
+        .arg(&socket)
+        .env("SMIME_AGENT_NO_AUTOSTART", "1"));
+    let _ = manager.kill();
+    let _ = manager.wait();
+    assert_ok(&out, "smime keys through an activated agent");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("alice-ec"));
+}
