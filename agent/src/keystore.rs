@@ -1,6 +1,6 @@
 //! The registry of loaded modules and their tokens, and key selection by [`KeyId`].
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use smime_proto::{KeyId, KeyInfo, ModuleStatus, Pin};
 
@@ -15,7 +15,10 @@ pub struct Keystore {
     /// Every configured module with its load outcome, for `Status`.
     module_status: Vec<ModuleStatus>,
     started: std::time::Instant,
-    tokens: Vec<Arc<Token>>,
+    /// Replaced as a whole on rescans (token inserted or gone).
+    tokens: RwLock<Vec<Arc<Token>>>,
+    sessions: usize,
+    pin: Option<(Arc<Pin>, Option<String>)>,
 }
 
 impl Keystore {
@@ -28,7 +31,12 @@ impl Keystore {
         for path in &config.modules {
             match Module::load(path) {
                 Ok(m) => {
-                    tokens.extend(m.open_tokens(config.sessions));
+                    let present = m.present_tokens();
+                    tokens.extend(
+                        present
+                            .into_iter()
+                            .filter_map(|(slot, _)| m.open_token(slot, config.sessions)),
+                    );
                     modules.push(m);
                     module_status.push(ModuleStatus {
                         path: path.display().to_string(),
@@ -49,25 +57,72 @@ impl Keystore {
         Self {
             modules,
             module_status,
-            tokens,
+            tokens: RwLock::new(tokens),
             started: std::time::Instant::now(),
+            sessions: config.sessions,
+            pin: config.pin.clone(),
         }
+    }
+
+    /// A snapshot of the tokens.
+    pub fn tokens(&self) -> Vec<Arc<Token>> {
+        self.tokens
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Looks at every module's slots again: opens tokens that appeared, and stops tokens
+    /// that are gone. Returns the new tokens (not yet enumerated). Blocking.
+    pub fn rescan(&self) -> Vec<Arc<Token>> {
+        let current = self.tokens();
+        let mut keep = Vec::new();
+        let mut added = Vec::new();
+        for m in &self.modules {
+            let module = m.path().display().to_string();
+            for (slot, serial) in m.present_tokens() {
+                match current
+                    .iter()
+                    .find(|t| t.module() == module && t.serial == serial)
+                {
+                    Some(t) => keep.push(t.clone()),
+                    None => added.extend(m.open_token(slot, self.sessions)),
+                }
+            }
+        }
+        for gone in current
+            .iter()
+            .filter(|t| !keep.iter().any(|k| Arc::ptr_eq(k, t)))
+        {
+            tracing::info!(token = %gone.label, serial = %gone.serial, "token gone");
+            gone.shutdown();
+        }
+        keep.extend(added.iter().cloned());
+        *self.tokens.write().unwrap_or_else(|e| e.into_inner()) = keep;
+        added
     }
 
     /// Enumerates keys and, where a PIN is configured, logs in once.
     ///
     /// A configured PIN goes only to the token it names, or to the single token that
     /// needs a login: sending one card's PIN to another card burns a try there.
-    pub async fn start(&self, pin: Option<(Arc<Pin>, Option<String>)>) {
-        for t in &self.tokens {
+    pub async fn start(&self) {
+        self.start_tokens(&self.tokens()).await;
+    }
+
+    /// [`Keystore::start`] for some tokens (those a rescan found).
+    pub async fn start_tokens(&self, tokens: &[Arc<Token>]) {
+        for t in tokens {
             if let Err(e) = t.refresh_keys().await {
                 tracing::warn!(token = %t.label, error = %e, "cannot enumerate keys");
             }
         }
-        let Some((pin, target)) = pin else { return };
+        let Some((pin, target)) = self.pin.clone() else {
+            return;
+        };
         let candidates: Vec<&Arc<Token>> = match &target {
-            Some(sel) => self.tokens.iter().filter(|t| t.matches(sel)).collect(),
-            None => self.tokens.iter().filter(|t| t.needs_login()).collect(),
+            Some(sel) => tokens.iter().filter(|t| t.matches(sel)).collect(),
+            None => tokens.iter().filter(|t| t.needs_login()).collect(),
         };
         match candidates.as_slice() {
             [t] => {
@@ -84,7 +139,7 @@ impl Keystore {
 
     /// Every key of every token.
     pub fn list_keys(&self) -> Vec<KeyInfo> {
-        self.tokens
+        self.tokens()
             .iter()
             .flat_map(|t| t.keys())
             .map(|k| k.info)
@@ -99,7 +154,7 @@ impl Keystore {
         let (serial, _) = id
             .parts()
             .ok_or_else(|| AgentError::KeyNotFound(id.clone()))?;
-        self.tokens
+        self.tokens()
             .iter()
             .filter(|t| t.serial == serial)
             .find_map(|t| t.key(id).map(|k| (t.clone(), k)))
@@ -111,7 +166,8 @@ impl Keystore {
     /// # Errors
     /// [`AgentError::TokenNotFound`] when none or more than one token match.
     pub fn token(&self, sel: &str) -> Result<Arc<Token>, AgentError> {
-        let mut it = self.tokens.iter().filter(|t| t.matches(sel));
+        let tokens = self.tokens();
+        let mut it = tokens.iter().filter(|t| t.matches(sel));
         match (it.next(), it.next()) {
             (Some(t), None) => Ok(t.clone()),
             (Some(_), Some(_)) => Err(AgentError::TokenNotFound(format!(
@@ -131,14 +187,9 @@ impl Keystore {
         &self.module_status
     }
 
-    /// All tokens.
-    pub fn tokens(&self) -> &[Arc<Token>] {
-        &self.tokens
-    }
-
     /// Stops the workers, closes sessions and finalizes the modules. Blocking.
     pub fn shutdown(self) {
-        for t in &self.tokens {
+        for t in self.tokens() {
             t.shutdown();
         }
         drop(self.tokens);

@@ -30,6 +30,41 @@ use tokio_util::sync::CancellationToken;
 pub use config::{Config, Flags};
 pub use error::AgentError;
 
+/// SIGHUP: look at the slots again (tokens inserted or removed) and re-read every
+/// token's keys, without dropping a connection.
+async fn rescan_on_sighup(keystore: Arc<keystore::Keystore>, cancel: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = hup.recv() => if r.is_none() { return },
+        }
+        tracing::info!("SIGHUP: rescanning tokens");
+        let ks = keystore.clone();
+        let Ok(added) = tokio::task::spawn_blocking(move || ks.rescan()).await else {
+            continue;
+        };
+        keystore.start_tokens(&added).await;
+        for t in keystore
+            .tokens()
+            .iter()
+            .filter(|t| !added.iter().any(|a| Arc::ptr_eq(a, t)))
+        {
+            if let Err(e) = t.refresh_keys().await {
+                tracing::warn!(token = %t.label, error = %e, "cannot enumerate keys");
+            }
+        }
+        tracing::info!(
+            tokens = keystore.tokens().len(),
+            added = added.len(),
+            "rescan done"
+        );
+    }
+}
+
 /// Runs the agent until `shutdown` completes: loads the modules, logs in with a configured
 /// PIN (once), serves the socket, then drains connections and finalizes the modules.
 ///
@@ -51,7 +86,7 @@ pub async fn run(
     let keystore = tokio::task::spawn_blocking(move || keystore::Keystore::open(&cfg))
         .await
         .context("loading modules")?;
-    keystore.start(config.pin.clone()).await;
+    keystore.start().await;
     let keystore = Arc::new(keystore);
     let (listener, socket) = match activated {
         Some((l, path)) => {
@@ -62,6 +97,7 @@ pub async fn run(
     };
     ready();
     let cancel = CancellationToken::new();
+    tokio::spawn(rescan_on_sighup(keystore.clone(), cancel.clone()));
     let server = tokio::spawn(server::serve(
         listener,
         socket,

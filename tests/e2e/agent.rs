@@ -933,3 +933,64 @@ fn socket_activation_hands_the_agent_its_listener() {
     assert_ok(&out, "smime keys through an activated agent");
     assert!(String::from_utf8_lossy(&out.stdout).contains("alice-ec"));
 }
+
+#[test]
+fn sighup_rereads_the_tokens_and_keeps_connections() {
+    let token = Token::new();
+    let agent = Agent::start(&token);
+    let mut client = AgentClient::connect(&agent.socket).unwrap();
+    assert_eq!(client.list_keys().unwrap().len(), 3);
+    // Another program adds a key to the token while the agent runs…
+    let keygen = run(Command::new("pkcs11-tool")
+        .arg("--module")
+        .arg(smime_tests::softhsm_module())
+        .args([
+            "--token-label",
+            "smime-demo",
+            "--login",
+            "--pin",
+            &token.pin(),
+        ])
+        .args([
+            "--keypairgen",
+            "--key-type",
+            "EC:prime256v1",
+            "--id",
+            "04",
+            "--label",
+            "carol-ec",
+        ])
+        .env("SOFTHSM2_CONF", token.file("softhsm2.conf")));
+    assert_ok(&keygen, "pkcs11-tool --keypairgen");
+    assert_eq!(
+        client.list_keys().unwrap().len(),
+        3,
+        "nothing changes before the signal"
+    );
+    // …and SIGHUP makes the agent look again, without dropping this connection.
+    assert_ok(
+        &run(Command::new("kill").args(["-HUP", &agent.pid().to_string()])),
+        "kill -HUP",
+    );
+    let mut n = 0;
+    for _ in 0..100 {
+        n = client.list_keys().unwrap().len();
+        if n == 4 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(n, 4, "{}", agent.log_text());
+    let carol = client
+        .list_keys()
+        .unwrap()
+        .into_iter()
+        .find(|k| k.label == "carol-ec")
+        .unwrap();
+    assert_eq!(
+        client
+            .sign(&carol.id, SignAlgorithm::EcdsaSha256, &[3; 32])
+            .unwrap()[0],
+        0x30
+    );
+}

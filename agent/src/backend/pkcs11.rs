@@ -60,26 +60,33 @@ impl Module {
         &self.path
     }
 
-    /// Opens every token of the module, each with `sessions` worker threads. A token that
-    /// fails to open is logged and skipped. Blocking.
-    pub fn open_tokens(&self, sessions: usize) -> Vec<Arc<Token>> {
-        let slots = match self.p11.get_slots_with_initialized_token() {
-            Ok(s) => s,
+    /// The slots that hold an initialized token now, with the token serials. Blocking.
+    pub fn present_tokens(&self) -> Vec<(Slot, String)> {
+        match self.p11.get_slots_with_initialized_token() {
+            Ok(slots) => slots
+                .into_iter()
+                .filter_map(|slot| {
+                    let info = self.p11.get_token_info(slot).ok()?;
+                    Some((slot, info.serial_number().trim().to_owned()))
+                })
+                .collect(),
             Err(e) => {
                 tracing::error!(module = %self.path.display(), error = %e, "cannot list slots");
-                return vec![];
+                vec![]
             }
-        };
-        slots
-            .into_iter()
-            .filter_map(|slot| match Token::open(self, slot, sessions) {
-                Ok(t) => Some(Arc::new(t)),
-                Err(e) => {
-                    tracing::warn!(module = %self.path.display(), slot = slot.id(), error = %e, "skipping token");
-                    None
-                }
-            })
-            .collect()
+        }
+    }
+
+    /// Opens the token in `slot` with `sessions` worker threads; a failure is logged.
+    /// Blocking.
+    pub fn open_token(&self, slot: Slot, sessions: usize) -> Option<Arc<Token>> {
+        match Token::open(self, slot, sessions) {
+            Ok(t) => Some(Arc::new(t)),
+            Err(e) => {
+                tracing::warn!(module = %self.path.display(), slot = slot.id(), error = %e, "skipping token");
+                None
+            }
+        }
     }
 
     /// Calls `C_Finalize`. Every token of the module must have been shut down.
@@ -366,6 +373,11 @@ impl Token {
         {
             let _ = h.join();
         }
+    }
+
+    /// Path of the module that serves the token.
+    pub fn module(&self) -> &str {
+        &self.module
     }
 
     /// Whether `sel` names this token (label or serial).
