@@ -170,6 +170,14 @@ impl KeySummary {
                 .is_some_and(|f| f.starts_with(&hexsel))
     }
 
+    /// Whether the key has a certificate and can unwrap content keys (RSA decryption or
+    /// ECDH): what encryption to "self" and decryption need.
+    pub fn can_decrypt(&self) -> bool {
+        self.certificate.is_some()
+            && (self.info.operations.contains(&Operation::Decrypt)
+                || self.info.operations.contains(&Operation::Ecdh))
+    }
+
     /// One line for humans.
     pub fn line(&self) -> String {
         format!(

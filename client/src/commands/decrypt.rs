@@ -3,7 +3,6 @@
 use std::io::{BufRead, BufReader, Read, Seek, Write};
 
 use anyhow::{Context, anyhow};
-use smime_proto::Operation;
 
 use super::{Failure, connect, key_list, open_input, verify};
 use crate::agent::AgentError;
@@ -91,11 +90,7 @@ pub(super) fn decrypt(cli: &Cli, a: &DecryptArgs, verify_inner: bool) -> Result<
     };
     let mut client = connect(cli)?;
     let keys = key_list(&mut client)?;
-    let can_decrypt = |k: &KeySummary| {
-        k.certificate.is_some()
-            && (k.info.operations.contains(&Operation::Decrypt)
-                || k.info.operations.contains(&Operation::Ecdh))
-    };
+    let can_decrypt = KeySummary::can_decrypt;
     let usable: Vec<&KeySummary> = match &a.key {
         Some(sel) => vec![select(&keys, sel, can_decrypt).map_err(|e| Failure::Usage(e.into()))?],
         None => keys.iter().filter(|k| can_decrypt(k)).collect(),

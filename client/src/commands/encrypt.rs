@@ -5,7 +5,6 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use anyhow::{Context, anyhow};
-use smime_proto::Operation;
 use x509_cert::Certificate;
 
 use super::{Failure, connect, key_list, load_certs, open_input};
@@ -68,11 +67,7 @@ fn recipient_certs(to: &str, store: Option<&CertStore>) -> Result<Vec<Certificat
 fn own_cert(cli: &Cli, sel: Option<&str>) -> Result<Certificate, Failure> {
     let mut client = connect(cli)?;
     let keys = key_list(&mut client)?;
-    let can_decrypt = |k: &KeySummary| {
-        k.certificate.is_some()
-            && (k.info.operations.contains(&Operation::Decrypt)
-                || k.info.operations.contains(&Operation::Ecdh))
-    };
+    let can_decrypt = KeySummary::can_decrypt;
     let key = match sel {
         Some(s) => select(&keys, s, can_decrypt).map_err(|e| Failure::Usage(e.into()))?,
         None => {
