@@ -111,6 +111,9 @@ struct TokenState {
     login_required: bool,
     /// Set when the PIN from the agent's configuration was rejected: it is never tried again.
     configured_pin_rejected: Option<PinState>,
+    /// The configured PIN after the token accepted it, to log in again when the token
+    /// comes back after a removal. Zeroized on drop; forgotten on `Lock`.
+    configured_pin: Option<Arc<Pin>>,
     keys: Vec<KeyEntry>,
 }
 
@@ -138,17 +141,25 @@ impl Token {
     fn open(module: &Module, slot: Slot, sessions: usize) -> Result<Self, CkError> {
         let info = module.p11.get_token_info(slot)?;
         let (tx, rx) = crossbeam_channel::bounded::<Job>(QUEUE_DEPTH);
+        let epoch = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let label = info.label().trim().to_owned();
         let serial = info.serial_number().trim().to_owned();
         let mut workers = Vec::new();
         for n in 0..sessions.max(1) {
             let session = module.p11.open_ro_session(slot)?;
             let rx = rx.clone();
-            let mut w = Worker::new(session, module.p11.clone(), slot, label.clone());
+            let mut w = Worker::new(
+                session,
+                module.p11.clone(),
+                slot,
+                label.clone(),
+                epoch.clone(),
+            );
             let handle = std::thread::Builder::new()
                 .name(format!("p11-{label}-{n}"))
                 .spawn(move || {
                     while let Ok(job) = rx.recv() {
+                        w.revive();
                         job(&mut w);
                     }
                 })
@@ -174,6 +185,7 @@ impl Token {
                 logged_in: false,
                 login_required: info.login_required(),
                 configured_pin_rejected: None,
+                configured_pin: None,
                 keys: vec![],
             }),
         })
@@ -227,10 +239,17 @@ impl Token {
                 configured,
             });
         }
+        let keep = configured.then(|| pin.clone());
         let result = self.run(move |w| w.login(&pin, source)).await;
         match &result {
             Ok(outcome) => {
-                self.state().logged_in = true;
+                {
+                    let mut st = self.state();
+                    st.logged_in = true;
+                    if keep.is_some() {
+                        st.configured_pin = keep;
+                    }
+                }
                 if *outcome == worker::Login::AlreadyLoggedIn {
                     tracing::info!(token = %self.label, "already logged in; PIN not sent");
                 } else {
@@ -251,6 +270,11 @@ impl Token {
 
     /// Logs out (all sessions share the login) and forgets the login state.
     pub async fn logout(&self) -> Result<(), AgentError> {
+        {
+            // No automatic login after an explicit lock.
+            let mut st = self.state();
+            st.configured_pin = None;
+        }
         self.run(Worker::logout).await?;
         self.state().logged_in = false;
         tracing::info!(token = %self.label, "logged out");
@@ -296,6 +320,25 @@ impl Token {
         Ok(())
     }
 
+    /// After a removal the token's login is gone: if the agent's configured PIN had been
+    /// accepted, log in again with it (one attempt, as at start). A PIN a client sent is
+    /// not kept; such a token waits for the next `Unlock`.
+    async fn ensure_login(&self) -> Result<(), AgentError> {
+        let pin = {
+            let s = self.state();
+            if s.login_required && !s.logged_in && s.configured_pin_rejected.is_none() {
+                s.configured_pin.clone()
+            } else {
+                None
+            }
+        };
+        let Some(pin) = pin else { return Ok(()) };
+        match self.login(pin, PinSource::Configured).await {
+            Err(e @ AgentError::TokenAbsent { .. }) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     /// Signs `digest`. RSA signatures come back raw, ECDSA signatures DER-encoded.
     pub async fn sign(
         &self,
@@ -303,6 +346,7 @@ impl Token {
         alg: SignAlgorithm,
         digest: Vec<u8>,
     ) -> Result<Vec<u8>, AgentError> {
+        self.ensure_login().await?;
         self.ready(key, Operation::Sign)?;
         check_alg(key, alg.is_rsa(), matches!(alg, SignAlgorithm::Unknown))?;
         let (id, kalg) = (key.cka_id.clone(), key.info.algorithm);
@@ -316,6 +360,7 @@ impl Token {
         alg: DecryptAlgorithm,
         ct: Vec<u8>,
     ) -> Result<SecretBytes, AgentError> {
+        self.ensure_login().await?;
         self.ready(key, Operation::Decrypt)?;
         check_alg(key, true, matches!(alg, DecryptAlgorithm::Unknown))?;
         let id = key.cka_id.clone();
@@ -324,6 +369,7 @@ impl Token {
 
     /// ECDH with a peer point; returns Z.
     pub async fn ecdh(&self, key: &KeyEntry, peer: Vec<u8>) -> Result<SecretBytes, AgentError> {
+        self.ensure_login().await?;
         self.ready(key, Operation::Ecdh)?;
         check_alg(key, false, false)?;
         let (id, curve) = (key.cka_id.clone(), key.info.algorithm);

@@ -2,6 +2,8 @@
 //! PKCS#11 calls themselves. Everything here is blocking and runs off the tokio threads.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use cryptoki::context::Pkcs11;
 use cryptoki::error::{Error as CkError, RvError};
@@ -61,6 +63,10 @@ pub(super) struct Worker {
     handles: HashMap<Vec<u8>, ObjectHandle>,
     /// The token refused CKM_RSA_PKCS_OAEP with SHA-2: use CKM_RSA_X_509 + host decoding.
     host_oaep: bool,
+    /// Bumped by the first worker that sees the token gone; a worker whose session is
+    /// older than the token's current epoch reopens it before its next job.
+    epoch: Arc<AtomicU64>,
+    session_epoch: u64,
 }
 
 /// The user PIN state from the token flags.
@@ -77,7 +83,14 @@ pub(super) fn pin_state(info: &TokenInfo) -> PinState {
 }
 
 impl Worker {
-    pub(super) fn new(session: Session, p11: Pkcs11, slot: Slot, token: String) -> Self {
+    pub(super) fn new(
+        session: Session,
+        p11: Pkcs11,
+        slot: Slot,
+        token: String,
+        epoch: Arc<AtomicU64>,
+    ) -> Self {
+        let session_epoch = epoch.load(Ordering::SeqCst);
         Self {
             session,
             p11,
@@ -85,6 +98,8 @@ impl Worker {
             token,
             handles: HashMap::new(),
             host_oaep: false,
+            epoch,
+            session_epoch,
         }
     }
 
@@ -139,6 +154,11 @@ impl Worker {
     /// to a locked token, to a token on its final try without the user's consent, or,
     /// for a PIN from the configuration, to a token with any wrong PIN on record.
     pub(super) fn login(&mut self, pin: &Pin, source: PinSource) -> Result<Login, AgentError> {
+        let r = self.login_once(pin, source);
+        self.track(r)
+    }
+
+    fn login_once(&mut self, pin: &Pin, source: PinSource) -> Result<Login, AgentError> {
         let token = self.token.clone();
         if self.logged_in() {
             return Ok(Login::AlreadyLoggedIn);
@@ -204,6 +224,11 @@ impl Worker {
         serial: &str,
         label: &str,
     ) -> Result<Vec<KeyEntry>, AgentError> {
+        let r = self.enumerate_once(serial, label);
+        self.track(r)
+    }
+
+    fn enumerate_once(&mut self, serial: &str, label: &str) -> Result<Vec<KeyEntry>, AgentError> {
         let s = &self.session;
         let find = |class| {
             s.find_objects(&[Attribute::Class(class)])
@@ -364,14 +389,51 @@ impl Worker {
         op: impl Fn(&Session, ObjectHandle) -> Result<T, CkError>,
         function: &str,
     ) -> Result<T, AgentError> {
-        let h = self.key_handle(cka_id)?;
-        match op(&self.session, h) {
-            Err(CkError::Pkcs11(RvError::KeyHandleInvalid | RvError::ObjectHandleInvalid, _)) => {
-                self.handles.remove(cka_id);
-                let h = self.key_handle(cka_id)?;
-                op(&self.session, h).map_err(|e| self.err(e, function))
+        let r = self
+            .key_handle(cka_id)
+            .and_then(|h| match op(&self.session, h) {
+                Err(CkError::Pkcs11(
+                    RvError::KeyHandleInvalid | RvError::ObjectHandleInvalid,
+                    _,
+                )) => {
+                    self.handles.remove(cka_id);
+                    let h = self.key_handle(cka_id)?;
+                    op(&self.session, h).map_err(|e| self.err(e, function))
+                }
+                r => r.map_err(|e| self.err(e, function)),
+            });
+        self.track(r)
+    }
+
+    /// Notes a dead session: the token went away (or was reset) under it, so every
+    /// worker's session is stale.
+    pub(super) fn track<T>(&mut self, r: Result<T, AgentError>) -> Result<T, AgentError> {
+        if let Err(AgentError::TokenAbsent { .. }) = &r {
+            let _ = self.epoch.compare_exchange(
+                self.session_epoch,
+                self.session_epoch + 1,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            );
+        }
+        r
+    }
+
+    /// Reopens a session that died with its token. The token's login died with it; the
+    /// caller decides whether to log in again.
+    pub(super) fn revive(&mut self) {
+        let current = self.epoch.load(Ordering::SeqCst);
+        if current == self.session_epoch {
+            return;
+        }
+        match self.p11.open_ro_session(self.slot) {
+            Ok(session) => {
+                tracing::info!(token = %self.token, "session reopened");
+                self.session = session;
+                self.handles.clear();
+                self.session_epoch = current;
             }
-            r => r.map_err(|e| self.err(e, function)),
+            Err(e) => tracing::debug!(token = %self.token, error = %e, "token still absent"),
         }
     }
 
