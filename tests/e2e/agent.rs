@@ -10,7 +10,7 @@ use der::{Decode, Encode};
 use sha2::{Digest, Sha256};
 use smime::agent::AgentClient;
 use smime_proto::{ErrorCode, FrameDecoder, KeyAlgorithm, Request, Response, SignAlgorithm};
-use smime_tests::{Agent, AgentOptions, Token, assert_ok, built, run};
+use smime_tests::{Agent, AgentOptions, Token, assert_ok, built, openssl_verify, run};
 use x509_cert::Certificate;
 
 fn read_response(s: &mut UnixStream) -> Option<Response> {
@@ -993,4 +993,132 @@ fn sighup_rereads_the_tokens_and_keeps_connections() {
             .unwrap()[0],
         0x30
     );
+}
+
+/// Writes the fault module's control file atomically (it is read by inode and mtime).
+fn control(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+fn faulty_agent(
+    token: &Token,
+    dir: &std::path::Path,
+    with_pin: bool,
+) -> (Agent, std::path::PathBuf) {
+    let ctl = dir.join("control");
+    control(&ctl, "removed=0\n");
+    let opts = AgentOptions {
+        module: Some(built("libp11_count.so")),
+        pin_file: if with_pin { None } else { Some(None) },
+        env: vec![
+            (
+                "P11_COUNT_MODULE".into(),
+                smime_tests::softhsm_module().display().to_string(),
+            ),
+            ("P11_COUNT_CONTROL".into(), ctl.display().to_string()),
+        ],
+        ..Default::default()
+    };
+    (Agent::start_with(token, opts), ctl)
+}
+
+#[test]
+fn a_pulled_card_fails_cleanly_and_works_again_when_reinserted() {
+    let token = Token::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut agent, ctl) = faulty_agent(&token, dir.path(), true);
+    let data = dir.path().join("d");
+    std::fs::write(&data, b"x").unwrap();
+    let sig = dir.path().join("s");
+    assert_ok(&agent.sign("alice-rsa", &data, &sig, &[]), "sign before");
+    control(&ctl, "removed=1\n");
+    std::fs::remove_file(&sig).unwrap();
+    for key in ["alice-rsa", "alice-ec", "alice-rsa"] {
+        let out = agent.sign(key, &data, &sig, &[]);
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("not present"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!sig.exists());
+    }
+    assert!(agent.is_running());
+    // Reinserted: the next requests work, with no restart (the configured PIN logs in again).
+    control(&ctl, "removed=0\n");
+    for key in ["alice-rsa", "alice-ec", "alice-rsa", "alice-ec"] {
+        assert_ok(
+            &agent.sign(key, &data, &sig, &[]),
+            &format!("sign after reinsertion ({key})"),
+        );
+    }
+    assert_ok(
+        &openssl_verify(&sig, &data, &token.file("ca.pem"), "DER"),
+        "openssl verify",
+    );
+}
+
+#[test]
+fn after_reinsertion_a_user_unlocked_token_asks_for_the_pin_again() {
+    let token = Token::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (agent, ctl) = faulty_agent(&token, dir.path(), false);
+    let pin = format!("{}\n", token.pin());
+    assert_ok(
+        &agent.smime_stdin(&["unlock", "--pin-stdin"], pin.as_bytes()),
+        "unlock",
+    );
+    sign_ok(&agent, "alice-ec");
+    control(&ctl, "removed=1\n");
+    let data = dir.path().join("d");
+    std::fs::write(&data, b"x").unwrap();
+    assert_eq!(
+        agent
+            .sign("alice-ec", &data, &dir.path().join("s"), &[])
+            .status
+            .code(),
+        Some(3)
+    );
+    control(&ctl, "removed=0\n");
+    // The agent kept no PIN a client sent: it asks again instead of guessing.
+    let out = agent.sign("alice-ec", &data, &dir.path().join("s"), &[]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("smime unlock"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_ok(
+        &agent.smime_stdin(&["unlock", "--pin-stdin"], pin.as_bytes()),
+        "unlock again",
+    );
+    sign_ok(&agent, "alice-ec");
+}
+
+#[test]
+fn an_always_authenticate_key_is_refused_without_locking_the_token() {
+    let token = Token::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (agent, ctl) = faulty_agent(&token, dir.path(), true);
+    control(&ctl, "removed=0\nalways_authenticate=01\n");
+    let data = dir.path().join("d");
+    std::fs::write(&data, b"x").unwrap();
+    let out = agent.sign("alice-rsa", &data, &dir.path().join("s"), &[]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("every use"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The other keys on the token are unaffected: the token is still logged in.
+    sign_ok(&agent, "alice-ec");
+    let status = agent.smime(&["status"]);
+    assert!(String::from_utf8_lossy(&status.stdout).contains("unlocked"));
 }
