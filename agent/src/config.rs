@@ -12,6 +12,9 @@
 //! max_connections = 4096  # also bounded by the open-file limit
 //! pin_file = "/path/to/pin"   # CI only: a PIN for the single token that needs one
 //! pin_token = "smime-demo"    # which token the PIN is for
+//! pinentry = "/usr/bin/pinentry-gnome3"   # prompt for PINs the agent was not given
+//! cache_ttl = 3600           # log out an hour after logging in (0: never)
+//! idle_timeout = 900         # log out after 15 idle minutes (0: never)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -54,6 +57,16 @@ pub struct Flags {
     /// Worker sessions per token: how many requests a token serves at once.
     #[arg(long, value_name = "N")]
     pub sessions: Option<usize>,
+    /// Ask for PINs with this pinentry program (e.g. /usr/bin/pinentry-gnome3) when a
+    /// token needs a login and no PIN is configured. Also SMIME_AGENT_PINENTRY.
+    #[arg(long, value_name = "PROGRAM")]
+    pub pinentry: Option<PathBuf>,
+    /// Log out of a token this many seconds after logging in (0: never).
+    #[arg(long, value_name = "SECONDS")]
+    pub cache_ttl: Option<u64>,
+    /// Log out of a token after this many seconds without a private-key operation (0: never).
+    #[arg(long, value_name = "SECONDS")]
+    pub idle_timeout: Option<u64>,
     /// Log filter, e.g. `info` or `smime_agent=debug`. Also SMIME_AGENT_LOG.
     #[arg(long, value_name = "FILTER")]
     pub log: Option<String>,
@@ -69,6 +82,9 @@ struct FileConfig {
     max_connections: Option<usize>,
     pin_file: Option<PathBuf>,
     pin_token: Option<String>,
+    pinentry: Option<PathBuf>,
+    cache_ttl: Option<u64>,
+    idle_timeout: Option<u64>,
 }
 
 /// The resolved configuration.
@@ -84,6 +100,19 @@ pub struct Config {
     pub max_connections: usize,
     /// A PIN for CI, and the token it is for.
     pub pin: Option<(Arc<Pin>, Option<String>)>,
+    /// How PINs are asked for and how long logins last.
+    pub policy: Arc<PinPolicy>,
+}
+
+/// How the agent gets PINs it was not given, and how long a login lasts.
+#[derive(Debug, Clone, Default)]
+pub struct PinPolicy {
+    /// The pinentry program, if the agent should prompt itself.
+    pub pinentry: Option<PathBuf>,
+    /// Log out this long after logging in.
+    pub ttl: Option<std::time::Duration>,
+    /// Log out after this long without a private-key operation.
+    pub idle: Option<std::time::Duration>,
 }
 
 /// Where the agent listens when nothing says otherwise.
@@ -197,6 +226,23 @@ impl Config {
             sessions: flags.sessions.or(file.sessions).unwrap_or(2).clamp(1, 64),
             max_connections: file.max_connections.unwrap_or(4096).max(1),
             pin: pin.map(|p| (Arc::new(p), pin_token)),
+            policy: Arc::new(PinPolicy {
+                pinentry: flags
+                    .pinentry
+                    .clone()
+                    .or_else(|| env_path("SMIME_AGENT_PINENTRY"))
+                    .or(file.pinentry),
+                ttl: flags
+                    .cache_ttl
+                    .or(file.cache_ttl)
+                    .filter(|s| *s > 0)
+                    .map(std::time::Duration::from_secs),
+                idle: flags
+                    .idle_timeout
+                    .or(file.idle_timeout)
+                    .filter(|s| *s > 0)
+                    .map(std::time::Duration::from_secs),
+            }),
         })
     }
 }

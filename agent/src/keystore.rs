@@ -19,6 +19,7 @@ pub struct Keystore {
     tokens: RwLock<Vec<Arc<Token>>>,
     sessions: usize,
     pin: Option<(Arc<Pin>, Option<String>)>,
+    policy: Arc<crate::config::PinPolicy>,
 }
 
 impl Keystore {
@@ -32,11 +33,9 @@ impl Keystore {
             match Module::load(path) {
                 Ok(m) => {
                     let present = m.present_tokens();
-                    tokens.extend(
-                        present
-                            .into_iter()
-                            .filter_map(|(slot, _)| m.open_token(slot, config.sessions)),
-                    );
+                    tokens.extend(present.into_iter().filter_map(|(slot, _)| {
+                        m.open_token(slot, config.sessions, &config.policy)
+                    }));
                     modules.push(m);
                     module_status.push(ModuleStatus {
                         path: path.display().to_string(),
@@ -61,6 +60,7 @@ impl Keystore {
             started: std::time::Instant::now(),
             sessions: config.sessions,
             pin: config.pin.clone(),
+            policy: config.policy.clone(),
         }
     }
 
@@ -86,7 +86,7 @@ impl Keystore {
                     .find(|t| t.module() == module && t.serial == serial)
                 {
                     Some(t) => keep.push(t.clone()),
-                    None => added.extend(m.open_token(slot, self.sessions)),
+                    None => added.extend(m.open_token(slot, self.sessions, &self.policy)),
                 }
             }
         }

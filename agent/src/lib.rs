@@ -18,6 +18,7 @@ pub mod backend;
 pub mod config;
 pub mod error;
 pub mod keystore;
+pub mod pinentry;
 pub mod server;
 pub mod session;
 
@@ -65,6 +66,24 @@ async fn rescan_on_sighup(keystore: Arc<keystore::Keystore>, cancel: Cancellatio
     }
 }
 
+/// Logs out of tokens whose login outlived the cache policy (TTL, idle timeout).
+async fn expire_logins(keystore: Arc<keystore::Keystore>, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        for t in keystore.tokens() {
+            if t.login_expired()
+                && let Err(e) = t.expire().await
+            {
+                tracing::warn!(token = %t.label, error = %e, "logout failed");
+            }
+        }
+    }
+}
+
 /// Runs the agent until `shutdown` completes: loads the modules, logs in with a configured
 /// PIN (once), serves the socket, then drains connections and finalizes the modules.
 ///
@@ -98,6 +117,9 @@ pub async fn run(
     ready();
     let cancel = CancellationToken::new();
     tokio::spawn(rescan_on_sighup(keystore.clone(), cancel.clone()));
+    if config.policy.ttl.is_some() || config.policy.idle.is_some() {
+        tokio::spawn(expire_logins(keystore.clone(), cancel.clone()));
+    }
     let server = tokio::spawn(server::serve(
         listener,
         socket,

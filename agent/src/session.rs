@@ -107,7 +107,9 @@ impl Session {
                 digest,
             } => {
                 let (token, entry) = ks.key(&key)?;
-                let r = token.sign(&entry, algorithm, digest.into_vec()).await;
+                let r = token
+                    .sign(&entry, algorithm, digest.into_vec(), &self.who())
+                    .await;
                 self.audit("sign", &key, &r);
                 Ok(Response::Signature {
                     signature: serde_bytes::ByteBuf::from(r?),
@@ -120,14 +122,14 @@ impl Session {
             } => {
                 let (token, entry) = ks.key(&key)?;
                 let r = token
-                    .decrypt(&entry, algorithm, ciphertext.into_vec())
+                    .decrypt(&entry, algorithm, ciphertext.into_vec(), &self.who())
                     .await;
                 self.audit("decrypt", &key, &r);
                 Ok(Response::Secret { secret: r? })
             }
             Request::Ecdh { key, peer_point } => {
                 let (token, entry) = ks.key(&key)?;
-                let r = token.ecdh(&entry, peer_point.into_vec()).await;
+                let r = token.ecdh(&entry, peer_point.into_vec(), &self.who()).await;
                 self.audit("ecdh", &key, &r);
                 Ok(Response::Secret { secret: r? })
             }
@@ -177,6 +179,15 @@ impl Session {
             }
             Request::Hello { .. } => Err(AgentError::Internal("hello handled above".into())),
             _ => Err(AgentError::BadRequest("operation not supported".into())),
+        }
+    }
+
+    /// The requesting program, for PIN dialogs.
+    fn who(&self) -> String {
+        let exe = self.peer.exe.as_deref().unwrap_or("an unknown program");
+        match self.peer.pid {
+            Some(pid) => format!("{exe} (pid {pid})"),
+            None => exe.to_owned(),
         }
     }
 

@@ -1122,3 +1122,160 @@ fn an_always_authenticate_key_is_refused_without_locking_the_token() {
     let status = agent.smime(&["status"]);
     assert!(String::from_utf8_lossy(&status.stdout).contains("unlocked"));
 }
+
+fn pinentry_agent(
+    token: &Token,
+    dir: &std::path::Path,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> Agent {
+    let mut all_env = vec![
+        (
+            "P11_COUNT_MODULE".to_owned(),
+            smime_tests::softhsm_module().display().to_string(),
+        ),
+        (
+            "P11_COUNT_LOG".to_owned(),
+            dir.join("logins").display().to_string(),
+        ),
+        (
+            "PINENTRY_TEST_LOG".to_owned(),
+            dir.join("dialogs").display().to_string(),
+        ),
+        ("PINENTRY_TEST_PIN".to_owned(), token.pin()),
+    ];
+    all_env.extend(env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+    let mut all_args = vec![
+        "--pinentry".to_owned(),
+        smime_tests::root()
+            .join("tests/support/pinentry-test")
+            .display()
+            .to_string(),
+    ];
+    all_args.extend(args.iter().map(|a| (*a).to_owned()));
+    Agent::start_with(
+        token,
+        AgentOptions {
+            module: Some(built("libp11_count.so")),
+            pin_file: Some(None),
+            env: all_env,
+            args: all_args,
+            ..Default::default()
+        },
+    )
+}
+
+fn count_lines(path: &std::path::Path, needle: &str) -> usize {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(needle))
+        .count()
+}
+
+#[test]
+fn pinentry_asks_once_naming_token_key_and_program() {
+    let token = Token::new();
+    let dir = tempfile::tempdir().unwrap();
+    let agent = pinentry_agent(&token, dir.path(), &[], &[]);
+    sign_ok(&agent, "alice-rsa");
+    let dialogs = std::fs::read_to_string(dir.path().join("dialogs")).unwrap();
+    assert_eq!(count_lines(&dir.path().join("dialogs"), "GETPIN"), 1);
+    assert!(
+        dialogs.contains("smime-demo")
+            && dialogs.contains("alice-rsa")
+            && dialogs.contains("smime (pid"),
+        "{dialogs}"
+    );
+    assert!(!dialogs.contains(&token.pin()));
+    // Logged in now: no second dialog.
+    sign_ok(&agent, "alice-ec");
+    assert_eq!(count_lines(&dir.path().join("dialogs"), "GETPIN"), 1);
+    assert_eq!(count_lines(&dir.path().join("logins"), "C_Login"), 1);
+}
+
+#[test]
+fn a_cancelled_pinentry_sends_nothing() {
+    let token = Token::new();
+    let dir = tempfile::tempdir().unwrap();
+    let agent = pinentry_agent(&token, dir.path(), &[("PINENTRY_TEST_CANCEL", "1")], &[]);
+    let data = dir.path().join("d");
+    std::fs::write(&data, b"x").unwrap();
+    let out = agent.sign("alice-rsa", &data, &dir.path().join("s"), &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(count_lines(&dir.path().join("dialogs"), "GETPIN"), 1);
+    assert_eq!(
+        count_lines(&dir.path().join("logins"), "C_Login"),
+        0,
+        "no PIN, no login attempt"
+    );
+}
+
+#[test]
+fn the_login_expires_after_the_cache_ttl() {
+    let token = Token::new();
+    let dir = tempfile::tempdir().unwrap();
+    let agent = pinentry_agent(&token, dir.path(), &[], &["--cache-ttl", "1"]);
+    sign_ok(&agent, "alice-ec");
+    std::thread::sleep(Duration::from_millis(2500));
+    let status = agent.smime(&["status"]);
+    assert!(
+        String::from_utf8_lossy(&status.stdout).contains(": locked"),
+        "{}",
+        String::from_utf8_lossy(&status.stdout)
+    );
+    sign_ok(&agent, "alice-ec");
+    assert_eq!(
+        count_lines(&dir.path().join("dialogs"), "GETPIN"),
+        2,
+        "asked again after the TTL"
+    );
+}
+
+#[test]
+fn pinentry_on_the_final_try_asks_for_confirmation_first() {
+    let token = Token::new();
+    for (confirm, expect_ok) in [("0", false), ("1", true)] {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::write(&state, "2").unwrap(); // two wrong PINs on record: final try
+        let state_s = state.display().to_string();
+        let env = [
+            ("P11_COUNT_LOCK_AFTER", "3"),
+            ("P11_COUNT_STATE", state_s.as_str()),
+            ("PINENTRY_TEST_CONFIRM", confirm),
+        ];
+        let agent = pinentry_agent(&token, dir.path(), &env, &[]);
+        let data = dir.path().join("d");
+        std::fs::write(&data, b"x").unwrap();
+        let out = agent.sign("alice-rsa", &data, &dir.path().join("s"), &[]);
+        assert_eq!(
+            out.status.success(),
+            expect_ok,
+            "confirm={confirm}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(count_lines(&dir.path().join("dialogs"), "CONFIRM"), 1);
+        let prompted = count_lines(&dir.path().join("dialogs"), "GETPIN");
+        let logins = count_lines(&dir.path().join("logins"), "C_Login");
+        if expect_ok {
+            assert_eq!((prompted, logins), (1, 1));
+        } else {
+            assert_eq!(
+                (prompted, logins),
+                (0, 0),
+                "declined: no PIN asked, none sent"
+            );
+            assert!(
+                String::from_utf8_lossy(&out.stderr).contains("final"),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}

@@ -27,6 +27,7 @@ use smime_proto::{
     SignAlgorithm, TokenStatus,
 };
 
+use crate::config::PinPolicy;
 use crate::error::AgentError;
 pub use worker::PinSource;
 use worker::{Job, Worker};
@@ -79,8 +80,13 @@ impl Module {
 
     /// Opens the token in `slot` with `sessions` worker threads; a failure is logged.
     /// Blocking.
-    pub fn open_token(&self, slot: Slot, sessions: usize) -> Option<Arc<Token>> {
-        match Token::open(self, slot, sessions) {
+    pub fn open_token(
+        &self,
+        slot: Slot,
+        sessions: usize,
+        policy: &Arc<PinPolicy>,
+    ) -> Option<Arc<Token>> {
+        match Token::open(self, slot, sessions, policy.clone()) {
             Ok(t) => Some(Arc::new(t)),
             Err(e) => {
                 tracing::warn!(module = %self.path.display(), slot = slot.id(), error = %e, "skipping token");
@@ -115,6 +121,10 @@ struct TokenState {
     /// comes back after a removal. Zeroized on drop; forgotten on `Lock`.
     configured_pin: Option<Arc<Pin>>,
     keys: Vec<KeyEntry>,
+    /// When the current login began (for the TTL).
+    logged_in_at: Option<std::time::Instant>,
+    /// The last private-key operation (for the idle timeout).
+    last_used: std::time::Instant,
 }
 
 /// One token, served by its own worker threads.
@@ -130,6 +140,9 @@ pub struct Token {
     jobs: Mutex<Option<crossbeam_channel::Sender<Job>>>,
     /// Serializes logins, so two clients cannot spend two PIN tries at once.
     login_lock: tokio::sync::Mutex<()>,
+    /// One pinentry dialog at a time per token.
+    prompt_lock: tokio::sync::Mutex<()>,
+    policy: Arc<PinPolicy>,
     workers: Mutex<Vec<JoinHandle<()>>>,
     state: Mutex<TokenState>,
 }
@@ -138,7 +151,12 @@ pub struct Token {
 const QUEUE_DEPTH: usize = 4096;
 
 impl Token {
-    fn open(module: &Module, slot: Slot, sessions: usize) -> Result<Self, CkError> {
+    fn open(
+        module: &Module,
+        slot: Slot,
+        sessions: usize,
+        policy: Arc<PinPolicy>,
+    ) -> Result<Self, CkError> {
         let info = module.p11.get_token_info(slot)?;
         let (tx, rx) = crossbeam_channel::bounded::<Job>(QUEUE_DEPTH);
         let epoch = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -180,9 +198,13 @@ impl Token {
             slot,
             jobs: Mutex::new(Some(tx)),
             login_lock: tokio::sync::Mutex::new(()),
+            prompt_lock: tokio::sync::Mutex::new(()),
+            policy,
             workers: Mutex::new(workers),
             state: Mutex::new(TokenState {
                 logged_in: false,
+                logged_in_at: None,
+                last_used: std::time::Instant::now(),
                 login_required: info.login_required(),
                 configured_pin_rejected: None,
                 configured_pin: None,
@@ -246,6 +268,7 @@ impl Token {
                 {
                     let mut st = self.state();
                     st.logged_in = true;
+                    st.logged_in_at = Some(std::time::Instant::now());
                     if keep.is_some() {
                         st.configured_pin = keep;
                     }
@@ -320,23 +343,115 @@ impl Token {
         Ok(())
     }
 
-    /// After a removal the token's login is gone: if the agent's configured PIN had been
-    /// accepted, log in again with it (one attempt, as at start). A PIN a client sent is
-    /// not kept; such a token waits for the next `Unlock`.
-    async fn ensure_login(&self) -> Result<(), AgentError> {
+    /// Makes sure the token is logged in before a private-key operation:
+    /// - with the agent's configured PIN, if the token accepted it before (after a
+    ///   removal or an expired login);
+    /// - else, with pinentry configured, by asking the user (one dialog at a time; the
+    ///   final try needs an explicit confirmation; a cancelled dialog sends nothing).
+    ///
+    /// A PIN a client sent with `Unlock` is not kept; such a token waits for the next one.
+    async fn ensure_login(&self, key: &KeyEntry, who: &str) -> Result<(), AgentError> {
         let pin = {
             let s = self.state();
-            if s.login_required && !s.logged_in && s.configured_pin_rejected.is_none() {
+            if !s.login_required || s.logged_in {
+                return Ok(());
+            }
+            if s.configured_pin_rejected.is_none() {
                 s.configured_pin.clone()
             } else {
                 None
             }
         };
-        let Some(pin) = pin else { return Ok(()) };
-        match self.login(pin, PinSource::Configured).await {
-            Err(e @ AgentError::TokenAbsent { .. }) => Err(e),
-            _ => Ok(()),
+        if let Some(pin) = pin {
+            return match self.login(pin, PinSource::Configured).await {
+                Err(e @ AgentError::TokenAbsent { .. }) => Err(e),
+                _ => Ok(()),
+            };
         }
+        let Some(program) = self.policy.pinentry.clone() else {
+            return Ok(());
+        };
+        let _one_dialog = self.prompt_lock.lock().await;
+        if !self.needs_login() {
+            return Ok(()); // someone else's dialog logged in meanwhile
+        }
+        let (p11, slot) = (self.p11.clone(), self.slot);
+        let state = self
+            .run(move |_| {
+                Ok(p11
+                    .get_token_info(slot)
+                    .map(|i| worker::pin_state(&i))
+                    .unwrap_or(PinState::Unknown))
+            })
+            .await?;
+        let token = self.label.clone();
+        let mut source = PinSource::User;
+        match state {
+            PinState::Locked => return Err(AgentError::PinLocked { token }),
+            PinState::FinalTry => {
+                let prog = program.clone();
+                let text = format!(
+                    "Token \"{token}\" is on its FINAL PIN try: one more wrong PIN locks it.\n\nContinue?"
+                );
+                let ok =
+                    tokio::task::spawn_blocking(move || crate::pinentry::confirm(&prog, &text))
+                        .await
+                        .map_err(|e| AgentError::Internal(e.to_string()))?
+                        .map_err(|e| AgentError::Internal(e.to_string()))?;
+                if !ok {
+                    return Err(AgentError::PinFinalTry { token });
+                }
+                source = PinSource::UserConfirmedFinalTry;
+            }
+            _ => {}
+        }
+        let prompt = crate::pinentry::Prompt {
+            description: format!(
+                "Enter the PIN of token \"{}\" to use key \"{}\".\nRequested by {who}.",
+                self.label, key.info.label
+            ),
+            error: (state == PinState::CountLow)
+                .then(|| "A wrong PIN was entered before: tries are running low.".to_owned()),
+        };
+        let pin = tokio::task::spawn_blocking(move || crate::pinentry::get_pin(&program, &prompt))
+            .await
+            .map_err(|e| AgentError::Internal(e.to_string()))?;
+        match pin {
+            Ok(pin) => self.login(Arc::new(pin), source).await,
+            Err(crate::pinentry::PinentryError::Cancelled) => {
+                Err(AgentError::PinRequired { token })
+            }
+            Err(e) => {
+                tracing::warn!(token = %self.label, error = %e, "pinentry failed");
+                Err(AgentError::PinRequired { token })
+            }
+        }
+    }
+
+    /// Whether the login is past its TTL or idle limit.
+    pub fn login_expired(&self) -> bool {
+        let s = self.state();
+        let Some(at) = s.logged_in_at.filter(|_| s.logged_in && s.login_required) else {
+            return false;
+        };
+        self.policy.ttl.is_some_and(|ttl| at.elapsed() >= ttl)
+            || self
+                .policy
+                .idle
+                .is_some_and(|idle| s.last_used.elapsed() >= idle)
+    }
+
+    /// Logs out because the cache policy says so. A configured PIN stays, so an
+    /// unattended agent logs in again on the next request.
+    pub async fn expire(&self) -> Result<(), AgentError> {
+        self.run(Worker::logout).await?;
+        {
+            let mut s = self.state();
+            s.logged_in = false;
+            s.logged_in_at = None;
+        }
+        tracing::info!(token = %self.label, "login expired by the cache policy; logged out");
+        Ok(())
     }
 
     /// Signs `digest`. RSA signatures come back raw, ECDSA signatures DER-encoded.
@@ -345,9 +460,11 @@ impl Token {
         key: &KeyEntry,
         alg: SignAlgorithm,
         digest: Vec<u8>,
+        who: &str,
     ) -> Result<Vec<u8>, AgentError> {
-        self.ensure_login().await?;
+        self.ensure_login(key, who).await?;
         self.ready(key, Operation::Sign)?;
+        self.state().last_used = std::time::Instant::now();
         check_alg(key, alg.is_rsa(), matches!(alg, SignAlgorithm::Unknown))?;
         let (id, kalg) = (key.cka_id.clone(), key.info.algorithm);
         self.after_op(self.run(move |w| w.sign(&id, kalg, alg, &digest)).await)
@@ -359,18 +476,26 @@ impl Token {
         key: &KeyEntry,
         alg: DecryptAlgorithm,
         ct: Vec<u8>,
+        who: &str,
     ) -> Result<SecretBytes, AgentError> {
-        self.ensure_login().await?;
+        self.ensure_login(key, who).await?;
         self.ready(key, Operation::Decrypt)?;
+        self.state().last_used = std::time::Instant::now();
         check_alg(key, true, matches!(alg, DecryptAlgorithm::Unknown))?;
         let id = key.cka_id.clone();
         self.after_op(self.run(move |w| w.decrypt(&id, alg, &ct)).await)
     }
 
     /// ECDH with a peer point; returns Z.
-    pub async fn ecdh(&self, key: &KeyEntry, peer: Vec<u8>) -> Result<SecretBytes, AgentError> {
-        self.ensure_login().await?;
+    pub async fn ecdh(
+        &self,
+        key: &KeyEntry,
+        peer: Vec<u8>,
+        who: &str,
+    ) -> Result<SecretBytes, AgentError> {
+        self.ensure_login(key, who).await?;
         self.ready(key, Operation::Ecdh)?;
+        self.state().last_used = std::time::Instant::now();
         check_alg(key, false, false)?;
         let (id, curve) = (key.cka_id.clone(), key.info.algorithm);
         self.after_op(self.run(move |w| w.ecdh(&id, curve, &peer)).await)
