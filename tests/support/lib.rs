@@ -135,6 +135,8 @@ pub struct AgentOptions {
     /// Contents of `$XDG_CONFIG_HOME/smime-agent/config.toml`; with it no `--module` flag
     /// is passed.
     pub config: Option<String>,
+    /// More command-line arguments.
+    pub args: Vec<String>,
 }
 
 /// A running agent; killed (SIGTERM) on drop.
@@ -202,6 +204,7 @@ impl Agent {
         for (k, v) in &opts.env {
             cmd.env(k, v);
         }
+        cmd.args(&opts.args);
         let mut child = cmd.spawn().unwrap();
         let start = Instant::now();
         while UnixStream::connect(&socket).is_err() {
@@ -419,4 +422,331 @@ impl Drop for Gpgsm {
             .args(["--kill", "all"])
             .status();
     }
+}
+
+// --- S/MIME entity and envelope tests (smime_mail.rs, envelope.rs) ----------------------
+
+/// Runs `openssl ARGS` in `dir`; panics with its output unless it succeeded.
+pub fn openssl_in(dir: &Path, args: &[&str]) -> Output {
+    let out = run(Command::new("openssl").args(args).current_dir(dir));
+    assert_ok(&out, &format!("openssl {}", args.join(" ")));
+    out
+}
+
+/// Key type of a software certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SoftKey {
+    /// RSA 2048.
+    Rsa,
+    /// ECDSA/ECDH on P-256.
+    P256,
+}
+
+/// A software S/MIME identity made by OpenSSL: certificate and private key files.
+#[derive(Debug, Clone)]
+pub struct SoftId {
+    /// The certificate (PEM).
+    pub cert: PathBuf,
+    /// The private key (PEM, unencrypted).
+    pub key: PathBuf,
+    /// The certificate's e-mail address.
+    pub email: String,
+}
+
+/// A software CA made by OpenSSL alone (P-256), issuing S/MIME certificates whose keys are
+/// files: peers that are not on the token.
+#[derive(Debug)]
+pub struct SoftCa {
+    dir: PathBuf,
+    name: String,
+    /// The CA certificate (PEM), for `--trust` / `-CAfile`.
+    pub cert: PathBuf,
+    serial: std::sync::atomic::AtomicU32,
+}
+
+impl SoftCa {
+    /// Creates `DIR/NAME-ca.pem` and its key.
+    pub fn new(dir: &Path, name: &str) -> Self {
+        let cert = dir.join(format!("{name}-ca.pem"));
+        openssl_in(
+            dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                &format!("{name}-ca.key"),
+                "-out",
+                &format!("{name}-ca.pem"),
+                "-subj",
+                &format!("/CN={name} CA"),
+                "-days",
+                "30",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+        );
+        Self {
+            dir: dir.to_owned(),
+            name: name.to_owned(),
+            cert,
+            serial: std::sync::atomic::AtomicU32::new(100),
+        }
+    }
+
+    /// Issues an S/MIME certificate (emailProtection, SAN `email`) to a new key; files
+    /// `DIR/FILE.pem` and `DIR/FILE.key`. RSA keys may sign and encrypt, P-256 keys sign
+    /// and agree keys.
+    pub fn issue(&self, file: &str, cn: &str, email: &str, key: SoftKey) -> SoftId {
+        let (newkey, opt) = match key {
+            SoftKey::Rsa => (["-newkey", "rsa:2048"], None),
+            SoftKey::P256 => (["-newkey", "ec"], Some("ec_paramgen_curve:P-256")),
+        };
+        let keyf = format!("{file}.key");
+        let csr = format!("{file}.csr");
+        let mut args = vec!["req"];
+        args.extend(newkey);
+        if let Some(o) = opt {
+            args.extend(["-pkeyopt", o]);
+        }
+        let subj = format!("/CN={cn}");
+        args.extend(["-nodes", "-keyout", &keyf, "-out", &csr, "-subj", &subj]);
+        openssl_in(&self.dir, &args);
+        let ku = match key {
+            SoftKey::Rsa => "digitalSignature,keyEncipherment",
+            SoftKey::P256 => "digitalSignature,keyAgreement",
+        };
+        let ext = format!("{file}.ext");
+        std::fs::write(
+            self.dir.join(&ext),
+            format!(
+                "basicConstraints=CA:FALSE\nkeyUsage={ku}\nextendedKeyUsage=emailProtection\n\
+                 subjectAltName=email:{email}\n"
+            ),
+        )
+        .unwrap();
+        let serial = self
+            .serial
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            .to_string();
+        let certf = format!("{file}.pem");
+        openssl_in(
+            &self.dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                &format!("{}-ca.pem", self.name),
+                "-CAkey",
+                &format!("{}-ca.key", self.name),
+                "-set_serial",
+                &serial,
+                "-days",
+                "30",
+                "-extfile",
+                &ext,
+                "-out",
+                &certf,
+            ],
+        );
+        SoftId {
+            cert: self.dir.join(certf),
+            key: self.dir.join(keyf),
+            email: email.to_owned(),
+        }
+    }
+}
+
+/// Asserts that a failed `smime` run failed the way a user can act on: a defined exit
+/// status other than 0, exactly one line on standard error, nothing on standard output and
+/// no file at `out_path`. Returns the error line.
+pub fn assert_failed_cleanly(out: &Output, out_path: &Path, what: &str) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let code = out.status.code();
+    assert!(
+        matches!(code, Some(1..=4)),
+        "{what}: want exit status 1..=4, got {}; stderr: {err}",
+        out.status
+    );
+    let line = err.trim_end();
+    assert!(
+        !line.is_empty() && !line.contains('\n'),
+        "{what}: want a one-line error, got: {err:?}"
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "{what}: wrote to stdout: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        !out_path.exists(),
+        "{what}: {} was written although the command failed",
+        out_path.display()
+    );
+    line.to_owned()
+}
+
+/// Runs `program ARGS` with `envs` under GNU time (`/usr/bin/time -v`, Debian package
+/// `time`) if installed; returns the output and the peak resident set size in KiB (`None`
+/// without GNU time).
+pub fn run_measured(
+    program: &Path,
+    args: &[&std::ffi::OsStr],
+    envs: &[(&str, &std::ffi::OsStr)],
+) -> (Output, Option<u64>) {
+    let time = Path::new("/usr/bin/time");
+    let report = tempfile::NamedTempFile::new().unwrap();
+    let mut cmd = if time.exists() {
+        let mut c = Command::new(time);
+        c.arg("-v").arg("-o").arg(report.path()).arg(program);
+        c
+    } else {
+        Command::new(program)
+    };
+    cmd.args(args);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = run(&mut cmd);
+    let rss = std::fs::read_to_string(report.path())
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Maximum resident set size (kbytes):"))
+        .and_then(|n| n.trim().parse().ok());
+    (out, rss)
+}
+
+/// Deterministic pseudo-random bytes (xorshift64*), for binary test data.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A MIME entity split at its first empty line: the header fields (unfolded, names as
+/// written) and the body. Accepts CRLF and LF.
+pub fn split_entity(entity: &[u8]) -> (Vec<(String, String)>, Vec<u8>) {
+    let (head, body) = match (
+        find(entity, b"\r\n\r\n").map(|i| (i, 4)),
+        find(entity, b"\n\n").map(|i| (i, 2)),
+    ) {
+        (Some(a), Some(b)) => {
+            let (i, n) = if a.0 < b.0 { a } else { b };
+            (&entity[..i], &entity[i + n..])
+        }
+        (Some((i, n)), None) | (None, Some((i, n))) => (&entity[..i], &entity[i + n..]),
+        (None, None) => (entity, &b""[..]),
+    };
+    let head = String::from_utf8_lossy(head).replace("\r\n", "\n");
+    let mut fields: Vec<(String, String)> = Vec::new();
+    for line in head.split('\n') {
+        if line.starts_with([' ', '\t']) {
+            if let Some(last) = fields.last_mut() {
+                last.1.push(' ');
+                last.1.push_str(line.trim());
+            }
+        } else if let Some((name, value)) = line.split_once(':') {
+            fields.push((name.trim().to_owned(), value.trim().to_owned()));
+        }
+    }
+    (fields, body.to_vec())
+}
+
+/// The value of the first header field `name` (case-insensitive).
+pub fn header<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    fields
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+/// Position of `needle` in `hay`.
+pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The body of a single-part entity with its Content-Transfer-Encoding undone
+/// (7bit/8bit/binary, quoted-printable, base64).
+pub fn decoded_body(entity: &[u8]) -> Vec<u8> {
+    let (fields, body) = split_entity(entity);
+    let cte = header(&fields, "Content-Transfer-Encoding")
+        .unwrap_or("7bit")
+        .to_ascii_lowercase();
+    match cte.as_str() {
+        "quoted-printable" => qp_decode(&body),
+        "base64" => base64_decode(&body),
+        _ => body,
+    }
+}
+
+/// Quoted-printable decoding (RFC 2045 §6.7).
+pub fn qp_decode(data: &[u8]) -> Vec<u8> {
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(data.len());
+    let mut i = 0;
+    while i < data.len() {
+        if data[i] == b'=' {
+            if data[i + 1..].starts_with(b"\r\n") {
+                i += 3;
+                continue;
+            }
+            if data[i + 1..].starts_with(b"\n") {
+                i += 2;
+                continue;
+            }
+            if let (Some(h), Some(l)) = (
+                data.get(i + 1).copied().and_then(hex),
+                data.get(i + 2).copied().and_then(hex),
+            ) {
+                out.push(h << 4 | l);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(data[i]);
+        i += 1;
+    }
+    out
+}
+
+/// Base64 decoding that skips line breaks and other non-alphabet bytes.
+pub fn base64_decode(data: &[u8]) -> Vec<u8> {
+    let val = |c: u8| match c {
+        b'A'..=b'Z' => Some(c - b'A'),
+        b'a'..=b'z' => Some(c - b'a' + 26),
+        b'0'..=b'9' => Some(c - b'0' + 52),
+        b'+' => Some(62),
+        b'/' => Some(63),
+        _ => None,
+    };
+    let mut out = Vec::with_capacity(data.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0);
+    for &c in data {
+        if c == b'=' {
+            break;
+        }
+        let Some(v) = val(c) else { continue };
+        acc = (acc << 6 | u32::from(v)) & 0xFFFF;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    out
 }
