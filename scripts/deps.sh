@@ -13,6 +13,7 @@ APT_PACKAGES=(
     gnupg-pkcs11-scd  # gpgsm as a peer on the SoftHSM token (scdaemon over PKCS#11; tests/e2e/gpgsm.rs)
     coreutils         # timeout(1) around every gpg-agent/gpgsm call in the tests
     python3 python3-cbor2   # the Python protocol client test
+    python3-pip       # pip download of the NIST PKITS data (install_pkits_data)
     gcc libc6-dev pkg-config   # linking Rust binaries
     util-linux        # setpriv, to run a client as another user
     systemd           # systemd-socket-activate, to test socket activation
@@ -57,8 +58,32 @@ install_python_cbor2() {
         python3 -m pip install -q --break-system-packages cbor2
 }
 
+# NIST PKITS (tests/pkits): the certificates, CRLs and signed S/MIME messages ship in the
+# PyPI package cryptography-vectors. Downloaded once (56 MB wheel) into a cache directory
+# outside the work tree; only x509/PKITS_data is unpacked. Exports PKITS_DATA for the test.
+PKITS_VECTORS="cryptography-vectors==50.0.2"
+install_pkits_data() {
+    local cache="${PKITS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/smime-agent/pkits}"
+    local data="$cache/cryptography_vectors/x509/PKITS_data"
+    if [ ! -d "$data/smime" ]; then
+        echo "==> downloading the NIST PKITS data ($PKITS_VECTORS) into $cache"
+        mkdir -p "$cache"
+        python3 -m pip download -q --no-deps -d "$cache" "$PKITS_VECTORS"
+        python3 - "$cache" <<'PY'
+import glob, sys, zipfile
+wheel = sorted(glob.glob(sys.argv[1] + "/cryptography_vectors-*.whl"))[-1]
+z = zipfile.ZipFile(wheel)
+z.extractall(sys.argv[1], [n for n in z.namelist() if "/x509/PKITS_data/" in n])
+z.close()
+PY
+        rm -f "$cache"/cryptography_vectors-*.whl
+    fi
+    export PKITS_DATA="$data"
+}
+
 install_all() {
     install_apt
     install_rust
     install_python_cbor2
+    install_pkits_data
 }

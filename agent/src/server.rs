@@ -34,9 +34,9 @@ const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Requests per second one connection may make; beyond it the agent slows it down
 /// (it reads the next request later) instead of letting it starve the others.
-const RATE_PER_SEC: f64 = 500.0;
+const RATE_PER_SEC: f64 = 50_000.0;
 /// Requests a connection may make in a burst before the rate applies.
-const RATE_BURST: f64 = 500.0;
+const RATE_BURST: f64 = 5_000.0;
 /// An idle connection is closed after this time.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 

@@ -155,12 +155,64 @@ pub struct VerifyArgs {
     /// chain (like `openssl cms -verify -noverify`). The verdict says so.
     #[arg(long, conflicts_with = "trust")]
     pub no_chain: bool,
+    /// Certification path settings.
+    #[command(flatten)]
+    pub path: PathArgs,
     /// Add the signer's certificate to the certificate store (to encrypt to them later).
     #[arg(long)]
     pub store_signers: bool,
-    /// Print the verdict as JSON.
+    /// Print the verdict as JSON (on failure too, with the reason; the exit code is the same).
     #[arg(long)]
     pub json: bool,
+}
+
+/// How the signer's certification path is validated (RFC 5280 §6.1.1 inputs and more).
+#[derive(Debug, Clone, Default, Args)]
+pub struct PathArgs {
+    /// Acceptable certificate policy (OID; repeatable): the user-initial-policy-set.
+    /// Default: anyPolicy.
+    #[arg(long = "policy", value_name = "OID", value_parser = parse_oid)]
+    pub policies: Vec<const_oid::ObjectIdentifier>,
+    /// The path must be valid for one of the --policy policies (initial-explicit-policy).
+    #[arg(long)]
+    pub require_explicit_policy: bool,
+    /// Policy mapping is not allowed (initial-policy-mapping-inhibit).
+    #[arg(long)]
+    pub inhibit_policy_mapping: bool,
+    /// anyPolicy in CA certificates is not honoured (initial-any-policy-inhibit).
+    #[arg(long)]
+    pub inhibit_any_policy: bool,
+    /// Extra intermediate CA certificates (PEM or DER; repeatable), for messages that lack
+    /// them.
+    #[arg(long = "certs", value_name = "FILE")]
+    pub certs: Vec<PathBuf>,
+    /// CRLs (DER or PEM file, or a directory of them; repeatable), besides those in the
+    /// message.
+    #[arg(long = "crl", value_name = "FILE|DIR")]
+    pub crls: Vec<PathBuf>,
+    /// Revocation checking: off; soft (a revoked certificate fails, unknown status passes
+    /// and is reported); hard (unknown status fails too). Only CRLs are used so far (the
+    /// message's and --crl); nothing is fetched.
+    #[arg(long, value_enum, default_value = "soft")]
+    pub revocation: Revocation,
+}
+
+/// `--revocation`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum Revocation {
+    /// No revocation checking.
+    Off,
+    /// Revoked fails; unknown passes (and is reported).
+    #[default]
+    Soft,
+    /// Revoked and unknown both fail.
+    Hard,
+}
+
+fn parse_oid(s: &str) -> Result<const_oid::ObjectIdentifier, String> {
+    s.parse().map_err(|e| {
+        format!("{s:?} is not an OID (dotted decimal, e.g. 2.16.840.1.101.3.2.1.48.1): {e}")
+    })
 }
 
 /// Content encryption algorithms.

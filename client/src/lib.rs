@@ -20,3 +20,4 @@ pub mod mime;
 pub mod output;
 pub mod signer;
 pub mod store;
+pub mod trust;

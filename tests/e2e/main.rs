@@ -3,7 +3,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: fail loudly
 
 mod agent;
+mod envelope;
 mod gpgsm;
 mod ops;
 mod python;
 mod sign;
+mod smime_mail;

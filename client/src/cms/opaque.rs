@@ -45,12 +45,18 @@ pub const CHUNK: usize = 64 * 1024;
 /// # Errors
 /// [`Error::Malformed`] if `detached` is not a detached SignedData, [`Error::Io`] on read
 /// or write failure (the output is then incomplete and must be discarded).
-pub fn write_attached<R: Read, W: Write>(detached: &[u8], mut content: R, mut out: W) -> Result<(), Error> {
+pub fn write_attached<R: Read, W: Write>(
+    detached: &[u8],
+    mut content: R,
+    mut out: W,
+) -> Result<(), Error> {
     let ci = Tlv::parse_exact(detached)?.expect(TAG_SEQUENCE, "ContentInfo")?;
     let [ct, wrapped] = ci.children()?[..] else {
         return Err(malformed("ContentInfo has not two elements"));
     };
-    let sd = wrapped.expect(TAG_CTX0, "ContentInfo content")?.children()?;
+    let sd = wrapped
+        .expect(TAG_CTX0, "ContentInfo content")?
+        .children()?;
     let [sd] = sd[..] else {
         return Err(malformed("ContentInfo content is not one element"));
     };
@@ -63,7 +69,8 @@ pub fn write_attached<R: Read, W: Write>(detached: &[u8], mut content: R, mut ou
     let [econtent_type] = eci_parts[..] else {
         return Err(malformed("the signature already carries its content"));
     };
-    let mut head = Vec::with_capacity(ct.raw.len() + version.raw.len() + digest_algs.raw.len() + 32);
+    let mut head =
+        Vec::with_capacity(ct.raw.len() + version.raw.len() + digest_algs.raw.len() + 32);
     head.extend_from_slice(&[TAG_SEQUENCE, INDEFINITE]);
     head.extend_from_slice(ct.raw);
     head.extend_from_slice(&[TAG_CTX0, INDEFINITE, TAG_SEQUENCE, INDEFINITE]);
@@ -71,7 +78,12 @@ pub fn write_attached<R: Read, W: Write>(detached: &[u8], mut content: R, mut ou
     head.extend_from_slice(digest_algs.raw);
     head.extend_from_slice(&[TAG_SEQUENCE, INDEFINITE]);
     head.extend_from_slice(econtent_type.raw);
-    head.extend_from_slice(&[TAG_CTX0, INDEFINITE, TAG_OCTET_STRING_CONSTRUCTED, INDEFINITE]);
+    head.extend_from_slice(&[
+        TAG_CTX0,
+        INDEFINITE,
+        TAG_OCTET_STRING_CONSTRUCTED,
+        INDEFINITE,
+    ]);
     out.write_all(&head)?;
     let mut buf = vec![0u8; CHUNK];
     let mut chunk_head = Vec::with_capacity(8);

@@ -248,13 +248,19 @@ fn smime_capabilities() -> Result<Attribute, Error> {
         rfc5911::ID_AES_128_CBC,
     ]
     .into_iter()
-    .map(|oid| AlgorithmIdentifierOwned { oid, parameters: None })
+    .map(|oid| AlgorithmIdentifierOwned {
+        oid,
+        parameters: None,
+    })
     .collect();
     let mut values = SetOfVec::new();
     values
         .insert(AttributeValue::from_der(&caps.to_der().map_err(build_err)?).map_err(build_err)?)
         .map_err(build_err)?;
-    Ok(Attribute { oid: rfc5911::SMIME_CAPABILITIES, values })
+    Ok(Attribute {
+        oid: rfc5911::SMIME_CAPABILITIES,
+        values,
+    })
 }
 
 /// A signature exactly as the signer produced it (after normalization).

@@ -38,6 +38,7 @@ use x509_cert::time::{Time, Validity};
 use super::sign::{DigestSigner, SignRequest, sign_detached, to_pem};
 use super::verify::{parse_cms_input, verify_detached, verify_detached_all};
 use super::{CheckedAt, Error, HashAlg, digest_reader};
+use crate::trust::TrustPolicy;
 
 // ---------------------------------------------------------------------------------------
 // Fixtures
@@ -367,7 +368,17 @@ fn verify(
     data: Option<&[u8]>,
     trust: &[Certificate],
 ) -> Result<super::verify::Verified, Error> {
-    verify_detached(sig, data.map(Cursor::new), trust, SystemTime::now())
+    verify_detached(
+        sig,
+        data.map(Cursor::new),
+        anchors(trust).as_ref(),
+        SystemTime::now(),
+    )
+}
+
+/// A trust policy with these anchors (none: no chain check).
+fn anchors(trust: &[Certificate]) -> Option<TrustPolicy> {
+    (!trust.is_empty()).then(|| TrustPolicy::with_anchors(trust.to_vec()))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -649,7 +660,7 @@ fn large_content_streams() {
     let v = verify_detached(
         &sig,
         Some(Trickle(&big, 0)),
-        std::slice::from_ref(&f.ca),
+        anchors(std::slice::from_ref(&f.ca)).as_ref(),
         SystemTime::now(),
     )
     .unwrap();
@@ -944,14 +955,14 @@ fn validity_is_checked_now_and_at_signing_time() {
     let f = fixture();
     let sig = sign(&f.p256_key, &f.p256_leaf, &[], HashAlg::Sha256, false, DATA);
     let now = SystemTime::now();
-    match verify_detached(&sig, Some(DATA), &[], now + days(60)) {
+    match verify_detached(&sig, Some(DATA), None, now + days(60)) {
         Err(Error::CertExpired {
             which: CheckedAt::Now,
             ..
         }) => {}
         other => panic!("expected CertExpired now, got {other:?}"),
     }
-    match verify_detached(&sig, Some(DATA), &[], now - days(2)) {
+    match verify_detached(&sig, Some(DATA), None, now - days(2)) {
         Err(Error::CertNotYetValid {
             which: CheckedAt::Now,
             ..
@@ -968,8 +979,13 @@ fn validity_is_checked_now_and_at_signing_time() {
         f.p256_key.spki(),
     );
     let sig = sign(&f.p256_key, &future, &[], HashAlg::Sha256, false, DATA);
-    let err =
-        verify_detached(&sig, Some(DATA), std::slice::from_ref(&f.ca), now + days(2)).unwrap_err();
+    let err = verify_detached(
+        &sig,
+        Some(DATA),
+        anchors(std::slice::from_ref(&f.ca)).as_ref(),
+        now + days(2),
+    )
+    .unwrap_err();
     assert!(
         matches!(
             err,
@@ -1068,7 +1084,7 @@ fn multiple_signers_all_verify() {
     let all = verify_detached_all(
         &sig,
         Some(DATA),
-        std::slice::from_ref(&f.ca),
+        anchors(std::slice::from_ref(&f.ca)).as_ref(),
         SystemTime::now(),
     )
     .unwrap();

@@ -11,8 +11,9 @@
 //!    re-tagged `[0]` -> SET (decoding would re-sort them); without: verify over the
 //!    content digest;
 //! 4. check the signer certificate's validity now and at `signingTime`;
-//! 5. with trust anchors: check that the certificate chains to one (see
-//!    [`verify_detached`] for what that interim check covers).
+//! 5. with a [`TrustPolicy`]: validate the certification path from the signer to one of its
+//!    anchors (RFC 5280, with [`crate::trust`]), now and at `signingTime`, using the
+//!    message's certificates and CRLs.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -24,15 +25,13 @@ use const_oid::db::rfc5911;
 use der::asn1::OctetString;
 use der::{Decode as _, Encode as _};
 use x509_cert::Certificate;
-use x509_cert::ext::pkix::{BasicConstraints, KeyUsage, SubjectKeyIdentifier};
+use x509_cert::ext::pkix::SubjectKeyIdentifier;
 use x509_cert::time::Time;
 
 use super::alg::{self, PublicKey};
 use super::ber::{self, Tlv};
 use super::{CheckedAt, Error, HashAlg, digest_reader_multi, malformed, oid_name, pem};
-
-/// Longest issuer walk from the signer certificate to a trust anchor.
-pub const MAX_CHAIN_STEPS: usize = 8;
+use crate::trust::{PathVerdict, TrustPolicy};
 
 /// What a successful verification found out about one signer.
 #[derive(Debug, Clone)]
@@ -43,9 +42,12 @@ pub struct Verified {
     pub signing_time: Option<SystemTime>,
     /// The SignerInfo's digest algorithm.
     pub digest_alg: HashAlg,
-    /// Whether the signer certificate chained to one of the `trust` certificates. Always
-    /// `false` when no trust anchors were given (then no chain check is made).
+    /// Whether the signer's certification path validated (see [`Verified::path`]). Always
+    /// `false` when no trust policy was given (then no chain check is made).
     pub trusted: bool,
+    /// The path validation verdict: the chain, the checks at each time, revocation, and
+    /// on failure which certificate failed which check. `None` without a trust policy.
+    pub path: Option<PathVerdict>,
 }
 
 /// Verifies a detached CMS `SignedData` (or one with encapsulated content, when `content`
@@ -64,18 +66,15 @@ pub struct Verified {
 /// `signingTime` attribute is present, at that time too ([`Error::CertExpired`] /
 /// [`Error::CertNotYetValid`] say which).
 ///
-/// If `trust` is not empty the signer certificate must chain to one of those
-/// certificates: issuer names are followed through the message's certificates and the
-/// trust list for at most [`MAX_CHAIN_STEPS`] steps, each signature is checked with the
-/// issuer's key, each issuer must be within its validity period at `now`, intermediates
-/// must be CAs (basicConstraints cA, keyUsage keyCertSign if present), and a signer
-/// keyUsage, if present, must allow digitalSignature or nonRepudiation. **This is an
-/// interim check**: no path-length, name or policy constraints, no extended key usage,
-/// no revocation. Full RFC 5280 path validation with `certval` replaces it later.
+/// With a `trust` policy, the signer's certification path must validate (RFC 5280 path
+/// validation by [`TrustPolicy::validate`]: signatures, validity, basic and name
+/// constraints, policies, key usage and extended key usage for S/MIME, CRLs), now and at
+/// `signingTime`; otherwise [`Error::Untrusted`] says which certificate failed which check.
+/// Intermediates come from the message and the policy; so do CRLs.
 pub fn verify_detached<R: Read>(
     cms: &[u8],
     content: Option<R>,
-    trust: &[Certificate],
+    trust: Option<&TrustPolicy>,
     now: SystemTime,
 ) -> Result<Verified, Error> {
     verify_detached_all(cms, content, trust, now)?
@@ -88,7 +87,27 @@ pub fn verify_detached<R: Read>(
 pub fn verify_detached_all<R: Read>(
     cms: &[u8],
     content: Option<R>,
-    trust: &[Certificate],
+    trust: Option<&TrustPolicy>,
+    now: SystemTime,
+) -> Result<Vec<Verified>, Error> {
+    let all = verify_detached_report(cms, content, trust, now)?;
+    if let Some(v) = all.iter().find(|v| !v.trusted)
+        && let Some(path) = &v.path
+    {
+        return Err(Error::Untrusted(path.to_string()));
+    }
+    Ok(all)
+}
+
+/// Like [`verify_detached_all`], except that a certification path that does not validate
+/// is not an error: each [`Verified`] then has `trusted == false` and the reason in
+/// [`Verified::path`]. The signatures and the signer certificates' validity periods are
+/// checked as in [`verify_detached`]. For callers that report the verdict in detail; check
+/// `trusted` before believing anything.
+pub fn verify_detached_report<R: Read>(
+    cms: &[u8],
+    content: Option<R>,
+    trust: Option<&TrustPolicy>,
     now: SystemTime,
 ) -> Result<Vec<Verified>, Error> {
     let bin = parse_cms_input(cms)?;
@@ -203,6 +222,8 @@ struct ParsedSignedData<'a> {
     /// eContent pieces (a BER OCTET STRING may come in chunks).
     econtent: Option<Vec<&'a [u8]>>,
     certs: Vec<MsgCert>,
+    /// The `crls` field: DER CertificateLists.
+    crls: Vec<Vec<u8>>,
     signers: Vec<ParsedSigner>,
 }
 
@@ -273,7 +294,15 @@ fn parse_signed_data(bin: &[u8]) -> Result<ParsedSignedData<'_>, Error> {
             }
         }
     }
-    let _crls = it.next_if(|t| t.tag == ber::TAG_CTX1);
+    let mut crls = Vec::new();
+    if let Some(c) = it.next_if(|t| t.tag == ber::TAG_CTX1) {
+        // RevocationInfoChoices: plain CRLs only (OtherRevocationInfoFormat is [1]).
+        for child in c.children()? {
+            if child.tag == ber::TAG_SEQUENCE {
+                crls.push(child.to_der()?);
+            }
+        }
+    }
     let infos = it
         .next()
         .ok_or_else(|| malformed("SignedData: missing signerInfos"))?
@@ -309,6 +338,7 @@ fn parse_signed_data(bin: &[u8]) -> Result<ParsedSignedData<'_>, Error> {
         econtent_type,
         econtent,
         certs,
+        crls,
         signers,
     })
 }
@@ -339,7 +369,7 @@ fn verify_signer(
     sd: &ParsedSignedData<'_>,
     signer: &ParsedSigner,
     digests: &HashMap<HashAlg, Vec<u8>>,
-    trust: &[Certificate],
+    trust: Option<&TrustPolicy>,
     now: SystemTime,
 ) -> Result<Verified, Error> {
     let info = &signer.info;
@@ -353,7 +383,11 @@ fn verify_signer(
         .certs
         .iter()
         .map(|m| &m.cert)
-        .chain(trust)
+        .chain(
+            trust
+                .into_iter()
+                .flat_map(|t| t.anchors.iter().chain(&t.intermediates)),
+        )
         .find(|c| matches_sid(c, &info.sid))
         .ok_or(Error::SignerCertNotFound)?;
     let key = PublicKey::from_spki(cert.tbs_certificate().subject_public_key_info())?;
@@ -406,17 +440,21 @@ fn verify_signer(
         check_validity(cert, t, CheckedAt::SigningTime)?;
     }
 
-    let trusted = if trust.is_empty() {
-        false
-    } else {
-        check_chain(cert, &sd.certs, trust, now)?;
-        true
-    };
+    let path = trust.map(|policy| {
+        let signer_der = match sd.certs.iter().find(|m| &m.cert == cert) {
+            Some(m) => m.der.clone(),
+            None => cert.to_der().unwrap_or_default(),
+        };
+        let msg_certs: Vec<&[u8]> = sd.certs.iter().map(|m| m.der.as_slice()).collect();
+        let msg_crls: Vec<&[u8]> = sd.crls.iter().map(Vec::as_slice).collect();
+        policy.validate(cert, &signer_der, &msg_certs, &msg_crls, now, signing_time)
+    });
     Ok(Verified {
         signer: cert.clone(),
         signing_time,
         digest_alg: hash,
-        trusted,
+        trusted: path.as_ref().is_some_and(PathVerdict::is_valid),
+        path,
     })
 }
 
@@ -451,135 +489,4 @@ fn check_validity(cert: &Certificate, at: SystemTime, which: CheckedAt) -> Resul
         });
     }
     Ok(())
-}
-
-fn subject_str(c: &Certificate) -> String {
-    c.tbs_certificate().subject().to_string()
-}
-
-/// Checks `cert`'s signature with `issuer`'s public key, over the TBS bytes as encoded.
-fn cert_signed_by(cert_der: &[u8], cert: &Certificate, issuer: &Certificate) -> Result<(), Error> {
-    let outer = Tlv::parse_exact(cert_der)?;
-    let tbs = outer
-        .children()?
-        .into_iter()
-        .next()
-        .ok_or_else(|| malformed("certificate without TBSCertificate"))?
-        .to_der()?;
-    let (scheme, hash) = alg::resolve(cert.signature_algorithm(), None)?;
-    let key = PublicKey::from_spki(issuer.tbs_certificate().subject_public_key_info())?;
-    let sig = cert
-        .signature()
-        .as_bytes()
-        .ok_or_else(|| malformed("certificate signature BIT STRING has unused bits"))?;
-    key.verify_prehash(scheme, hash, &hash.digest(&tbs), sig)
-}
-
-fn is_ca(c: &Certificate) -> bool {
-    let tbs = c.tbs_certificate();
-    let ca = matches!(tbs.get_extension::<BasicConstraints>(), Ok(Some((_, bc))) if bc.ca);
-    let ku_ok = match tbs.get_extension::<KeyUsage>() {
-        Ok(Some((_, ku))) => ku.key_cert_sign(),
-        Ok(None) => true,
-        Err(_) => false,
-    };
-    ca && ku_ok
-}
-
-/// The interim chain check described on [`verify_detached`].
-fn check_chain(
-    signer: &Certificate,
-    msg_certs: &[MsgCert],
-    trust: &[Certificate],
-    now: SystemTime,
-) -> Result<(), Error> {
-    if let Ok(Some((_, ku))) = signer.tbs_certificate().get_extension::<KeyUsage>()
-        && !ku.digital_signature()
-        && !ku.non_repudiation()
-    {
-        return Err(Error::Untrusted(format!(
-            "keyUsage of \"{}\" allows neither digitalSignature nor nonRepudiation",
-            subject_str(signer)
-        )));
-    }
-    if trust.contains(signer) {
-        return Ok(());
-    }
-    // The current certificate and its encoding (trust-list certificates never become
-    // `cur`: reaching one ends the walk).
-    let mut cur_der = match msg_certs.iter().find(|m| &m.cert == signer) {
-        Some(m) => m.der.clone(),
-        None => signer
-            .to_der()
-            .map_err(|e| malformed(format!("certificate: {e}")))?,
-    };
-    let mut cur = signer.clone();
-    let mut problems: Vec<String> = Vec::new();
-    for _ in 0..MAX_CHAIN_STEPS {
-        let issuer_name = cur.tbs_certificate().issuer().clone();
-        for ta in trust
-            .iter()
-            .filter(|t| t.tbs_certificate().subject() == &issuer_name)
-        {
-            match cert_signed_by(&cur_der, &cur, ta) {
-                Ok(()) => {
-                    return check_validity(ta, now, CheckedAt::Now).map_err(|e| {
-                        Error::Untrusted(format!("trust anchor \"{}\": {e}", subject_str(ta)))
-                    });
-                }
-                Err(e) => problems.push(format!(
-                    "trust anchor \"{}\" did not sign \"{}\": {e}",
-                    subject_str(ta),
-                    subject_str(&cur)
-                )),
-            }
-        }
-        let mut next = None;
-        for m in msg_certs
-            .iter()
-            .filter(|m| m.cert.tbs_certificate().subject() == &issuer_name && m.cert != cur)
-        {
-            if !is_ca(&m.cert) {
-                problems.push(format!(
-                    "\"{}\" is not a CA certificate",
-                    subject_str(&m.cert)
-                ));
-                continue;
-            }
-            if let Err(e) = cert_signed_by(&cur_der, &cur, &m.cert) {
-                problems.push(format!(
-                    "\"{}\" did not sign \"{}\": {e}",
-                    subject_str(&m.cert),
-                    subject_str(&cur)
-                ));
-                continue;
-            }
-            check_validity(&m.cert, now, CheckedAt::Now).map_err(|e| {
-                Error::Untrusted(format!("intermediate \"{}\": {e}", subject_str(&m.cert)))
-            })?;
-            next = Some(m);
-            break;
-        }
-        match next {
-            Some(m) => {
-                cur = m.cert.clone();
-                cur_der = m.der.clone();
-            }
-            None => {
-                let mut msg = format!(
-                    "no trusted issuer \"{issuer_name}\" found for \"{}\"",
-                    subject_str(&cur)
-                );
-                if !problems.is_empty() {
-                    msg.push_str(" (");
-                    msg.push_str(&problems.join("; "));
-                    msg.push(')');
-                }
-                return Err(Error::Untrusted(msg));
-            }
-        }
-    }
-    Err(Error::Untrusted(format!(
-        "no trust anchor within {MAX_CHAIN_STEPS} issuer steps"
-    )))
 }

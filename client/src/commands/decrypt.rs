@@ -84,9 +84,13 @@ fn decrypt_error(e: CmsError) -> Failure {
 
 pub(super) fn decrypt(cli: &Cli, a: &DecryptArgs, verify_inner: bool) -> Result<(), Failure> {
     let trust = if verify_inner {
-        verify::trust_anchors(&a.trust, a.no_chain)?
+        verify::trust_policy(
+            verify::trust_anchors(&a.trust, a.no_chain)?,
+            a.no_chain,
+            &crate::cli::PathArgs::default(),
+        )?
     } else {
-        vec![]
+        None
     };
     let mut client = connect(cli)?;
     let keys = key_list(&mut client)?;
@@ -132,14 +136,16 @@ pub(super) fn decrypt(cli: &Cli, a: &DecryptArgs, verify_inner: bool) -> Result<
         plain
             .read_to_end(&mut inner)
             .map_err(|e| Failure::Other(e.into()))?;
-        let (verdict, content) = verify::check(inner, None, &trust, a.no_chain)?;
+        // The outer headers (From: above all) go back on before verifying, so the sender
+        // check sees what the reader will see.
+        let inner = if headers.is_empty() {
+            inner
+        } else {
+            mime::reattach_headers(&headers, &inner)
+        };
+        let (verdict, content) = verify::check(inner, None, trust.as_ref(), a.no_chain)?;
         let content = content
             .ok_or_else(|| Failure::Verify(anyhow!("the signed message carries no content")))?;
-        let content = if headers.is_empty() {
-            content
-        } else {
-            mime::reattach_headers(&headers, &content)
-        };
         out.write_all(&content).map_err(write_err)?;
         out.commit()
             .context("writing the output")

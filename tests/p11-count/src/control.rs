@@ -75,7 +75,11 @@ pub(crate) fn claim_once(control: &Path, stamp: &Stamp) -> bool {
     let mut prefix = control.file_name().unwrap_or_default().to_os_string();
     prefix.push(".spent-");
     let prefix = prefix.to_string_lossy().into_owned();
-    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
     if let Ok(entries) = std::fs::read_dir(dir) {
         for e in entries.flatten() {
             let name = e.file_name();

@@ -85,12 +85,12 @@ use cryptoki_sys::{
     CK_SESSION_HANDLE, CK_SESSION_HANDLE_PTR, CK_SESSION_INFO, CK_SESSION_INFO_PTR, CK_SLOT_ID,
     CK_SLOT_ID_PTR, CK_SLOT_INFO_PTR, CK_TOKEN_INFO_PTR, CK_TRUE, CK_ULONG, CK_ULONG_PTR,
     CK_UNAVAILABLE_INFORMATION, CK_USER_TYPE, CK_UTF8CHAR_PTR, CKA_ALWAYS_AUTHENTICATE, CKA_CLASS,
-    CKA_ID, CKF_TOKEN_PRESENT, CKF_USER_PIN_COUNT_LOW, CKF_USER_PIN_FINAL_TRY,
-    CKF_USER_PIN_LOCKED, CKO_PRIVATE_KEY, CKR_ARGUMENTS_BAD, CKR_ATTRIBUTE_SENSITIVE,
-    CKR_ATTRIBUTE_TYPE_INVALID, CKR_BUFFER_TOO_SMALL, CKR_DEVICE_REMOVED,
-    CKR_FUNCTION_NOT_SUPPORTED, CKR_GENERAL_ERROR, CKR_OK, CKR_OPERATION_NOT_INITIALIZED,
-    CKR_PIN_INCORRECT, CKR_PIN_LOCKED, CKR_SESSION_HANDLE_INVALID, CKR_TOKEN_NOT_PRESENT,
-    CKR_USER_NOT_LOGGED_IN, CKR_USER_TYPE_INVALID, CKU_CONTEXT_SPECIFIC, CKU_USER,
+    CKA_ID, CKF_TOKEN_PRESENT, CKF_USER_PIN_COUNT_LOW, CKF_USER_PIN_FINAL_TRY, CKF_USER_PIN_LOCKED,
+    CKO_PRIVATE_KEY, CKR_ARGUMENTS_BAD, CKR_ATTRIBUTE_SENSITIVE, CKR_ATTRIBUTE_TYPE_INVALID,
+    CKR_BUFFER_TOO_SMALL, CKR_DEVICE_REMOVED, CKR_FUNCTION_NOT_SUPPORTED, CKR_GENERAL_ERROR,
+    CKR_OK, CKR_OPERATION_NOT_INITIALIZED, CKR_PIN_INCORRECT, CKR_PIN_LOCKED,
+    CKR_SESSION_HANDLE_INVALID, CKR_TOKEN_NOT_PRESENT, CKR_USER_NOT_LOGGED_IN,
+    CKR_USER_TYPE_INVALID, CKU_CONTEXT_SPECIFIC, CKU_USER,
 };
 
 const DEFAULT_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
@@ -180,7 +180,12 @@ impl Pin {
     /// Compares without an early exit.
     fn matches(&self, other: &[u8]) -> bool {
         self.0.len() == other.len()
-            && self.0.iter().zip(other).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+            && self
+                .0
+                .iter()
+                .zip(other)
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
     }
 }
 
@@ -744,7 +749,10 @@ unsafe extern "C" fn wrap_close_all_sessions(slot: CK_SLOT_ID) -> CK_RV {
     rv
 }
 
-unsafe extern "C" fn wrap_get_session_info(s: CK_SESSION_HANDLE, info: CK_SESSION_INFO_PTR) -> CK_RV {
+unsafe extern "C" fn wrap_get_session_info(
+    s: CK_SESSION_HANDLE,
+    info: CK_SESSION_INFO_PTR,
+) -> CK_RV {
     let (m, real) = setup!(C_GetSessionInfo);
     tri!(m.faults().check(s));
     // SAFETY: passed through unchanged.
@@ -1043,12 +1051,25 @@ unsafe extern "C" fn wrap_sign(
     })
 }
 
-unsafe extern "C" fn wrap_sign_update(s: CK_SESSION_HANDLE, part: CK_BYTE_PTR, len: CK_ULONG) -> CK_RV {
+unsafe extern "C" fn wrap_sign_update(
+    s: CK_SESSION_HANDLE,
+    part: CK_BYTE_PTR,
+    len: CK_ULONG,
+) -> CK_RV {
     let (m, real) = setup!(C_SignUpdate);
-    op_step(m, Op::Sign, s, (part, len), std::ptr::null_mut(), false, true, || {
-        // SAFETY: passed through unchanged.
-        unsafe { real(s, part, len) }
-    })
+    op_step(
+        m,
+        Op::Sign,
+        s,
+        (part, len),
+        std::ptr::null_mut(),
+        false,
+        true,
+        || {
+            // SAFETY: passed through unchanged.
+            unsafe { real(s, part, len) }
+        },
+    )
 }
 
 unsafe extern "C" fn wrap_sign_final(

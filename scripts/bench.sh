@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Benchmarks smime-agent and smime against raw PKCS#11 (SoftHSM), `openssl cms` with the
+# pkcs11 engine and gpgsm with gnupg-pkcs11-scd, in one run, and rewrites the generated
+# part of BENCHMARKS.md (the text outside its smime-bench markers is kept).
+#
+# Usage: scripts/bench.sh [extra smime-bench args, e.g. --secs 3 --sizes 100]
+#
+# Installs what it needs (Debian 12, as root or with sudo), builds the release binaries,
+# provisions a throwaway token in a temporary directory, runs target/release/smime-bench and
+# deletes the temporary directory (it holds up to 1 GiB files plus their outputs, ~4 GiB).
+# Takes about 2 minutes on 2 cores. Not part of CI or the tests: it measures time and
+# needs a quiet machine; it refuses to run when CI is set.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ -n "${CI:-}" ]; then
+    echo "bench.sh: CI is set; benchmarks are not run in CI (unset CI to run anyway)" >&2
+    exit 2
+fi
+
+need_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+PACKAGES=(
+    softhsm2 opensc openssl      # the token and softhsm-config/provision
+    libengine-pkcs11-openssl     # openssl cms with the token key (the peer)
+    gpgsm gpg-agent gnupg-pkcs11-scd  # gpgsm with the token key (the second peer)
+    time                         # /usr/bin/time: peak RSS of the large-file runs
+    coreutils util-linux         # timeout, flock
+    gcc libc6-dev pkg-config     # linking Rust binaries
+)
+missing=()
+for p in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "==> installing Debian packages: ${missing[*]}"
+    need_root apt-get update -qq
+    need_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Rust: the same toolchain setup as the tests (rustup stable if cargo is missing or old).
+. scripts/deps.sh
+install_rust
+
+echo "==> building (release)"
+cargo build --release --workspace --locked
+
+# Short path: gpg-agent puts its sockets under the gpgsm home inside it.
+WORK=$(mktemp -d /tmp/smime-bench.XXXXXX)
+cleanup() { rm -rf -- "$WORK"; }
+trap cleanup EXIT
+trap 'exit 130' INT TERM HUP
+
+echo "==> provisioning a token in $WORK/token"
+softhsm-config/provision "$WORK/token" >/dev/null
+
+echo "==> load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+target/release/smime-bench \
+    --token "$WORK/token" \
+    --work "$WORK/run" \
+    --bin target/release \
+    --out BENCHMARKS.md \
+    --command "scripts/bench.sh${*:+ $*}" \
+    "$@" | tee "$WORK/report.md"
+echo "==> BENCHMARKS.md updated"
