@@ -5,21 +5,9 @@ use std::path::Path;
 use std::process::Command;
 
 use smime_tests::{
-    Agent, SoftCa, SoftKey, Token, assert_failed_cleanly, assert_ok, built, decoded_body,
-    openssl_in, pseudo_random, run, run_measured, split_entity,
+    Agent, SoftCa, SoftKey, Token, assert_failed_cleanly, assert_ok, built, decoded_body, lf,
+    openssl_in, pseudo_random, run, run_measured, s, split_entity,
 };
-
-/// A path as a command-line argument.
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// `data` with CRLF turned into LF: S/MIME canonicalizes line ends, mail readers undo it.
-fn lf(data: &[u8]) -> Vec<u8> {
-    String::from_utf8_lossy(data)
-        .replace("\r\n", "\n")
-        .into_bytes()
-}
 
 /// A whole RFC 5322 message: 8-bit UTF-8 body, LF line ends.
 const MAIL: &str = "From: Alice Example <alice@example.org>\n\

@@ -6,20 +6,8 @@ use std::path::Path;
 
 use smime_tests::{
     Agent, SoftCa, SoftKey, Token, assert_failed_cleanly, assert_ok, decoded_body, find, header,
-    openssl_in, pseudo_random, split_entity,
+    lf, openssl_in, pseudo_random, s, split_entity,
 };
-
-/// A path as a command-line argument.
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// `data` with CRLF turned into LF.
-fn lf(data: &[u8]) -> Vec<u8> {
-    String::from_utf8_lossy(data)
-        .replace("\r\n", "\n")
-        .into_bytes()
-}
 
 /// A whole RFC 5322 message from alice: 8-bit UTF-8 body, LF line ends.
 const MAIL: &str = "From: Alice Example <alice@example.org>\n\

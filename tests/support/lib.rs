@@ -750,3 +750,15 @@ pub fn base64_decode(data: &[u8]) -> Vec<u8> {
     }
     out
 }
+
+/// A path as a command-line argument.
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// `data` with CRLF turned into LF: S/MIME canonicalizes line ends, mail readers undo it.
+pub fn lf(data: &[u8]) -> Vec<u8> {
+    String::from_utf8_lossy(data)
+        .replace("\r\n", "\n")
+        .into_bytes()
+}
