@@ -18,30 +18,11 @@ if [ -n "${CI:-}" ]; then
     exit 2
 fi
 
-need_root() {
-    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
-}
-
-PACKAGES=(
-    softhsm2 opensc openssl      # the token and softhsm-config/provision
-    libengine-pkcs11-openssl     # openssl cms with the token key (the peer)
-    gpgsm gpg-agent gnupg-pkcs11-scd  # gpgsm with the token key (the second peer)
-    time                         # /usr/bin/time: peak RSS of the large-file runs
-    coreutils util-linux         # timeout, flock
-    gcc libc6-dev pkg-config     # linking Rust binaries
-)
-missing=()
-for p in "${PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    echo "==> installing Debian packages: ${missing[*]}"
-    need_root apt-get update -qq
-    need_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+# The test dependencies, plus what only the benchmark needs.
+. scripts/deps.sh
+install_apt libengine-pkcs11-openssl   # openssl cms with the token key (the peer)
 
 # Rust: the same toolchain setup as the tests (rustup stable if cargo is missing or old).
-. scripts/deps.sh
 install_rust
 
 echo "==> building (release)"

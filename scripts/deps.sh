@@ -16,13 +16,16 @@ APT_PACKAGES=(
     python3-pip       # pip download of the NIST PKITS data (install_pkits_data)
     gcc libc6-dev pkg-config   # linking Rust binaries
     util-linux        # setpriv, to run a client as another user
+    procps            # kill(1), used by the tests to signal the agent
+    time              # /usr/bin/time -f %M: peak memory of the streaming tests
     systemd           # systemd-socket-activate, to test socket activation
     ca-certificates curl  # rustup, if Rust is missing
 )
 
+# install_apt [EXTRA_PACKAGE...]: the packages above plus any given.
 install_apt() {
     local missing=()
-    for p in "${APT_PACKAGES[@]}"; do
+    for p in "${APT_PACKAGES[@]}" "$@"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
     done
     if [ ${#missing[@]} -gt 0 ]; then

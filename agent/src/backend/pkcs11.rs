@@ -375,15 +375,7 @@ impl Token {
         if !self.needs_login() {
             return Ok(()); // someone else's dialog logged in meanwhile
         }
-        let (p11, slot) = (self.p11.clone(), self.slot);
-        let state = self
-            .run(move |_| {
-                Ok(p11
-                    .get_token_info(slot)
-                    .map(|i| worker::pin_state(&i))
-                    .unwrap_or(PinState::Unknown))
-            })
-            .await?;
+        let state = self.pin_state().await?;
         let token = self.label.clone();
         let mut source = PinSource::User;
         match state {
@@ -510,18 +502,21 @@ impl Token {
         r
     }
 
+    /// The user PIN state from the token flags (read on a worker thread).
+    async fn pin_state(&self) -> Result<PinState, AgentError> {
+        let (p11, slot) = (self.p11.clone(), self.slot);
+        self.run(move |_| {
+            Ok(p11
+                .get_token_info(slot)
+                .map(|i| worker::pin_state(&i))
+                .unwrap_or(PinState::Unknown))
+        })
+        .await
+    }
+
     /// The token's status. Reads the PIN flags from the token.
     pub async fn status(&self) -> TokenStatus {
-        let (p11, slot) = (self.p11.clone(), self.slot);
-        let pin_state = self
-            .run(move |_| {
-                Ok(p11
-                    .get_token_info(slot)
-                    .map(|i| worker::pin_state(&i))
-                    .unwrap_or(PinState::Unknown))
-            })
-            .await
-            .unwrap_or(PinState::Unknown);
+        let pin_state = self.pin_state().await.unwrap_or(PinState::Unknown);
         let s = self.state();
         TokenStatus {
             label: self.label.clone(),

@@ -278,3 +278,14 @@ pub(crate) fn signature_algorithm_identifier(
         },
     })
 }
+
+/// `ECC-CMS-SharedInfo` (RFC 5753 §7.2), the X9.63 KDF's SharedInfo, for key agreement in
+/// both directions (encryption and decryption).
+#[derive(Debug, Clone, der::Sequence)]
+pub(crate) struct EccCmsSharedInfo {
+    pub(crate) key_info: AlgorithmIdentifierOwned,
+    #[asn1(context_specific = "0", tag_mode = "EXPLICIT", optional = "true")]
+    pub(crate) entity_u_info: Option<der::asn1::OctetString>,
+    #[asn1(context_specific = "2", tag_mode = "EXPLICIT")]
+    pub(crate) supp_pub_info: der::asn1::OctetString,
+}

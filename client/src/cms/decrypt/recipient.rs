@@ -23,19 +23,10 @@ use x509_cert::name::Name;
 use x509_cert::serial_number::SerialNumber;
 use zeroize::Zeroizing;
 
+use super::super::alg::EccCmsSharedInfo;
 use super::super::ber::Tlv;
 use super::super::{Error, malformed, oid_name};
 use super::{KeyUnwrapper, oids};
-
-/// `ECC-CMS-SharedInfo` (RFC 5753 §7.2), the X9.63 KDF's SharedInfo.
-#[derive(Debug, Clone, Sequence)]
-struct EccCmsSharedInfo {
-    key_info: AlgorithmIdentifierOwned,
-    #[asn1(context_specific = "0", tag_mode = "EXPLICIT", optional = "true")]
-    entity_u_info: Option<OctetString>,
-    #[asn1(context_specific = "2", tag_mode = "EXPLICIT")]
-    supp_pub_info: OctetString,
-}
 
 /// `RSAES-OAEP-params` (RFC 4055 §4.1); every field has a DEFAULT, modelled as absent.
 #[derive(Debug, Clone, Sequence)]

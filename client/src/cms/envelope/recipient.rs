@@ -16,6 +16,7 @@
 //!      AES-128 content, aes256-wrap for AES-256 content;
 //!   5. no ukm; RecipientEncryptedKey rid = issuerAndSerialNumber.
 
+use super::super::alg::EccCmsSharedInfo;
 use cms::cert::IssuerAndSerialNumber;
 use cms::content_info::CmsVersion;
 use cms::enveloped_data::{
@@ -26,7 +27,7 @@ use cms::enveloped_data::{
 use const_oid::ObjectIdentifier;
 use const_oid::db::{rfc5753, rfc5911, rfc5912};
 use der::asn1::{AnyRef, BitString, OctetString};
-use der::{Any, Decode as _, Encode as _, Sequence};
+use der::{Any, Decode as _, Encode as _};
 use p256::elliptic_curve::group::Curve as _;
 use p256::elliptic_curve::point::AffineCoordinates as _;
 use p256::elliptic_curve::sec1::ToSec1Point as _;
@@ -39,16 +40,6 @@ use super::{ContentCipher, Recipient, RsaKeyTransport, build_err};
 
 /// Largest RSA modulus accepted, in bits.
 const MAX_RSA_BITS: usize = 16384;
-
-/// `ECC-CMS-SharedInfo` (RFC 5753 §7.2), the X9.63 KDF's SharedInfo.
-#[derive(Debug, Clone, Sequence)]
-struct EccCmsSharedInfo {
-    key_info: AlgorithmIdentifierOwned,
-    #[asn1(context_specific = "0", tag_mode = "EXPLICIT", optional = "true")]
-    entity_u_info: Option<OctetString>,
-    #[asn1(context_specific = "2", tag_mode = "EXPLICIT")]
-    supp_pub_info: OctetString,
-}
 
 /// The recipient's public key, as far as encryption cares.
 enum RecipientKey {
