@@ -18,8 +18,10 @@ pub mod verify;
 
 mod alg;
 mod ber;
+pub mod detach;
 mod gcm;
 pub(crate) mod pem;
+mod stream;
 pub use pem::{decode_pem, write_pem};
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ mod canon;
 mod codec;
 mod header;
 mod parse;
+pub mod stream;
 
 #[cfg(test)]
 mod tests;
@@ -188,6 +189,15 @@ pub fn sniff(input_prefix: &[u8]) -> InputKind {
 /// entity has one, then the inner entity verbatim.
 pub fn reattach_headers(outer: &[(String, String)], inner_entity: &[u8]) -> Vec<u8> {
     build::reattach_headers(outer, inner_entity)
+}
+
+/// [`reattach_headers`] as a stream: the message, read on demand from the inner entity
+/// (only its first 64 KiB are looked at for its header section).
+pub fn reattached_reader<'a, R: std::io::Read + 'a>(
+    outer: &[(String, String)],
+    inner: R,
+) -> std::io::Result<impl std::io::Read + 'a> {
+    build::reattached_reader(outer, inner)
 }
 
 /// The addresses in the `From:` field(s), as written (compare case-insensitively).

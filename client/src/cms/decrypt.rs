@@ -20,7 +20,6 @@
 
 mod content;
 mod recipient;
-mod stream;
 
 #[cfg(test)]
 mod tests;
@@ -36,9 +35,9 @@ use x509_cert::Certificate;
 use super::ber::{
     TAG_CTX0, TAG_OCTET_STRING, TAG_OCTET_STRING_CONSTRUCTED, TAG_SEQUENCE, TAG_SET, Tlv,
 };
+use super::stream::{Frame, Reader, stream_octets};
 use super::{Error, gcm, malformed};
 use content::ContentAlg;
-use stream::{Frame, Header, Reader};
 
 /// Largest `recipientInfos` accepted (it is held in memory).
 pub const MAX_RECIPIENT_INFOS: usize = 16 << 20;
@@ -192,7 +191,7 @@ pub fn decrypt<R: Read, W: Write, U: KeyUnwrapper>(
             )));
         }
     }
-    stream_octets(&mut rd, h, 0, &mut |piece| {
+    stream_octets(&mut rd, h, "encryptedContent", &mut |piece| {
         decryptor.update(piece, &mut output)
     })?;
     rd.close(eci_f, "EncryptedContentInfo")?;
@@ -265,45 +264,6 @@ fn read_oid<R: Read>(
 ) -> Result<ObjectIdentifier, Error> {
     let raw = rd.element(parent, 256, what)?;
     ObjectIdentifier::from_der(&raw).map_err(|e| malformed(format!("{what}: {e}")))
-}
-
-/// Streams the contents of an OCTET STRING (or `[n] IMPLICIT OCTET STRING`) whose header
-/// `h` was just read: primitive, or constructed from (possibly nested) OCTET STRING
-/// pieces. Each piece goes to `sink` as it arrives.
-fn stream_octets<R: Read>(
-    rd: &mut Reader<R>,
-    h: Header,
-    depth: u32,
-    sink: &mut dyn FnMut(&[u8]) -> Result<(), Error>,
-) -> Result<(), Error> {
-    if depth > stream::MAX_DEPTH {
-        return Err(malformed(
-            "encryptedContent: OCTET STRING nested too deeply",
-        ));
-    }
-    if !h.constructed() {
-        let mut left = h
-            .len
-            .ok_or_else(|| malformed("encryptedContent: indefinite primitive"))?;
-        while left > 0 {
-            let piece = rd.chunk(left, "encryptedContent")?;
-            left -= piece.len() as u64;
-            sink(piece)?;
-        }
-        return Ok(());
-    }
-    let f = rd.frame(&h);
-    while !rd.at_end(f, "encryptedContent")? {
-        let c = rd.header(f, "encryptedContent piece")?;
-        if c.tag != TAG_OCTET_STRING && c.tag != TAG_OCTET_STRING_CONSTRUCTED {
-            return Err(malformed(format!(
-                "encryptedContent piece: expected OCTET STRING, found tag {:#04x}",
-                c.tag
-            )));
-        }
-        stream_octets(rd, c, depth + 1, sink)?;
-    }
-    rd.close(f, "encryptedContent")
 }
 
 /// Object identifiers used here (spelled out: several are missing from the OID database

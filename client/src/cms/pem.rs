@@ -88,6 +88,8 @@ pub(crate) enum Base64Error {
     ExcessPadding,
 }
 
+impl std::error::Error for Base64Error {}
+
 impl std::fmt::Display for Base64Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -235,4 +237,162 @@ pub fn write_pem<R: Read, W: Write>(der: &mut R, out: &mut W) -> io::Result<()> 
 /// When the armor or its base64 is broken.
 pub fn decode_pem(bytes: &[u8]) -> Result<Vec<u8>, Error> {
     decode_armor(bytes).map(|(_, der)| der)
+}
+
+/// A streaming base64 decoder, the [`decode_lenient`] rules (standard alphabet, ASCII
+/// whitespace ignored, padding optional, any other byte an error) in bounded memory.
+///
+/// For PEM ([`Base64Reader::pem`]), the data ends at the `-----END <label>-----` line,
+/// which must be there; anything after it is ignored. Decoding errors come out of `read`
+/// as [`io::ErrorKind::InvalidData`] with a [`Base64Error`] inside.
+pub(crate) struct Base64Reader<R> {
+    inner: R,
+    raw: Box<[u8]>,
+    /// Symbols not yet decoded (fewer than 4 between fills).
+    symbols: Vec<u8>,
+    out: Vec<u8>,
+    out_pos: usize,
+    /// `=` seen: only more `=` and whitespace may follow.
+    padded: bool,
+    /// The expected end line after the first `-` (PEM), and what of it has been read.
+    end_line: Option<(Vec<u8>, Vec<u8>)>,
+    in_end_line: bool,
+    done: bool,
+}
+
+impl<R: Read> Base64Reader<R> {
+    /// Base64 text up to the end of `inner` (a MIME body).
+    pub(crate) fn new(inner: R) -> Self {
+        Self {
+            inner,
+            raw: vec![0u8; 48 * 1024].into_boxed_slice(),
+            symbols: Vec::with_capacity(64 * 1024),
+            out: Vec::with_capacity(48 * 1024),
+            out_pos: 0,
+            padded: false,
+            end_line: None,
+            in_end_line: false,
+            done: false,
+        }
+    }
+
+    /// PEM: reads the `-----BEGIN <label>-----` line (after optional whitespace) and
+    /// returns the label and a reader of the data up to the matching END line.
+    pub(crate) fn pem(mut inner: R) -> Result<(String, Self), Error> {
+        const BEGIN: &[u8] = b"-----BEGIN ";
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        // Skip leading whitespace, then read the BEGIN line (bounded).
+        loop {
+            if inner.read(&mut byte)? == 0 {
+                return Err(malformed("PEM: no BEGIN line"));
+            }
+            if !byte[0].is_ascii_whitespace() || !line.is_empty() {
+                if byte[0] == b'\n' {
+                    break;
+                }
+                line.push(byte[0]);
+                if line.len() > 256 {
+                    return Err(malformed("PEM: BEGIN line too long"));
+                }
+            }
+        }
+        let line = line.trim_ascii_end();
+        let label = line
+            .strip_prefix(BEGIN)
+            .and_then(|l| l.strip_suffix(b"-----"))
+            .ok_or_else(|| malformed("PEM: no BEGIN line"))?;
+        let label = std::str::from_utf8(label)
+            .map_err(|_| malformed("PEM: label is not UTF-8"))?
+            .to_owned();
+        let mut me = Self::new(inner);
+        // The first '-' is consumed as the end of the data.
+        me.end_line = Some((format!("----END {label}-----").into_bytes(), Vec::new()));
+        Ok((label, me))
+    }
+
+    fn bad(e: Base64Error) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidData, e)
+    }
+
+    /// Reads and decodes the next piece of input into `out`.
+    fn fill(&mut self) -> io::Result<()> {
+        let n = loop {
+            match self.inner.read(&mut self.raw) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        };
+        let eof = n == 0;
+        for &c in self.raw.get(..n).unwrap_or_default() {
+            if self.in_end_line {
+                if let Some((want, got)) = &mut self.end_line
+                    && got.len() < want.len()
+                {
+                    got.push(c);
+                }
+                continue;
+            }
+            match c {
+                c if c.is_ascii_whitespace() => {}
+                b'=' => self.padded = true,
+                b'-' if self.end_line.is_some() => self.in_end_line = true,
+                _ if self.padded => return Err(Self::bad(Base64Error::DataAfterPadding)),
+                c if c.is_ascii_alphanumeric() || c == b'+' || c == b'/' => self.symbols.push(c),
+                c => return Err(Self::bad(Base64Error::InvalidChar(c))),
+            }
+        }
+        if eof
+            && let Some((want, got)) = &self.end_line
+            && (!self.in_end_line || got != want)
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                malformed("PEM: no matching END line"),
+            ));
+        }
+        let whole = if eof || self.in_end_line || self.padded {
+            self.symbols.len()
+        } else {
+            self.symbols.len() / 4 * 4
+        };
+        if self.symbols.len() % 4 == 1 && whole == self.symbols.len() {
+            return Err(Self::bad(Base64Error::Truncated));
+        }
+        self.out.clear();
+        self.out_pos = 0;
+        LENIENT
+            .decode_vec(self.symbols.get(..whole).unwrap_or_default(), &mut self.out)
+            .map_err(|e| {
+                Self::bad(match e {
+                    DecodeError::InvalidByte(_, c) | DecodeError::InvalidLastSymbol(_, c) => {
+                        Base64Error::InvalidChar(c)
+                    }
+                    DecodeError::InvalidLength(_) => Base64Error::Truncated,
+                    DecodeError::InvalidPadding => Base64Error::DataAfterPadding,
+                })
+            })?;
+        self.symbols.drain(..whole);
+        self.done = eof;
+        Ok(())
+    }
+}
+
+impl<R: Read> Read for Base64Reader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.out_pos >= self.out.len() {
+            if self.done {
+                return Ok(0);
+            }
+            self.fill()?;
+        }
+        let avail = self.out.get(self.out_pos..).unwrap_or_default();
+        let n = avail.len().min(buf.len());
+        buf.get_mut(..n)
+            .unwrap_or_default()
+            .copy_from_slice(avail.get(..n).unwrap_or_default());
+        self.out_pos += n;
+        Ok(n)
+    }
 }

@@ -1,62 +1,57 @@
 //! `smime decrypt` and `smime open`.
 
-use std::io::{BufRead, BufReader, Read, Seek, Write};
+use std::io::{BufRead, BufReader, Read, Seek};
 
 use anyhow::{Context, anyhow};
 
+use super::verify::Headers;
 use super::{Failure, connect, key_list, open_input, verify};
 use crate::agent::AgentError;
 use crate::cli::{Cli, DecryptArgs};
+use crate::cms::pem::Base64Reader;
 use crate::cms::{self, Error as CmsError};
 use crate::keys::{KeySummary, select};
-use crate::mime::{self, InputKind, Parsed};
+use crate::mime::{self, InputKind, stream::Incoming};
 use crate::output::Output;
 use crate::signer::RemoteUnwrapper;
 
-/// Mail header fields, in order.
-type Headers = Vec<(String, String)>;
-
-/// What the input holds: the CMS to decrypt and the mail headers around it.
+/// What the input holds: the CMS to decrypt (as a stream) and the mail headers around it.
 fn unwrap_input(
     kind: InputKind,
-    mut input: BufReader<Box<dyn Read>>,
+    input: BufReader<Box<dyn Read>>,
 ) -> Result<(Headers, Box<dyn Read>), Failure> {
-    let read_all = |input: &mut BufReader<Box<dyn Read>>| {
-        let mut raw = Vec::new();
-        input
-            .read_to_end(&mut raw)
-            .context("reading the message")
-            .map_err(Failure::Usage)?;
-        Ok::<_, Failure>(raw)
-    };
     match kind {
         // BER/DER streams straight through: constant memory for any size.
         InputKind::Der => Ok((vec![], Box::new(input))),
         InputKind::Pem => {
-            let der =
-                cms::decode_pem(&read_all(&mut input)?).map_err(|e| Failure::Usage(anyhow!(e)))?;
-            Ok((vec![], Box::new(std::io::Cursor::new(der))))
+            let (_, body) = Base64Reader::pem(input).map_err(|e| Failure::Usage(anyhow!(e)))?;
+            Ok((vec![], Box::new(body)))
         }
-        InputKind::Mime => match mime::parse(&read_all(&mut input)?)
-            .map_err(|e| Failure::Usage(anyhow!(e).context("broken S/MIME message")))?
-        {
-            Parsed::Pkcs7Mime {
-                headers,
-                smime_type,
-                der,
-            } if !smime_type
-                .as_deref()
-                .is_some_and(|t| t.eq_ignore_ascii_case("signed-data")) =>
+        InputKind::Mime => {
+            // A multipart/signed input is refused below; its signed part is not needed.
+            match mime::stream::open(Box::new(input), &mut std::io::sink())
+                .map_err(|e| Failure::Usage(anyhow!(e).context("broken S/MIME message")))?
             {
-                Ok((headers, Box::new(std::io::Cursor::new(der))))
+                Incoming::Pkcs7Mime {
+                    headers,
+                    smime_type,
+                    body,
+                } if !smime_type
+                    .as_deref()
+                    .is_some_and(|t| t.eq_ignore_ascii_case("signed-data")) =>
+                {
+                    Ok((headers, body))
+                }
+                Incoming::Pkcs7Mime { .. } | Incoming::MultipartSigned { .. } => {
+                    Err(Failure::Usage(anyhow!(
+                        "this message is signed, not encrypted: use smime verify"
+                    )))
+                }
+                Incoming::Other { content_type } => Err(Failure::Usage(anyhow!(
+                    "not an S/MIME message (Content-Type: {content_type})"
+                ))),
             }
-            Parsed::Pkcs7Mime { .. } | Parsed::MultipartSigned { .. } => Err(Failure::Usage(
-                anyhow!("this message is signed, not encrypted: use smime verify"),
-            )),
-            Parsed::Other { content_type } => Err(Failure::Usage(anyhow!(
-                "not an S/MIME message (Content-Type: {content_type})"
-            ))),
-        },
+        }
     }
 }
 
@@ -77,7 +72,11 @@ fn decrypt_error(e: CmsError) -> Failure {
         e @ (CmsError::NotEnveloped(_)
         | CmsError::Malformed(_)
         | CmsError::UnsupportedAlgorithm(_)) => Failure::Usage(anyhow!(e)),
-        CmsError::Io(e) => Failure::Other(anyhow!(e).context("reading or writing")),
+        CmsError::Io(e) => match mime::stream::body_error(&e) {
+            Some(m) => Failure::Usage(anyhow!(m).context("broken S/MIME message")),
+            None if e.kind() == std::io::ErrorKind::InvalidData => Failure::Usage(anyhow!(e)),
+            None => Failure::Other(anyhow!(e).context("reading or writing")),
+        },
         e => Failure::Other(anyhow!(e)),
     }
 }
@@ -132,21 +131,23 @@ pub(super) fn decrypt(cli: &Cli, a: &DecryptArgs, verify_inner: bool) -> Result<
         .map_err(Failure::Usage)?;
     let write_err = |e: std::io::Error| Failure::Other(anyhow!(e).context("writing the output"));
     if verify_inner {
-        let mut inner = Vec::new();
-        plain
-            .read_to_end(&mut inner)
-            .map_err(|e| Failure::Other(e.into()))?;
         // The outer headers (From: above all) go back on before verifying, so the sender
         // check sees what the reader will see.
-        let inner = if headers.is_empty() {
-            inner
+        let inner: Box<dyn Read> = if headers.is_empty() {
+            Box::new(plain)
         } else {
-            mime::reattach_headers(&headers, &inner)
+            Box::new(mime::reattached_reader(&headers, plain).map_err(write_err)?)
         };
-        let (verdict, content) = verify::check(inner, None, trust.as_ref(), a.no_chain)?;
+        let signed = verify::split_input(inner).map_err(|e| match e {
+            Failure::Usage(e) => Failure::Usage(e.context(
+                "the decrypted message is not a signed message (use smime decrypt to read it); nothing was written",
+            )),
+            e => e,
+        })?;
+        let (verdict, content) = verify::check(signed, None, trust.as_ref(), a.no_chain)?;
         let content = content
             .ok_or_else(|| Failure::Verify(anyhow!("the signed message carries no content")))?;
-        out.write_all(&content).map_err(write_err)?;
+        verify::write_content(content, &mut out)?;
         out.commit()
             .context("writing the output")
             .map_err(Failure::Other)?;
@@ -155,12 +156,10 @@ pub(super) fn decrypt(cli: &Cli, a: &DecryptArgs, verify_inner: bool) -> Result<
         if headers.is_empty() {
             std::io::copy(&mut plain, &mut out).map_err(write_err)?;
         } else {
-            let mut inner = Vec::new();
-            plain
-                .read_to_end(&mut inner)
-                .map_err(|e| Failure::Other(e.into()))?;
-            out.write_all(&mime::reattach_headers(&headers, &inner))
-                .map_err(write_err)?;
+            let mut r =
+                mime::reattached_reader(&headers, BufReader::with_capacity(64 * 1024, plain))
+                    .map_err(write_err)?;
+            std::io::copy(&mut r, &mut out).map_err(write_err)?;
         }
         out.commit()
             .context("writing the output")

@@ -1,6 +1,7 @@
 //! `smime verify`: CMS signatures and signed S/MIME messages.
 
-use std::io::{Read, Write};
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -9,9 +10,10 @@ use x509_cert::Certificate;
 
 use super::{Failure, load_certs, open_input};
 use crate::cli::{PathArgs, Revocation, VerifyArgs};
+use crate::cms::pem::Base64Reader;
 use crate::cms::{self, verify::Verified};
 use crate::keys::certificate_emails;
-use crate::mime::{self, InputKind, Parsed};
+use crate::mime::{self, InputKind, stream::Incoming};
 use crate::output::Output;
 use crate::store::CertStore;
 use crate::trust::{PolicySettings, RevocationMode, TrustPolicy};
@@ -120,75 +122,126 @@ pub(super) struct Verdict {
     pub(super) from: Vec<String>,
 }
 
-/// A signed input taken apart: the signature, the content if outside it, and the mail
-/// headers if it was an S/MIME message.
-struct Signed {
+/// Mail header fields, in order.
+pub(super) type Headers = Vec<(String, String)>;
+
+/// A signed input taken apart: the signature, the content it carried (spooled to an
+/// anonymous temporary file, so any size fits), and the mail headers if it was an S/MIME
+/// message.
+pub(super) struct Signed {
     cms: Vec<u8>,
-    content: Option<Vec<u8>>,
-    headers: Vec<(String, String)>,
+    content: Option<File>,
+    headers: Headers,
+    /// Whether it was an S/MIME message (whose content cannot be replaced by --content).
+    mime: bool,
 }
 
-fn split_input(raw: Vec<u8>) -> Result<Signed, Failure> {
-    if mime::sniff(&raw) != InputKind::Mime {
-        return Ok(Signed {
-            cms: raw,
-            content: None,
-            headers: vec![],
-        });
-    }
-    match mime::parse(&raw)
-        .map_err(|e| Failure::Usage(anyhow!(e).context("broken S/MIME message")))?
-    {
-        Parsed::MultipartSigned {
-            headers,
-            signed,
-            signature,
-            ..
-        } => Ok(Signed {
-            cms: signature,
-            content: Some(signed),
-            headers,
-        }),
-        Parsed::Pkcs7Mime {
-            smime_type,
-            der,
-            headers,
-        } if smime_type
-            .as_deref()
-            .is_none_or(|t| t.eq_ignore_ascii_case("signed-data")) =>
-        {
-            Ok(Signed {
-                cms: der,
-                content: None,
-                headers,
-            })
+fn spool() -> Result<File, Failure> {
+    tempfile::tempfile()
+        .map_err(|e| Failure::Other(anyhow!(e).context("creating a temporary file")))
+}
+
+/// A broken S/MIME structure (a usage error: the input is not what it should be).
+fn broken(e: mime::MimeError) -> Failure {
+    Failure::Usage(anyhow!(e).context("broken S/MIME message"))
+}
+
+/// Takes a signed input apart as a stream: DER/BER, PEM, or an S/MIME message
+/// (multipart/signed or opaque signed-data). Memory use does not depend on its size.
+pub(super) fn split_input(input: Box<dyn Read + '_>) -> Result<Signed, Failure> {
+    let mut input = BufReader::with_capacity(64 * 1024, input);
+    let kind = mime::sniff(
+        input
+            .fill_buf()
+            .context("reading the input")
+            .map_err(Failure::Usage)?,
+    );
+    let mut content = spool()?;
+    let (cms_input, headers): (Box<dyn Read + '_>, Headers) = match kind {
+        InputKind::Der => (Box::new(input), vec![]),
+        InputKind::Pem => {
+            let (label, body) =
+                Base64Reader::pem(input).map_err(|e| Failure::Verify(anyhow!(e)))?;
+            if !matches!(label.as_str(), "CMS" | "PKCS7" | "PKCS #7 SIGNED DATA") {
+                return Err(Failure::Usage(anyhow!(
+                    "unexpected PEM label {label:?} (want CMS or PKCS7)"
+                )));
+            }
+            (Box::new(body), vec![])
         }
-        Parsed::Pkcs7Mime { smime_type, .. } => Err(Failure::Usage(anyhow!(
-            "this is an encrypted message ({}): use smime decrypt",
-            smime_type.unwrap_or_default()
-        ))),
-        Parsed::Other { content_type } => Err(Failure::Usage(anyhow!(
-            "not an S/MIME message (Content-Type: {content_type})"
-        ))),
-    }
+        InputKind::Mime => {
+            match mime::stream::open(Box::new(input), &mut content).map_err(broken)? {
+                Incoming::MultipartSigned {
+                    headers, signature, ..
+                } => {
+                    content.rewind().map_err(|e| Failure::Other(e.into()))?;
+                    return Ok(Signed {
+                        cms: signature,
+                        content: Some(content),
+                        headers,
+                        mime: true,
+                    });
+                }
+                Incoming::Pkcs7Mime {
+                    smime_type,
+                    body,
+                    headers,
+                } if smime_type
+                    .as_deref()
+                    .is_none_or(|t| t.eq_ignore_ascii_case("signed-data")) =>
+                {
+                    (body, headers)
+                }
+                Incoming::Pkcs7Mime { smime_type, .. } => {
+                    return Err(Failure::Usage(anyhow!(
+                        "this is an encrypted message ({}): use smime decrypt",
+                        smime_type.unwrap_or_default()
+                    )));
+                }
+                Incoming::Other { content_type } => {
+                    return Err(Failure::Usage(anyhow!(
+                        "not an S/MIME message (Content-Type: {content_type})"
+                    )));
+                }
+            }
+        }
+    };
+    let detached = cms::detach::detach(cms_input, &mut content).map_err(|e| match e {
+        cms::Error::Io(e) => match mime::stream::body_error(&e) {
+            Some(m) => broken(m),
+            None => Failure::Other(anyhow!(e).context("reading the signature")),
+        },
+        e => Failure::Verify(anyhow!(e)),
+    })?;
+    content.rewind().map_err(|e| Failure::Other(e.into()))?;
+    Ok(Signed {
+        cms: detached.cms,
+        content: detached.had_content.then_some(content),
+        mime: kind == InputKind::Mime,
+        headers,
+    })
 }
 
-/// Checks a signed input; returns the verdict and the verified content (the message with
-/// its headers for S/MIME input), if the input carried content.
+/// Checks a signed input; returns the verdict and, if the input carried its content, the
+/// verified content (rewound) with the mail headers to put back in front of it.
 pub(super) fn check(
-    raw: Vec<u8>,
+    mut signed: Signed,
     detached_content: Option<Box<dyn Read>>,
     trust: Option<&TrustPolicy>,
     no_chain: bool,
-) -> Result<(Verdict, Option<Vec<u8>>), Failure> {
-    let signed = split_input(raw)?;
+) -> Result<(Verdict, Option<(File, Headers)>), Failure> {
+    if detached_content.is_some() && !signed.mime {
+        // A CMS signature that carries its content checked against a given file
+        // (`openssl cms -sign -stream` output, say): the file is what is verified.
+        signed.content = None;
+    }
     let content: Option<Box<dyn Read + '_>> = match (&signed.content, detached_content) {
         (Some(_), Some(_)) => {
             return Err(Failure::Usage(anyhow!(
                 "the message carries its content: drop --content"
             )));
         }
-        (Some(c), None) => Some(Box::new(c.as_slice())),
+        (Some(c), None) => Some(Box::new(BufReader::with_capacity(64 * 1024, c))),
         (None, c) => c,
     };
     let verified = match cms::verify::verify_detached_report(
@@ -260,19 +313,30 @@ pub(super) fn check(
         json["failure"] = serde_json::json!({ "check": "sender", "detail": message });
         return Err(Failure::Verify(anyhow!(Rejected { message, json })));
     }
-    let inner = match signed.content {
-        Some(c) => Some(c),
-        None => cms::verify::encapsulated_content(&signed.cms)
-            .map_err(|e| Failure::Other(anyhow!(e)))?,
-    };
-    let content = inner.map(|c| {
-        if signed.headers.is_empty() {
-            c
-        } else {
-            mime::reattach_headers(&signed.headers, &c)
+    let content = match signed.content.take() {
+        Some(mut f) => {
+            f.rewind().map_err(|e| Failure::Other(e.into()))?;
+            Some((f, signed.headers))
         }
-    });
+        None => None,
+    };
     Ok((verdict, content))
+}
+
+/// Writes verified content to `out`, with the mail headers put back in front of it.
+pub(super) fn write_content(
+    (file, headers): (File, Headers),
+    out: &mut dyn Write,
+) -> Result<(), Failure> {
+    let write_err = |e: std::io::Error| Failure::Other(anyhow!(e).context("writing the output"));
+    let file = BufReader::with_capacity(64 * 1024, file);
+    if headers.is_empty() {
+        std::io::copy(&mut { file }, out).map_err(write_err)?;
+    } else {
+        let mut r = mime::reattached_reader(&headers, file).map_err(write_err)?;
+        std::io::copy(&mut r, out).map_err(write_err)?;
+    }
+    Ok(())
 }
 
 pub(super) fn verify(a: &VerifyArgs) -> Result<(), Failure> {
@@ -287,17 +351,13 @@ pub(super) fn verify(a: &VerifyArgs) -> Result<(), Failure> {
 
 fn verify_inner(a: &VerifyArgs) -> Result<(), Failure> {
     let trust = trust_policy(trust_anchors(&a.trust, a.no_chain)?, a.no_chain, &a.path)?;
-    let mut raw = Vec::new();
-    open_input(a.input.as_deref())?
-        .read_to_end(&mut raw)
-        .context("reading the signature")
-        .map_err(Failure::Usage)?;
+    let signed = split_input(open_input(a.input.as_deref())?)?;
     let detached = a
         .content
         .as_deref()
         .map(|p| open_input(Some(p)))
         .transpose()?;
-    let (verdict, content) = check(raw, detached, trust.as_ref(), a.no_chain)?;
+    let (verdict, content) = check(signed, detached, trust.as_ref(), a.no_chain)?;
     if a.store_signers {
         let store = CertStore::default_location().map_err(|e| Failure::Other(e.into()))?;
         store
@@ -308,8 +368,9 @@ fn verify_inner(a: &VerifyArgs) -> Result<(), Failure> {
         let mut out = Output::create(Some(path))
             .context("creating the output")
             .map_err(Failure::Usage)?;
-        out.write_all(content.as_deref().unwrap_or_default())
-            .map_err(|e| Failure::Other(e.into()))?;
+        if let Some(content) = content {
+            write_content(content, &mut out)?;
+        }
         out.commit()
             .context("writing the output")
             .map_err(Failure::Other)?;

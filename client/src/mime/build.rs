@@ -122,9 +122,14 @@ pub(super) fn write_pkcs7_mime(
     out.flush()
 }
 
-pub(super) fn reattach_headers(outer: &[(String, String)], inner: &[u8]) -> Vec<u8> {
-    let block = header::split(inner);
-    let mut out = Vec::with_capacity(inner.len() + 1024);
+/// How much of the inner entity [`reattached_reader`] looks at to find its header section.
+const REATTACH_PREFIX: u64 = 64 * 1024;
+
+/// The lines [`reattach_headers`] puts in front of the inner entity, judged from its
+/// first bytes.
+fn reattach_head(outer: &[(String, String)], inner_prefix: &[u8]) -> Vec<u8> {
+    let block = header::split(inner_prefix);
+    let mut out = Vec::with_capacity(1024);
     for (name, value) in outer {
         if !is_content_field(name) {
             write_field(&mut out, name, value);
@@ -137,6 +142,25 @@ pub(super) fn reattach_headers(outer: &[(String, String)], inner: &[u8]) -> Vec<
         // Content without a header section of its own: a text/plain body by default.
         out.extend_from_slice(b"\r\n");
     }
+    out
+}
+
+pub(super) fn reattach_headers(outer: &[(String, String)], inner: &[u8]) -> Vec<u8> {
+    let mut out = reattach_head(outer, inner);
     out.extend_from_slice(inner);
     out
+}
+
+pub(super) fn reattached_reader<'a, R: Read + 'a>(
+    outer: &[(String, String)],
+    mut inner: R,
+) -> io::Result<impl Read + 'a> {
+    let mut prefix = Vec::new();
+    (&mut inner)
+        .take(REATTACH_PREFIX)
+        .read_to_end(&mut prefix)?;
+    let head = reattach_head(outer, &prefix);
+    Ok(io::Cursor::new(head)
+        .chain(io::Cursor::new(prefix))
+        .chain(inner))
 }

@@ -37,7 +37,7 @@ pub(super) struct HeaderBlock {
 
 /// A field line: a name of printable ASCII without `:` (RFC 5322 §2.2; obsolete WSP
 /// before the colon tolerated), then `:`.
-fn is_field_line(line: &[u8]) -> bool {
+pub(super) fn is_field_line(line: &[u8]) -> bool {
     let Some(colon) = line.iter().position(|&b| b == b':') else {
         return false;
     };

@@ -2,48 +2,47 @@
 //! `x-pkcs7` types OpenSSL's `smime` command writes and `application/octet-stream` named
 //! `*.p7m`), input sniffing, and From: addresses.
 
-use mail_parser::{MessageParser, PartType};
+use std::io::Read as _;
+
+use mail_parser::MessageParser;
 
 use super::codec;
 use super::header::{self, Field, MimeType};
+use super::stream::{self, Incoming};
 use super::{InputKind, MimeError, Parsed};
 
 pub(super) fn parse(input: &[u8]) -> Result<Parsed, MimeError> {
-    // An mbox "From " separator line in front of a saved message.
-    let input = match input.strip_prefix(b"From ") {
-        Some(rest) => rest
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(&input[..0], |i| &rest[i + 1..]),
-        None => input,
-    };
-    let block = header::split(input);
-    let Some(ct) = header::content_type(&block.fields) else {
-        // RFC 2045 §5.2: no (or an unparseable) Content-Type means text/plain.
-        return Ok(Parsed::Other {
-            content_type: "text/plain".to_owned(),
-        });
-    };
-    let headers = header::pairs(&block.fields);
-    if is_pkcs7_mime(&ct, &block.fields) {
-        // Decoded from the input as it is: a `binary` body must not have its "line ends"
-        // rewritten, and base64 does not care.
-        let der = decode_der(
-            &block.fields,
-            &input[block.body_start..],
-            "application/pkcs7-mime body",
-        )?;
-        return Ok(Parsed::Pkcs7Mime {
+    let mut signed = Vec::new();
+    Ok(match stream::open(Box::new(input), &mut signed)? {
+        Incoming::Pkcs7Mime {
             headers,
-            smime_type: ct.param("smime-type").map(str::to_owned),
-            der,
-        });
-    }
-    if ct.is("multipart/signed") {
-        return parse_signed(input, &ct, headers);
-    }
-    Ok(Parsed::Other {
-        content_type: ct.essence,
+            smime_type,
+            mut body,
+        } => {
+            let mut der = Vec::new();
+            body.read_to_end(&mut der).map_err(|e| {
+                stream::body_error(&e).unwrap_or_else(|| MimeError::Broken(e.to_string()))
+            })?;
+            // A binary body may end in a line end the writer added.
+            let n = trim_after_der(&der).len();
+            der.truncate(n);
+            Parsed::Pkcs7Mime {
+                headers,
+                smime_type,
+                der,
+            }
+        }
+        Incoming::MultipartSigned {
+            headers,
+            signature,
+            micalg,
+        } => Parsed::MultipartSigned {
+            headers,
+            signed,
+            signature,
+            micalg,
+        },
+        Incoming::Other { content_type } => Parsed::Other { content_type },
     })
 }
 
@@ -61,100 +60,25 @@ fn has_name_ending(ct: &MimeType, fields: &[Field], exts: &[&str]) -> bool {
     })
 }
 
-fn is_pkcs7_mime(ct: &MimeType, fields: &[Field]) -> bool {
+pub(super) fn is_pkcs7_mime(ct: &MimeType, fields: &[Field]) -> bool {
     ct.is("application/pkcs7-mime")
         || ct.is("application/x-pkcs7-mime")
         || ct.is("application/octet-stream")
             && has_name_ending(ct, fields, &[".p7m", ".p7z", ".p7c"])
 }
 
-fn is_pkcs7_signature(ct: &MimeType, fields: &[Field]) -> bool {
+pub(super) fn is_pkcs7_signature(ct: &MimeType, fields: &[Field]) -> bool {
     ct.is("application/pkcs7-signature")
         || ct.is("application/x-pkcs7-signature")
         || ct.is("application/octet-stream") && has_name_ending(ct, fields, &[".p7s"])
 }
 
-fn parse_signed(
-    input: &[u8],
-    ct: &MimeType,
-    headers: Vec<(String, String)>,
-) -> Result<Parsed, MimeError> {
-    // RFC 1847 requires the protocol parameter; tolerate its absence (the second part's
-    // type is checked below) but not a different protocol such as PGP/MIME's.
-    if let Some(p) = ct.param("protocol") {
-        let p = p.trim().to_ascii_lowercase();
-        if p != "application/pkcs7-signature" && p != "application/x-pkcs7-signature" {
-            return Err(MimeError::WrongProtocol { protocol: p });
-        }
-    }
-    let Some(boundary) = ct.param("boundary").filter(|b| !b.is_empty()) else {
-        return Err(MimeError::MissingBoundary {
-            content_type: ct.essence.clone(),
-        });
-    };
-    // The signature covers the canonical (CRLF) form; files and mbox often hold LF.
-    let norm = header::normalize_crlf(input);
-    // Our own scan first, for precise errors (no delimiter, no close delimiter) that
-    // mail-parser, being lenient, does not give.
-    let block = header::split(&norm);
-    let ours = super::canon::split_multipart(&norm[block.body_start..], boundary, &ct.essence)?;
-
-    let msg = MessageParser::new()
-        .with_mime_headers()
-        .parse(&norm)
-        .ok_or_else(|| MimeError::Broken("no header section".to_owned()))?;
-    let Some(PartType::Multipart(ids)) = msg.parts.first().map(|p| &p.body) else {
-        return Err(MimeError::Broken(
-            "multipart/signed body was not parsed as multipart".to_owned(),
-        ));
-    };
-    let [content_id, sig_id] = ids.as_slice() else {
-        return Err(MimeError::MissingSignaturePart { parts: ids.len() });
-    };
-    if ours.parts.len() != 2 {
-        return Err(MimeError::Broken(format!(
-            "multipart/signed: {} body parts by its boundary, 2 by mail-parser",
-            ours.parts.len()
-        )));
-    }
-    let part_bytes = |id: u32| -> Result<&[u8], MimeError> {
-        let p = msg
-            .parts
-            .get(id as usize)
-            .ok_or_else(|| MimeError::Broken(format!("body part {id} missing")))?;
-        norm.get(p.offset_header as usize..p.offset_end as usize)
-            .ok_or_else(|| MimeError::Broken(format!("body part {id} out of range")))
-    };
-    // From the part's first header octet to just before the CRLF preceding the delimiter:
-    // exactly what was signed (RFC 1847 §2.1, RFC 8551 §3.5.3).
-    let signed = part_bytes(*content_id)?.to_vec();
-
-    let sig_raw = part_bytes(*sig_id)?;
-    let sig_block = header::split(sig_raw);
-    let sig_ct = header::content_type(&sig_block.fields).unwrap_or_else(|| MimeType {
-        essence: "text/plain".to_owned(),
-        params: Vec::new(),
-    });
-    if !is_pkcs7_signature(&sig_ct, &sig_block.fields) {
-        return Err(MimeError::WrongSignatureType {
-            content_type: sig_ct.essence,
-        });
-    }
-    let signature = decode_der(
-        &sig_block.fields,
-        &sig_raw[sig_block.body_start..],
-        "application/pkcs7-signature part",
-    )?;
-    Ok(Parsed::MultipartSigned {
-        headers,
-        signed,
-        signature,
-        micalg: ct.param("micalg").map(|m| m.trim().to_ascii_lowercase()),
-    })
-}
-
 /// Decodes a DER/BER body by its `Content-Transfer-Encoding`.
-fn decode_der(fields: &[Field], body: &[u8], part: &'static str) -> Result<Vec<u8>, MimeError> {
+pub(super) fn decode_der(
+    fields: &[Field],
+    body: &[u8],
+    part: &'static str,
+) -> Result<Vec<u8>, MimeError> {
     let cte = header::transfer_encoding(fields);
     let der = match cte.as_str() {
         "base64" => codec::base64_decode(body).map_err(|e| MimeError::BadBase64 {

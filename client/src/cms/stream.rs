@@ -5,7 +5,8 @@
 
 use std::io::{self, Read};
 
-use super::super::{Error, malformed};
+use super::ber::{TAG_OCTET_STRING, TAG_OCTET_STRING_CONSTRUCTED};
+use super::{Error, malformed};
 
 /// Size of the read buffer.
 pub(super) const BUF_LEN: usize = 64 * 1024;
@@ -280,6 +281,20 @@ impl<R: Read> Reader<R> {
         }
     }
 
+    /// Whether all that is left of the input is padding (ASCII whitespace or NULs), read
+    /// up to the first other byte.
+    pub(super) fn only_padding_left(&mut self) -> Result<bool, Error> {
+        while self.ensure(1)? {
+            let avail = self.buf.get(self.start..self.end).unwrap_or_default();
+            if avail.iter().any(|&b| b != 0 && !b.is_ascii_whitespace()) {
+                return Ok(false);
+            }
+            let n = self.available();
+            self.consume(n);
+        }
+        Ok(true)
+    }
+
     /// Reads the next element inside `parent` whole (header, contents, end-of-contents),
     /// as encoded. Fails with [`Error::Malformed`] when it is larger than `limit` bytes,
     /// before reading that much.
@@ -342,6 +357,53 @@ impl<R: Read> Reader<R> {
         }
         Ok(())
     }
+}
+
+/// Streams the contents of an OCTET STRING (or `[n] IMPLICIT OCTET STRING`) whose header
+/// `h` was just read: primitive, or constructed from (possibly nested) OCTET STRING
+/// pieces. Each piece goes to `sink` as it arrives; `what` names the element in errors.
+pub(super) fn stream_octets<R: Read>(
+    rd: &mut Reader<R>,
+    h: Header,
+    what: &str,
+    sink: &mut dyn FnMut(&[u8]) -> Result<(), Error>,
+) -> Result<(), Error> {
+    stream_octets_depth(rd, h, what, 0, sink)
+}
+
+fn stream_octets_depth<R: Read>(
+    rd: &mut Reader<R>,
+    h: Header,
+    what: &str,
+    depth: u32,
+    sink: &mut dyn FnMut(&[u8]) -> Result<(), Error>,
+) -> Result<(), Error> {
+    if depth > MAX_DEPTH {
+        return Err(malformed(format!("{what}: OCTET STRING nested too deeply")));
+    }
+    if !h.constructed() {
+        let mut left = h
+            .len
+            .ok_or_else(|| malformed(format!("{what}: indefinite primitive")))?;
+        while left > 0 {
+            let piece = rd.chunk(left, what)?;
+            left -= piece.len() as u64;
+            sink(piece)?;
+        }
+        return Ok(());
+    }
+    let f = rd.frame(&h);
+    while !rd.at_end(f, what)? {
+        let c = rd.header(f, what)?;
+        if c.tag != TAG_OCTET_STRING && c.tag != TAG_OCTET_STRING_CONSTRUCTED {
+            return Err(malformed(format!(
+                "{what} piece: expected OCTET STRING, found tag {:#04x}",
+                c.tag
+            )));
+        }
+        stream_octets_depth(rd, c, what, depth + 1, sink)?;
+    }
+    rd.close(f, what)
 }
 
 #[cfg(test)]
