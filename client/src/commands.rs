@@ -212,6 +212,24 @@ fn open_input(path: Option<&Path>) -> Result<Box<dyn Read>, Failure> {
     })
 }
 
+/// Content that can be read twice (hash, then embed): the file itself, or standard input
+/// spooled to an anonymous temporary file.
+pub(super) fn rereadable(path: Option<&Path>) -> Result<File, Failure> {
+    match path {
+        Some(p) if p != Path::new("-") => File::open(p)
+            .with_context(|| format!("opening {}", p.display()))
+            .map_err(Failure::Usage),
+        _ => {
+            let mut spool = tempfile::tempfile().map_err(|e| Failure::Other(e.into()))?;
+            io::copy(&mut io::stdin().lock(), &mut spool)
+                .context("reading standard input")
+                .map_err(Failure::Usage)?;
+            io::Seek::rewind(&mut spool).map_err(|e| Failure::Other(e.into()))?;
+            Ok(spool)
+        }
+    }
+}
+
 fn load_certs(paths: &[PathBuf]) -> Result<Vec<Certificate>, Failure> {
     let mut out = Vec::new();
     for p in paths {

@@ -21,7 +21,10 @@ mod canon;
 mod codec;
 mod header;
 mod parse;
+mod spool;
 pub mod stream;
+
+pub use spool::{PreparedFile, prepare_file};
 
 #[cfg(test)]
 mod tests;
@@ -151,6 +154,27 @@ pub fn prepare_for_signing(input: &[u8]) -> Result<Prepared, MimeError> {
 /// random and checked not to occur in the inner entity.
 pub fn multipart_signed(prep: &Prepared, p7s_der: &[u8], micalg: &str) -> Vec<u8> {
     build::multipart_signed(prep, p7s_der, micalg)
+}
+
+/// [`multipart_signed`] streamed: the inner entity is read from `inner` (as prepared by
+/// [`prepare_file`]) and the message written to `out`, with a new random boundary (128
+/// random bits, so it cannot occur in the content; unlike [`multipart_signed`], the
+/// content is not searched for it).
+pub fn write_multipart_signed<R: std::io::Read, W: std::io::Write>(
+    outer_headers: &[(String, String)],
+    inner: R,
+    p7s_der: &[u8],
+    micalg: &str,
+    out: W,
+) -> std::io::Result<()> {
+    build::write_multipart_signed(
+        outer_headers,
+        inner,
+        &build::new_boundary(),
+        p7s_der,
+        micalg,
+        out,
+    )
 }
 
 /// An application/pkcs7-mime message (`smime-type=<smime_type>`, `name=smime.p7m`, base64

@@ -514,3 +514,173 @@ fn a_second_from_field_does_not_pass_the_sender_check() {
     assert_eq!(out.status.code(), Some(1), "{line}");
     assert!(line.contains("From"), "{line}");
 }
+
+/// A mail with a large base64 attachment goes through sign (clear and opaque), verify,
+/// encrypt, decrypt and open without being held in memory: each `smime` run stays far
+/// below the message size in peak RSS. OpenSSL judges the signature.
+#[test]
+fn large_attachment_mail_streams_through_every_command() {
+    use smime_tests::{built, run, run_measured};
+    use std::io::Write as _;
+    const ATTACHMENT_MIB: usize = 12;
+    // Above the RSS of the same command on a small message: a fraction of the message.
+    const MAX_GROWTH_KIB: u64 = 4 * 1024;
+    let token = Token::new();
+    let agent = Agent::start(&token);
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n);
+    let ca = token.file("ca.pem");
+
+    // The message a mail client hands over: multipart/mixed, text + base64 attachment.
+    let mut f = std::io::BufWriter::new(std::fs::File::create(p("mail.eml")).unwrap());
+    write!(
+        f,
+        "From: Alice Example <alice@example.org>\nTo: Bob Example <bob@example.org>\n\
+         Subject: the archive\nMIME-Version: 1.0\n\
+         Content-Type: multipart/mixed; boundary=\"=-=-=\"\n\n\
+         --=-=-=\nContent-Type: text/plain; charset=us-ascii\n\nThe archive is attached.\n\n\
+         --=-=-=\nContent-Type: application/octet-stream; name=data.bin\n\
+         Content-Transfer-Encoding: base64\n\n"
+    )
+    .unwrap();
+    let chunk = pseudo_random(57 * 1024, 5);
+    use base64::Engine as _;
+    for _ in 0..(ATTACHMENT_MIB << 20) / chunk.len() {
+        for line in chunk.chunks(57) {
+            writeln!(
+                f,
+                "{}",
+                base64::engine::general_purpose::STANDARD.encode(line)
+            )
+            .unwrap();
+        }
+    }
+    write!(f, "\n--=-=-=--\n").unwrap();
+    drop(f);
+
+    let smime = built("smime");
+    let env = [("SMIME_AGENT_SOCK", agent.socket.as_os_str())];
+    let rss_of = |what: &str, args: &[&str]| {
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+        let (out, rss) = run_measured(&smime, &args, &env);
+        assert_ok(&out, what);
+        rss
+    };
+    // The baseline: signing a small message.
+    std::fs::write(p("small.eml"), MAIL).unwrap();
+    let small = p("small.signed");
+    let baseline = rss_of(
+        "smime sign (small)",
+        &[
+            "sign",
+            "--key",
+            "alice-rsa",
+            "--mime",
+            "--in",
+            s(&p("small.eml")),
+            "--out",
+            s(&small),
+        ],
+    );
+    let measured = |what: &str, args: &[&str]| match (rss_of(what, args), baseline) {
+        (Some(kib), Some(base)) => {
+            eprintln!("{what}: peak RSS {kib} KiB (small message: {base} KiB)");
+            assert!(
+                kib < base + MAX_GROWTH_KIB,
+                "{what}: peak RSS {kib} KiB, {base} KiB for a small message"
+            );
+        }
+        _ => eprintln!("/usr/bin/time missing: peak RSS of {what} not checked"),
+    };
+    let (mail, clear, opaque, enc) = (p("mail.eml"), p("clear.eml"), p("opaque.eml"), p("enc.eml"));
+    measured(
+        "smime sign --mime",
+        &[
+            "sign",
+            "--key",
+            "alice-rsa",
+            "--mime",
+            "--in",
+            s(&mail),
+            "--out",
+            s(&clear),
+        ],
+    );
+    measured(
+        "smime sign --opaque",
+        &[
+            "sign",
+            "--key",
+            "alice-ec",
+            "--opaque",
+            "--in",
+            s(&mail),
+            "--out",
+            s(&opaque),
+        ],
+    );
+    // OpenSSL agrees with the clear-signed message and recovers the same content.
+    let recovered = openssl_smime_verify(dir.path(), &clear, &ca);
+    let original = std::fs::read(&mail).unwrap();
+    let body_start = find(&original, b"\n\n").unwrap() + 2;
+    assert!(
+        lf(&recovered).ends_with(&original[body_start..]),
+        "openssl's recovered content differs from the message body"
+    );
+    for (what, signed) in [("clear", &clear), ("opaque", &opaque)] {
+        let verified = p(&format!("{what}.verified"));
+        measured(
+            &format!("smime verify ({what})"),
+            &[
+                "verify",
+                "--trust",
+                s(&ca),
+                "--in",
+                s(signed),
+                "--out",
+                s(&verified),
+            ],
+        );
+        let verified = lf(&std::fs::read(&verified).unwrap());
+        assert!(
+            verified.ends_with(&original[body_start..]),
+            "{what}: verified content differs from the message body"
+        );
+        assert!(verified.starts_with(b"From: Alice Example <alice@example.org>\n"));
+    }
+    measured(
+        "smime encrypt",
+        &[
+            "encrypt",
+            "--to",
+            s(&token.file("bob-rsa.pem")),
+            "--in",
+            s(&clear),
+            "--out",
+            s(&enc),
+        ],
+    );
+    let dec = p("dec.eml");
+    measured(
+        "smime decrypt",
+        &["decrypt", "--in", s(&enc), "--out", s(&dec)],
+    );
+    assert_ok(
+        &run(std::process::Command::new("cmp").arg(&clear).arg(&dec)),
+        "decrypted message equals the signed one",
+    );
+    let opened = p("opened.eml");
+    measured(
+        "smime open",
+        &[
+            "open",
+            "--trust",
+            s(&ca),
+            "--in",
+            s(&enc),
+            "--out",
+            s(&opened),
+        ],
+    );
+    assert!(lf(&std::fs::read(&opened).unwrap()).ends_with(&original[body_start..]));
+}

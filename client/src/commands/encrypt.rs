@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use anyhow::{Context, anyhow};
 use x509_cert::Certificate;
 
-use super::{Failure, connect, key_list, load_certs, open_input};
+use super::{Failure, connect, key_list, load_certs};
 use crate::cli::{Cipher, Cli, EncryptArgs, KeyTransport, OutForm};
 use crate::cms::envelope::{self, ContentCipher, Recipient, RsaKeyTransport};
 use crate::keys::{KeySummary, certificate_emails, select};
@@ -95,7 +95,7 @@ fn own_cert(cli: &Cli, sel: Option<&str>) -> Result<Certificate, Failure> {
 }
 
 pub(super) fn encrypt(cli: &Cli, a: &EncryptArgs) -> Result<(), Failure> {
-    let input = open_input(a.input.as_deref())?;
+    let input = super::rereadable(a.input.as_deref())?;
     let mut out = Output::create(a.output.as_deref())
         .context("creating the output")
         .map_err(Failure::Usage)?;
@@ -109,7 +109,7 @@ pub(super) fn encrypt(cli: &Cli, a: &EncryptArgs) -> Result<(), Failure> {
 pub(super) fn encrypt_to(
     cli: &Cli,
     a: &EncryptArgs,
-    input: Box<dyn Read>,
+    input: std::fs::File,
     out: &mut Output,
 ) -> Result<(), Failure> {
     let store = CertStore::default_location().ok();
@@ -149,10 +149,10 @@ pub(super) fn encrypt_to(
             })
         };
     match a.outform() {
-        OutForm::Der => encrypt(&mut { input }, out)?,
+        OutForm::Der => encrypt(&mut std::io::BufReader::new(input), out)?,
         OutForm::Pem => {
             let mut der = tempfile::tempfile().map_err(|e| Failure::Other(e.into()))?;
-            encrypt(&mut { input }, &mut der)?;
+            encrypt(&mut std::io::BufReader::new(input), &mut der)?;
             der.rewind().map_err(|e| Failure::Other(e.into()))?;
             crate::cms::write_pem(&mut der, out).map_err(|e| Failure::Other(e.into()))?;
         }

@@ -1,14 +1,12 @@
 //! `smime sign`: detached, opaque and clear-signed (multipart/signed) signatures.
 
-use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, Write};
-use std::path::Path;
 
 use anyhow::{Context, anyhow};
 use smime_proto::Operation;
 use x509_cert::Certificate;
 
-use super::{Failure, connect, key_list, load_certs, open_input};
+use super::{Failure, connect, key_list, load_certs, open_input, rereadable};
 use crate::agent::{AgentClient, AgentError};
 use crate::cli::{Cli, Digest, SignArgs};
 use crate::cms::{self, HashAlg};
@@ -133,24 +131,6 @@ fn intermediates(cert: &Certificate, pool: &[Certificate]) -> Vec<Certificate> {
     chain
 }
 
-/// Content that can be read twice (hash, then embed): the file itself, or standard input
-/// spooled to an anonymous temporary file.
-fn rereadable(path: Option<&Path>) -> Result<File, Failure> {
-    match path {
-        Some(p) if p != Path::new("-") => File::open(p)
-            .with_context(|| format!("opening {}", p.display()))
-            .map_err(Failure::Usage),
-        _ => {
-            let mut spool = tempfile::tempfile().map_err(|e| Failure::Other(e.into()))?;
-            io::copy(&mut io::stdin().lock(), &mut spool)
-                .context("reading standard input")
-                .map_err(Failure::Usage)?;
-            spool.rewind().map_err(|e| Failure::Other(e.into()))?;
-            Ok(spool)
-        }
-    }
-}
-
 pub(super) fn sign(cli: &Cli, a: &SignArgs) -> Result<(), Failure> {
     let mut signer = Signer::new(cli, a)?;
     let mut out = Output::create(a.output.as_deref())
@@ -160,22 +140,23 @@ pub(super) fn sign(cli: &Cli, a: &SignArgs) -> Result<(), Failure> {
     if !a.encrypt_to.is_empty() {
         // Sign, then encrypt the signed message (RFC 8551 §3.7: sign first, so the
         // signature is inside and protected).
-        let mut signed = Vec::new();
+        let mut signed = tempfile::tempfile().map_err(|e| Failure::Other(e.into()))?;
         super::smime_entity::sign_entity(
             &mut signer,
-            open_input(a.input.as_deref())?,
+            rereadable(a.input.as_deref())?,
             &mut signed,
             !a.opaque,
         )?;
+        signed.rewind().map_err(|e| Failure::Other(e.into()))?;
         let enc = crate::cli::EncryptArgs {
             to: a.encrypt_to.clone(),
             ..Default::default()
         };
-        super::encrypt::encrypt_to(cli, &enc, Box::new(io::Cursor::new(signed)), &mut out)?;
+        super::encrypt::encrypt_to(cli, &enc, signed, &mut out)?;
     } else if a.mime || (a.opaque && !a.der && !a.pem) {
         super::smime_entity::sign_entity(
             &mut signer,
-            open_input(a.input.as_deref())?,
+            rereadable(a.input.as_deref())?,
             &mut out,
             a.mime,
         )?;

@@ -1,6 +1,7 @@
 //! S/MIME entities on the command line: the MIME side of encrypt, sign and verify.
 
-use std::io::{Read, Seek, Write};
+use std::fs::File;
+use std::io::{BufReader, Read, Seek, Write};
 
 use anyhow::anyhow;
 
@@ -11,12 +12,8 @@ use crate::mime;
 /// The encryption step, as `smime encrypt` configured it.
 pub(super) type EncryptFn<'a> = dyn Fn(&mut dyn Read, &mut dyn Write) -> Result<(), Failure> + 'a;
 
-fn read_message(mut input: Box<dyn Read>) -> Result<mime::Prepared, Failure> {
-    let mut raw = Vec::new();
-    input
-        .read_to_end(&mut raw)
-        .map_err(|e| Failure::Usage(anyhow!(e).context("reading the message")))?;
-    mime::prepare_for_signing(&raw)
+fn read_message(mut input: File) -> Result<mime::PreparedFile, Failure> {
+    mime::prepare_file(&mut input)
         .map_err(|e| Failure::Usage(anyhow!(e).context("the input is not a well-formed message")))
 }
 
@@ -27,14 +24,14 @@ fn write_err(e: std::io::Error) -> Failure {
 /// Encrypts a message as `application/pkcs7-mime`: its mail headers (From, To, Subject,
 /// …) stay outside, the MIME entity (Content-* headers and body) goes inside.
 pub(super) fn encrypt_entity(
-    input: Box<dyn Read>,
+    input: File,
     out: &mut dyn Write,
     cipher: ContentCipher,
     encrypt: &EncryptFn<'_>,
 ) -> Result<(), Failure> {
     let prep = read_message(input)?;
     let mut der = tempfile::tempfile().map_err(|e| Failure::Other(e.into()))?;
-    encrypt(&mut prep.inner.as_slice(), &mut der)?;
+    encrypt(&mut BufReader::new(prep.inner), &mut der)?;
     der.rewind().map_err(|e| Failure::Other(e.into()))?;
     mime::write_pkcs7_mime(&prep.outer_headers, cipher.smime_type(), der, out).map_err(write_err)
 }
@@ -42,23 +39,25 @@ pub(super) fn encrypt_entity(
 /// Signs a message as `multipart/signed` (`clear`) or opaque `application/pkcs7-mime`.
 pub(super) fn sign_entity(
     signer: &mut super::sign::Signer,
-    input: Box<dyn Read>,
+    input: File,
     out: &mut dyn Write,
     clear: bool,
 ) -> Result<(), Failure> {
-    let prep = read_message(input)?;
-    let detached = signer.sign_reader(prep.inner.as_slice())?;
+    let mut prep = read_message(input)?;
+    let detached = signer.sign_reader(BufReader::new(&prep.inner))?;
+    prep.inner.rewind().map_err(|e| Failure::Other(e.into()))?;
     if clear {
-        return out
-            .write_all(&mime::multipart_signed(
-                &prep,
-                &detached,
-                signer.hash().micalg(),
-            ))
-            .map_err(write_err);
+        return mime::write_multipart_signed(
+            &prep.outer_headers,
+            BufReader::new(prep.inner),
+            &detached,
+            signer.hash().micalg(),
+            out,
+        )
+        .map_err(write_err);
     }
     let mut der = tempfile::tempfile().map_err(|e| Failure::Other(e.into()))?;
-    crate::cms::opaque::write_attached(&detached, prep.inner.as_slice(), &mut der)
+    crate::cms::opaque::write_attached(&detached, BufReader::new(prep.inner), &mut der)
         .map_err(|e| Failure::Other(anyhow!(e)))?;
     der.rewind().map_err(|e| Failure::Other(e.into()))?;
     mime::write_pkcs7_mime(&prep.outer_headers, "signed-data", der, out).map_err(write_err)

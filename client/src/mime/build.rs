@@ -44,18 +44,45 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 /// A random boundary that does not occur in `content` (RFC 2046 §5.1.1).
 fn boundary_for(content: &[u8]) -> String {
     loop {
-        let b = format!("----smime-{:032x}", rand::random::<u128>());
+        let b = new_boundary();
         if !contains(content, b.as_bytes()) {
             return b;
         }
     }
 }
 
+/// A new random boundary (128 random bits: it cannot occur in content by chance, and
+/// nobody can put it there on purpose before it is drawn).
+pub(super) fn new_boundary() -> String {
+    format!("----smime-{:032x}", rand::random::<u128>())
+}
+
 pub(super) fn multipart_signed(prep: &Prepared, p7s_der: &[u8], micalg: &str) -> Vec<u8> {
     let boundary = boundary_for(&prep.inner);
     let mut out = Vec::with_capacity(prep.inner.len() + p7s_der.len() * 4 / 3 + 1024);
-    write_outer(&mut out, &prep.outer_headers);
-    out.extend_from_slice(
+    // Writing to a Vec cannot fail.
+    let _ = write_multipart_signed(
+        &prep.outer_headers,
+        prep.inner.as_slice(),
+        &boundary,
+        p7s_der,
+        micalg,
+        &mut out,
+    );
+    out
+}
+
+pub(super) fn write_multipart_signed(
+    outer: &[(String, String)],
+    mut inner: impl Read,
+    boundary: &str,
+    p7s_der: &[u8],
+    micalg: &str,
+    mut out: impl Write,
+) -> io::Result<()> {
+    let mut head = Vec::with_capacity(2048);
+    write_outer(&mut head, outer);
+    head.extend_from_slice(
         format!(
             "Content-Type: multipart/signed; protocol=\"application/pkcs7-signature\";\r\n\
              \tmicalg={}; boundary=\"{boundary}\"\r\n\r\n",
@@ -63,19 +90,22 @@ pub(super) fn multipart_signed(prep: &Prepared, p7s_der: &[u8], micalg: &str) ->
         )
         .as_bytes(),
     );
-    out.extend_from_slice(b"This is a cryptographically signed message in MIME format.\r\n\r\n");
-    out.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+    head.extend_from_slice(b"This is a cryptographically signed message in MIME format.\r\n\r\n");
+    head.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+    out.write_all(&head)?;
     // The signed bytes exactly; the CRLF after them belongs to the delimiter.
-    out.extend_from_slice(&prep.inner);
-    out.extend_from_slice(format!("\r\n--{boundary}\r\n").as_bytes());
-    out.extend_from_slice(
+    io::copy(&mut inner, &mut out)?;
+    let mut tail = Vec::with_capacity(p7s_der.len() * 4 / 3 + 512);
+    tail.extend_from_slice(format!("\r\n--{boundary}\r\n").as_bytes());
+    tail.extend_from_slice(
         b"Content-Type: application/pkcs7-signature; name=smime.p7s\r\n\
           Content-Transfer-Encoding: base64\r\n\
           Content-Disposition: attachment; filename=smime.p7s\r\n\r\n",
     );
-    out.extend(codec::base64_lines(p7s_der));
-    out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-    out
+    tail.extend(codec::base64_lines(p7s_der));
+    tail.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    out.write_all(&tail)?;
+    out.flush()
 }
 
 /// Outer fields and the pkcs7-mime header section, up to and including the blank line.

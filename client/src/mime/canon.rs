@@ -15,7 +15,7 @@ use super::{MimeError, Prepared};
 const MAX_DEPTH: usize = 32;
 
 /// Longest line allowed in 7bit/8bit data, without the CRLF (RFC 5322 §2.1.1).
-const MAX_LINE: usize = 998;
+pub(super) const MAX_LINE: usize = 998;
 
 pub(super) fn prepare(input: &[u8]) -> Result<Prepared, MimeError> {
     let block = header::split(input);
@@ -70,7 +70,7 @@ pub(super) fn prepare(input: &[u8]) -> Result<Prepared, MimeError> {
 }
 
 /// A field's bytes with CRLF line ends, always ending in CRLF.
-fn field_bytes(input: &[u8], f: &Field) -> Vec<u8> {
+pub(super) fn field_bytes(input: &[u8], f: &Field) -> Vec<u8> {
     let mut v = header::normalize_crlf(&input[f.raw.clone()]);
     if !v.ends_with(b"\r\n") {
         v.extend_from_slice(b"\r\n");
