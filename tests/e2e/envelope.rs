@@ -685,7 +685,7 @@ fn undecryptable_input_fails_cleanly_without_output() {
         "decrypt the intact message",
     );
     for (file, want_code) in [
-        ("not-for-us.eml", None),
+        ("not-for-us.eml", Some(2)),
         ("flipped.der", Some(1)),
         ("truncated.der", None),
         ("short.der", None),
@@ -704,6 +704,12 @@ fn undecryptable_input_fails_cleanly_without_output() {
             assert!(line.contains("Dave") || line.contains("peer CA"), "{line}");
         }
     }
+    // `smime open` of a message that is encrypted but not signed: says so, writes nothing.
+    let out_path = p("open.out");
+    let out = agent.smime(&["open", "--in", s(&p("big.der")), "--out", s(&out_path)]);
+    let line = assert_failed_cleanly(&out, &out_path, "open of an unsigned message");
+    assert_eq!(out.status.code(), Some(2), "{line}");
+    assert!(line.contains("not a signed message"), "{line}");
 }
 
 /// Encrypts `size` bytes to bob-rsa with `cipher` and decrypts them again, both under GNU

@@ -69,6 +69,9 @@ fn decrypt_error(e: CmsError) -> Failure {
         | CmsError::WrongKey(_)) => Failure::Verify(
             anyhow!(e).context("the message does not decrypt intact; nothing was written"),
         ),
+        e @ CmsError::NotForUs(_) => Failure::Usage(anyhow!(e).context(
+            "none of the agent's keys can open this message (is the right token inserted?)",
+        )),
         e @ (CmsError::NotEnveloped(_)
         | CmsError::Malformed(_)
         | CmsError::UnsupportedAlgorithm(_)) => Failure::Usage(anyhow!(e)),
