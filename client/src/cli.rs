@@ -184,9 +184,10 @@ pub struct PathArgs {
     /// anyPolicy in CA certificates is not honoured (initial-any-policy-inhibit).
     #[arg(long)]
     pub inhibit_any_policy: bool,
-    /// Extra intermediate CA certificates (PEM or DER; repeatable), for messages that lack
-    /// them.
-    #[arg(long = "certs", value_name = "FILE")]
+    /// Extra intermediate CA certificates (PEM or DER file, or a directory of them;
+    /// repeatable), for messages that lack them. The CA certificates of the certificate
+    /// store are used too.
+    #[arg(long = "certs", value_name = "FILE|DIR")]
     pub certs: Vec<PathBuf>,
     /// CRLs (DER or PEM file, or a directory of them; repeatable), besides those in the
     /// message.

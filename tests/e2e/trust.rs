@@ -22,7 +22,18 @@ struct Server {
     port: u16,
     gets: Arc<AtomicUsize>,
     posts: Arc<AtomicUsize>,
+    /// How OCSP is answered: one of the `OCSP_*` constants.
+    mode: Arc<AtomicUsize>,
 }
+
+/// Responses signed by the delegated responder `ocsp.pem`.
+const OCSP_DELEGATED: usize = 0;
+/// Responses signed by the CA `sub` itself.
+const OCSP_BY_CA: usize = 1;
+/// Responses signed by `rogue.pem`: issued by `sub`, but without id-kp-OCSPSigning.
+const OCSP_ROGUE: usize = 2;
+/// The previous response again (its nonce is the previous request's).
+const OCSP_REPLAY: usize = 3;
 
 impl Server {
     fn start(dir: &Path) -> Self {
@@ -30,14 +41,20 @@ impl Server {
         let port = listener.local_addr().unwrap().port();
         let gets = Arc::new(AtomicUsize::new(0));
         let posts = Arc::new(AtomicUsize::new(0));
-        let (g, p, dir) = (gets.clone(), posts.clone(), dir.to_owned());
+        let mode = Arc::new(AtomicUsize::new(OCSP_DELEGATED));
+        let (g, p, m, dir) = (gets.clone(), posts.clone(), mode.clone(), dir.to_owned());
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { continue };
-                let _ = serve(conn, &dir, &g, &p);
+                let _ = serve(conn, &dir, &g, &p, m.load(Ordering::SeqCst));
             }
         });
-        Server { port, gets, posts }
+        Server {
+            port,
+            gets,
+            posts,
+            mode,
+        }
     }
 
     fn url(&self, path: &str) -> String {
@@ -50,6 +67,7 @@ fn serve(
     dir: &Path,
     gets: &AtomicUsize,
     posts: &AtomicUsize,
+    mode: usize,
 ) -> std::io::Result<()> {
     conn.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
     let mut r = BufReader::new(conn.try_clone()?);
@@ -79,6 +97,11 @@ fn serve(
         let req = dir.join(format!("ocsp-{id}.req"));
         let resp = dir.join(format!("ocsp-{id}.resp"));
         std::fs::write(&req, &body)?;
+        let (signer, key) = match mode {
+            OCSP_BY_CA => ("sub.pem", "sub.key"),
+            OCSP_ROGUE => ("rogue.pem", "rogue.key"),
+            _ => ("ocsp.pem", "ocsp.key"),
+        };
         let out = run(Command::new("openssl")
             .args([
                 "ocsp",
@@ -87,11 +110,11 @@ fn serve(
                 "-CA",
                 "sub.pem",
                 "-rsigner",
-                "ocsp.pem",
+                signer,
             ])
             .args([
                 "-rkey",
-                "ocsp.key",
+                key,
                 "-ndays",
                 "1",
                 "-reqin",
@@ -100,7 +123,12 @@ fn serve(
                 s(&resp),
             ])
             .current_dir(dir));
-        match std::fs::read(&resp) {
+        let answer = if mode == OCSP_REPLAY {
+            dir.join(format!("ocsp-{}.resp", id - 1))
+        } else {
+            resp
+        };
+        match std::fs::read(&answer) {
             Ok(d) if out.status.success() => ("200 OK", "application/ocsp-response", d),
             _ => ("500 Error", "text/plain", b"responder failed".to_vec()),
         }
@@ -308,6 +336,13 @@ impl Pki {
             "sub OCSP responder",
             "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n\
              extendedKeyUsage=OCSPSigning\nnoCheck=ignored\n",
+            None,
+        );
+        sub.issue(
+            "rogue",
+            "sub rogue responder",
+            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n\
+             extendedKeyUsage=emailProtection\n",
             None,
         );
         let pki = Pki {
@@ -703,6 +738,12 @@ fn missing_intermediate_is_supplied_with_certs() {
         .map(|c| c["subject"].as_str().unwrap())
         .collect();
     assert_eq!(chain, ["CN=frank", "CN=sub", "CN=root"], "{j}");
+    // The certificate store's CA certificates serve as intermediates too.
+    std::fs::create_dir_all(pki.path("store")).unwrap();
+    std::fs::copy(pki.path("sub.pem"), pki.path("store/sub.pem")).unwrap();
+    let (out, j) = pki.verify(&msg, &["--trust", &root, "--revocation", "off"]);
+    assert_eq!(code(&out), Some(0), "{j}");
+    std::fs::remove_file(pki.path("store/sub.pem")).unwrap();
     // A trust directory works as --trust FILE does.
     std::fs::create_dir_all(pki.path("anchors")).unwrap();
     std::fs::copy(pki.path("root.pem"), pki.path("anchors/root.pem")).unwrap();
@@ -720,6 +761,26 @@ fn missing_intermediate_is_supplied_with_certs() {
         ],
     );
     assert_eq!(code(&out), Some(0), "{j}");
+    // Without --trust, the trust directory gives the anchors.
+    let out = run(Command::new(built("smime"))
+        .args([
+            "verify",
+            "--in",
+            s(&msg),
+            "--revocation",
+            "off",
+            "--certs",
+            s(&pki.path("sub.pem")),
+        ])
+        .env("SMIME_TRUST_DIR", pki.path("anchors"))
+        .env("SMIME_CERT_STORE", pki.path("store")));
+    assert_eq!(
+        code(&out),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("CN=root"));
 }
 
 #[test]
@@ -800,4 +861,105 @@ fn cross_certified_chain_validates_from_either_root() {
     assert_eq!(code(&out), Some(0), "{j}");
     let last = j["path"]["chain"].as_array().unwrap().last().unwrap()["subject"].clone();
     assert_eq!(last, "CN=root", "{j}");
+}
+
+#[test]
+fn ocsp_signed_by_the_ca_is_accepted_but_rogue_or_replayed_responses_are_not() {
+    let pki = Pki::new();
+    let ext = Pki::signer_ext("ivan@example.net", &pki.ocsp_aia());
+    pki.sub.issue("ivan", "ivan", &ext, None);
+    let msg = pki.sign("ivan", "ivan@example.net", false);
+    let root = pki.root_pem();
+    let hard = ["--trust", root.as_str(), "--revocation", "hard"];
+    let ocsp_source = format!("ocsp {}", pki.server.url("ocsp"));
+
+    pki.server.mode.store(OCSP_BY_CA, Ordering::SeqCst);
+    let (out, j) = pki.verify(&msg, &hard);
+    assert_eq!(code(&out), Some(0), "{j}");
+    assert_eq!(
+        j["path"]["revocation"]["certificates"][0]["source"], ocsp_source,
+        "{j}"
+    );
+
+    // A certificate of the same CA without id-kp-OCSPSigning may not answer for it.
+    pki.server.mode.store(OCSP_ROGUE, Ordering::SeqCst);
+    let (out, j) = pki.verify(&msg, &hard);
+    assert_eq!(code(&out), Some(1), "{j}");
+    let (check, _, detail) = failure(&j);
+    assert_eq!(check, "revocation-unknown", "{j}");
+    assert!(detail.contains("not acceptable"), "{detail}");
+
+    // The delegated responder settles it...
+    pki.server.mode.store(OCSP_DELEGATED, Ordering::SeqCst);
+    let (out, j) = pki.verify(&msg, &hard);
+    assert_eq!(code(&out), Some(0), "{j}");
+
+    // ...but that good answer, replayed, is not an answer to a new request (another
+    // nonce).
+    pki.server.mode.store(OCSP_REPLAY, Ordering::SeqCst);
+    let (out, j) = pki.verify(&msg, &hard);
+    assert_eq!(code(&out), Some(1), "{j}");
+    let (check, _, detail) = failure(&j);
+    assert_eq!(check, "revocation-unknown", "{j}");
+    assert!(detail.contains("nonce"), "{detail}");
+    let (out, j) = pki.verify(&msg, &["--trust", root.as_str(), "--revocation", "soft"]);
+    assert_eq!(code(&out), Some(0), "{j}");
+    assert_eq!(j["path"]["revocation"]["status"], "unknown", "{j}");
+}
+
+#[test]
+fn signature_made_before_the_signer_was_valid_fails_the_signing_time_check() {
+    let pki = Pki::new();
+    let root = pki.root_pem();
+    // Valid from 10 days ago; the message says it was signed 40 days ago (openssl run
+    // under faketime writes that signingTime).
+    pki.sub.issue(
+        "past",
+        "past",
+        &Pki::signer_ext("past@example.net", ""),
+        Some((date(-10), date(20))),
+    );
+    std::fs::write(
+        pki.path("body.txt"),
+        "Content-Type: text/plain\r\n\r\nhello\r\n",
+    )
+    .unwrap();
+    let out = run(Command::new("faketime")
+        .args([
+            "-f", "-40d", "openssl", "cms", "-sign", "-in", "body.txt", "-signer", "past.pem",
+        ])
+        .args([
+            "-inkey",
+            "past.key",
+            "-certfile",
+            "sub.pem",
+            "-from",
+            "past@example.net",
+        ])
+        .args([
+            "-to",
+            "bob@example.net",
+            "-subject",
+            "old",
+            "-out",
+            "past-signed.eml",
+        ])
+        .current_dir(pki.dir.path()));
+    assert!(
+        out.status.success(),
+        "faketime openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (out, j) = pki.verify(
+        &pki.path("past-signed.eml"),
+        &["--trust", &root, "--revocation", "off"],
+    );
+    assert_eq!(code(&out), Some(1), "{j}");
+    let (check, at, detail) = failure(&j);
+    assert_eq!(
+        (check.as_str(), at.as_str()),
+        ("validity", "signing-time"),
+        "{j}"
+    );
+    assert!(detail.contains("not yet valid"), "{detail}");
 }
