@@ -936,7 +936,11 @@ impl Inputs<'_> {
                         if let Some(src) = &r.source {
                             f.detail = format!("{} (source: {src})", f.detail);
                         } else if !r.notes.is_empty() {
-                            f.detail = format!("{}: {}", f.detail, r.notes.join("; "));
+                            f.detail = format!(
+                                "the revocation status of \"{}\" could not be determined: {}",
+                                r.subject,
+                                r.notes.join("; ")
+                            );
                         }
                     }
                     revocation_failure.get_or_insert((Some(f), Some(chain), rev));

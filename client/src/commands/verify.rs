@@ -14,7 +14,7 @@ use crate::keys::certificate_emails;
 use crate::mime::{self, InputKind, Parsed};
 use crate::output::Output;
 use crate::store::CertStore;
-use crate::trust::{CrlCache, PolicySettings, Retrieval, RevocationMode, TrustPolicy};
+use crate::trust::{Check, CrlCache, PolicySettings, Retrieval, RevocationMode, TrustPolicy};
 
 /// The system's CA bundle (Debian's ca-certificates): the default anchors when neither
 /// --trust nor the trust directory gives any, and added by --system-trust.
@@ -337,6 +337,13 @@ pub(super) fn check(
     let verdict = Verdict { verified, from };
     if !no_chain && !verdict.verified.trusted {
         let message = match &verdict.verified.path {
+            Some(p)
+                if p.failure().is_some_and(|(_, f)| {
+                    matches!(f.check, Check::Revoked | Check::RevocationUnknown)
+                }) =>
+            {
+                format!("untrusted: {p}")
+            }
             Some(p) => {
                 format!("untrusted: the signer's certificate does not chain to a trusted CA: {p}")
             }

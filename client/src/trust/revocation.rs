@@ -247,6 +247,13 @@ pub(super) fn check(
                     .find(|(p, _)| *p == pos)
                     .map(|(_, u)| format!("crl {u}"))
             });
+            for (pos, url) in &fetched {
+                if ck.settled[*pos].is_none() {
+                    ck.notes[*pos].push(format!(
+                        "CRL {url}: not usable (not signed by the issuer, out of date, or not covering this certificate)"
+                    ));
+                }
+            }
         }
     }
     let open = ck.open();
