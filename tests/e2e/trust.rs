@@ -34,6 +34,8 @@ const OCSP_BY_CA: usize = 1;
 const OCSP_ROGUE: usize = 2;
 /// The previous response again (its nonce is the previous request's).
 const OCSP_REPLAY: usize = 3;
+/// A response made three days ago, valid for one day (stale).
+const OCSP_STALE: usize = 4;
 
 impl Server {
     fn start(dir: &Path) -> Self {
@@ -102,7 +104,14 @@ fn serve(
             OCSP_ROGUE => ("rogue.pem", "rogue.key"),
             _ => ("ocsp.pem", "ocsp.key"),
         };
-        let out = run(Command::new("openssl")
+        let mut cmd = if mode == OCSP_STALE {
+            let mut c = Command::new("faketime");
+            c.args(["-f", "-3d", "openssl"]);
+            c
+        } else {
+            Command::new("openssl")
+        };
+        let out = run(cmd
             .args([
                 "ocsp",
                 "-index",
@@ -962,4 +971,113 @@ fn signature_made_before_the_signer_was_valid_fails_the_signing_time_check() {
         "{j}"
     );
     assert!(detail.contains("not yet valid"), "{detail}");
+}
+
+#[test]
+fn stale_ocsp_responses_and_stale_crls_do_not_settle_the_status() {
+    let pki = Pki::new();
+    let ext = Pki::signer_ext(
+        "judy@example.net",
+        &format!("{}{}", pki.ocsp_aia(), pki.crl_dp()),
+    );
+    pki.sub.issue("judy", "judy", &ext, None);
+    let msg = pki.sign("judy", "judy@example.net", false);
+    let root = pki.root_pem();
+    let hard = ["--trust", root.as_str(), "--revocation", "hard"];
+    // sub.crl as published three days ago, valid for a day.
+    let out = run(Command::new("faketime")
+        .args([
+            "-f", "-3d", "openssl", "ca", "-config", "sub.cnf", "-gencrl", "-crldays", "1",
+        ])
+        .args(["-out", "sub.crl.pem"])
+        .current_dir(pki.dir.path()));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    openssl_in(
+        pki.dir.path(),
+        &[
+            "crl",
+            "-in",
+            "sub.crl.pem",
+            "-outform",
+            "DER",
+            "-out",
+            "sub.crl",
+        ],
+    );
+    pki.server.mode.store(OCSP_STALE, Ordering::SeqCst);
+    let (out, j) = pki.verify(&msg, &hard);
+    assert_eq!(code(&out), Some(1), "{j}");
+    let (check, _, detail) = failure(&j);
+    assert_eq!(check, "revocation-unknown", "{j}");
+    assert!(
+        detail.contains("OCSP") && detail.contains("not acceptable"),
+        "{detail}"
+    );
+    assert!(detail.contains("sub.crl: not usable"), "{detail}");
+    // The stale CRL is not reused from the cache: the next run fetches it again.
+    let gets = pki.server.gets.load(Ordering::SeqCst);
+    let (out, _) = pki.verify(&msg, &hard);
+    assert_eq!(code(&out), Some(1));
+    assert!(
+        pki.server.gets.load(Ordering::SeqCst) > gets,
+        "a stale CRL came from the cache"
+    );
+    // A fresh CRL settles it (the responder still answers stale), and is then cached.
+    pki.sub.crl();
+    let (out, j) = pki.verify(&msg, &hard);
+    assert_eq!(code(&out), Some(0), "{j}");
+    assert_eq!(
+        j["path"]["revocation"]["certificates"][0]["source"],
+        format!("crl {}", pki.server.url("sub.crl")),
+        "{j}"
+    );
+}
+
+#[test]
+fn system_trust_adds_to_trust_and_bad_options_are_usage_errors() {
+    let pki = Pki::new();
+    pki.sub
+        .issue("kim", "kim", &Pki::signer_ext("kim@example.net", ""), None);
+    let msg = pki.sign("kim", "kim@example.net", false);
+    let root = pki.root_pem();
+    // The system bundle comes with ca-certificates (scripts/deps.sh).
+    assert!(Path::new("/etc/ssl/certs/ca-certificates.crt").exists());
+    let (out, j) = pki.verify(&msg, &["--trust", &root, "--system-trust", "--offline"]);
+    assert_eq!(code(&out), Some(0), "{j}");
+    // Offline, no CRL: soft mode passes with the status unknown.
+    assert_eq!(j["path"]["revocation"]["status"], "unknown", "{j}");
+    // Only the system bundle: our root is not in it.
+    {
+        let out = run(Command::new(built("smime"))
+            .args(["verify", "--in", s(&msg), "--revocation", "off", "--json"])
+            .env("SMIME_TRUST_DIR", pki.path("no-trust-dir"))
+            .env("SMIME_CERT_STORE", pki.path("store")));
+        assert_eq!(code(&out), Some(1));
+    }
+    for (args, what) in [
+        (
+            vec!["--trust", &root, "--ocsp-url", "https://127.0.0.1:1/"],
+            "https",
+        ),
+        (vec!["--trust", s(&pki.path("body.txt"))], "no certificate"),
+        (vec!["--trust", s(&pki.path("store"))], "empty directory"),
+    ] {
+        std::fs::create_dir_all(pki.path("store")).unwrap();
+        let out = run(Command::new(built("smime"))
+            .args(["verify", "--in", s(&msg)])
+            .args(&args)
+            .env("SMIME_CERT_STORE", pki.path("store")));
+        assert_eq!(
+            code(&out),
+            Some(2),
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim_end().lines().count(), 1, "{what}: {err}");
+    }
 }
