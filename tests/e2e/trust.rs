@@ -1081,3 +1081,28 @@ fn system_trust_adds_to_trust_and_bad_options_are_usage_errors() {
         assert_eq!(err.trim_end().lines().count(), 1, "{what}: {err}");
     }
 }
+
+#[test]
+fn revoked_intermediate_fails_and_names_the_intermediate() {
+    let pki = Pki::new();
+    pki.sub.issue(
+        "liam",
+        "liam",
+        &Pki::signer_ext("liam@example.net", &pki.crl_dp()),
+        None,
+    );
+    let msg = pki.sign("liam", "liam@example.net", false);
+    let root = pki.root_pem();
+    pki.root.revoke(&pki.path("sub.pem"));
+    pki.publish_crls();
+    let (out, j) = pki.verify(&msg, &["--trust", &root, "--revocation", "soft"]);
+    assert_eq!(code(&out), Some(1), "{j}");
+    let (check, _, detail) = failure(&j);
+    assert_eq!(check, "revoked", "{j}");
+    assert_eq!(j["failure"]["certificate"], "CN=sub", "{j}");
+    assert_eq!(j["failure"]["index"], 1, "{j}");
+    assert!(
+        detail.contains(&format!("source: crl {}", pki.server.url("root.crl"))),
+        "{detail}"
+    );
+}
