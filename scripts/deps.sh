@@ -18,6 +18,7 @@ APT_PACKAGES=(
     util-linux        # setpriv, to run a client as another user
     procps            # kill(1), used by the tests to signal the agent
     time              # /usr/bin/time -f %M: peak memory of the streaming tests
+    faketime          # a signingTime in the past (tests/e2e/trust.rs)
     systemd           # systemd-socket-activate, to test socket activation
     ca-certificates curl  # rustup, if Rust is missing
 )

@@ -147,9 +147,11 @@ pub struct VerifyArgs {
     /// verdict goes to standard error.
     #[arg(long = "out", short = 'o', value_name = "FILE")]
     pub output: Option<PathBuf>,
-    /// Trusted CA certificates (PEM or DER, repeatable). The signer's certificate must
-    /// chain to one of them. Default: the system's CA bundle.
-    #[arg(long, value_name = "CA.pem")]
+    /// Trusted CA certificates (PEM or DER file, or a directory of them; repeatable). The
+    /// signer's certificate must chain to one of them. Default: the certificates in
+    /// $SMIME_TRUST_DIR, else $XDG_CONFIG_HOME/smime/trust/ (~/.config/smime/trust/), if
+    /// any; else the system's CA bundle.
+    #[arg(long, value_name = "FILE|DIR")]
     pub trust: Vec<PathBuf>,
     /// Check only the signature and the signer certificate's validity period, not its
     /// chain (like `openssl cms -verify -noverify`). The verdict says so.
@@ -182,19 +184,33 @@ pub struct PathArgs {
     /// anyPolicy in CA certificates is not honoured (initial-any-policy-inhibit).
     #[arg(long)]
     pub inhibit_any_policy: bool,
-    /// Extra intermediate CA certificates (PEM or DER; repeatable), for messages that lack
-    /// them.
-    #[arg(long = "certs", value_name = "FILE")]
+    /// Extra intermediate CA certificates (PEM or DER file, or a directory of them;
+    /// repeatable), for messages that lack them. The CA certificates of the certificate
+    /// store are used too.
+    #[arg(long = "certs", value_name = "FILE|DIR")]
     pub certs: Vec<PathBuf>,
     /// CRLs (DER or PEM file, or a directory of them; repeatable), besides those in the
     /// message.
     #[arg(long = "crl", value_name = "FILE|DIR")]
     pub crls: Vec<PathBuf>,
     /// Revocation checking: off; soft (a revoked certificate fails, unknown status passes
-    /// and is reported); hard (unknown status fails too). Only CRLs are used so far (the
-    /// message's and --crl); nothing is fetched.
+    /// and is reported); hard (unknown status fails too). Sources, in order: the message's
+    /// CRLs and --crl, cached CRLs, OCSP (--ocsp-url or the certificate's AIA), CRLs fetched
+    /// from http distribution points (cached in $SMIME_CRL_CACHE, else
+    /// $XDG_CACHE_HOME/smime/crls, until their nextUpdate).
     #[arg(long, value_enum, default_value = "soft")]
     pub revocation: Revocation,
+    /// OCSP responder (http URL) to ask about every certificate of the path, instead of
+    /// the one named in each certificate's authorityInfoAccess.
+    #[arg(long, value_name = "URL")]
+    pub ocsp_url: Option<String>,
+    /// Use no network for revocation: only the message's CRLs, --crl and cached CRLs.
+    #[arg(long)]
+    pub offline: bool,
+    /// Also trust the system's CA bundle (/etc/ssl/certs/ca-certificates.crt) besides
+    /// --trust.
+    #[arg(long)]
+    pub system_trust: bool,
 }
 
 /// `--revocation`.
@@ -321,7 +337,7 @@ pub struct DecryptArgs {
     /// The decrypted message must be signed; verify it and output its content.
     #[arg(long)]
     pub verify: bool,
-    /// With --verify: trusted CA certificates (default: the system's CA bundle).
+    /// With --verify: trusted CA certificates (file or directory; default as for `verify`).
     #[arg(long, value_name = "CA.pem")]
     pub trust: Vec<PathBuf>,
     /// With --verify: do not check the signer's chain.

@@ -37,8 +37,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use certval::{
     CertFile, CertSource, CertVector as _, CertificationPath, CertificationPathResults,
     CertificationPathSettings, MemoryCrlSource, PDVCertificate, PDVTrustAnchorChoice,
-    PathValidationStatus, PkiEnvironment, TaSource, TimeOfInterest, check_revocation_local,
-    compare_names, get_certificate_from_trust_anchor, get_trust_anchor_name, parse_cert,
+    PathValidationStatus, PkiEnvironment, TaSource, TimeOfInterest, compare_names,
+    get_certificate_from_trust_anchor, get_trust_anchor_name, parse_cert,
 };
 use const_oid::ObjectIdentifier;
 use const_oid::db::rfc5280::{ANY_EXTENDED_KEY_USAGE, ID_KP_EMAIL_PROTECTION};
@@ -48,6 +48,12 @@ use x509_cert::certificate::{CertificateInner, Raw};
 use x509_cert::ext::pkix::{ExtendedKeyUsage, KeyUsage};
 
 use crate::cms::{CheckedAt, fmt_time};
+
+pub mod fetch;
+mod revocation;
+
+pub use fetch::CrlCache;
+pub use revocation::{CertRevocation, Retrieval};
 
 /// The anyPolicy OID (RFC 5280 §4.2.1.4).
 pub const ANY_POLICY: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.32.0");
@@ -114,6 +120,8 @@ pub struct TrustPolicy {
     pub policy: PolicySettings,
     /// Revocation checking.
     pub revocation: RevocationMode,
+    /// Fetching revocation data (OCSP, CRL distribution points) and the CRL cache.
+    pub retrieval: Retrieval,
 }
 
 /// The role of a certificate in a chain.
@@ -280,6 +288,8 @@ pub struct PathVerdict {
     pub revocation_mode: RevocationMode,
     /// See [`RevocationStatus`].
     pub revocation: RevocationStatus,
+    /// Per certificate of the path below the anchor (signer first): status and source.
+    pub revocation_certs: Vec<CertRevocation>,
     /// The policy inputs used.
     pub policy: PolicySettings,
 }
@@ -295,6 +305,22 @@ impl PathVerdict {
         self.checks
             .iter()
             .find_map(|c| c.failure.as_ref().map(|f| (c, f)))
+    }
+
+    /// Where the revocation status came from: the sources of the certificates' statuses,
+    /// deduplicated (`crl (message or --crl)`, `crl-cache URL`, `crl URL`, `ocsp URL`).
+    pub fn revocation_source(&self) -> Option<String> {
+        let mut out: Vec<&str> = Vec::new();
+        for s in self
+            .revocation_certs
+            .iter()
+            .filter_map(|r| r.source.as_deref())
+        {
+            if !out.contains(&s) {
+                out.push(s);
+            }
+        }
+        (!out.is_empty()).then(|| out.join(", "))
     }
 
     /// The verdict as JSON: `valid`, `chain`, `checks`, `revocation`, `policy`, `failure`.
@@ -326,10 +352,14 @@ impl PathVerdict {
             "revocation": {
                 "mode": self.revocation_mode.to_string(),
                 "status": self.revocation.name(),
-                "source": match self.revocation {
-                    RevocationStatus::Good | RevocationStatus::Revoked => Some("crl"),
-                    _ => None,
-                },
+                "source": self.revocation_source(),
+                "certificates": self.revocation_certs.iter().map(|r| serde_json::json!({
+                    "index": r.index,
+                    "subject": r.subject,
+                    "status": r.status.name(),
+                    "source": r.source,
+                    "notes": r.notes,
+                })).collect::<Vec<_>>(),
             },
             "policy": {
                 "initial": self.policy.initial_set(),
@@ -593,7 +623,7 @@ fn failure_from(
         S::RevocationStatusNotDetermined => (
             Check::RevocationUnknown,
             format!(
-                "the revocation status of {who} could not be determined (no usable CRL; delta CRLs, indirect CRLs, CRLs signed with another key than the certificate and reason-partitioned CRLs are not supported yet)"
+                "the revocation status of {who} could not be determined (no CRL or OCSP response settled it; delta CRLs, indirect CRLs, CRLs signed with another key than the certificate and reason-partitioned CRLs are not supported)"
             ),
         ),
         S::NoPathsFound | S::MissingTrustAnchor => {
@@ -673,6 +703,7 @@ impl TrustPolicy {
             checks: Vec::new(),
             revocation_mode: self.revocation,
             revocation: RevocationStatus::NotChecked,
+            revocation_certs: Vec::new(),
             policy: self.policy.clone(),
         };
         let usage = signer_key_usage_ok(signer).err().map(|why| PathFailure {
@@ -694,9 +725,10 @@ impl TrustPolicy {
                 verdict.chain = chain;
             }
             if at == CheckedAt::Now
-                && let Some(r) = revocation
+                && let Some((r, certs)) = revocation
             {
                 verdict.revocation = r;
+                verdict.revocation_certs = certs;
             }
             verdict.checks.push(TimeCheck { at, time, failure });
         }
@@ -707,7 +739,7 @@ impl TrustPolicy {
 type AtResult = (
     Option<PathFailure>,
     Option<Vec<ChainCert>>,
-    Option<RevocationStatus>,
+    Option<(RevocationStatus, Vec<CertRevocation>)>,
 );
 
 impl Inputs<'_> {
@@ -738,7 +770,10 @@ impl Inputs<'_> {
         Ok(cps)
     }
 
-    fn environment(&self, cps: &CertificationPathSettings) -> Result<PkiEnvironment, String> {
+    fn environment(
+        &self,
+        cps: &CertificationPathSettings,
+    ) -> Result<(PkiEnvironment, MemoryCrlSource), String> {
         let mut pe = PkiEnvironment::new();
         pe.populate_5280_pki_environment();
         let mut ta = TaSource::new();
@@ -766,8 +801,8 @@ impl Inputs<'_> {
         for c in &self.crls {
             crls.add(c);
         }
-        pe.add_crl_source(Box::new(crls));
-        Ok(pe)
+        pe.add_crl_source(Box::new(crls.clone()));
+        Ok((pe, crls))
     }
 
     fn validate_at(
@@ -778,10 +813,10 @@ impl Inputs<'_> {
         time: SystemTime,
     ) -> AtResult {
         let setup = self.settings(at, time).and_then(|cps| {
-            let pe = self.environment(&cps)?;
-            Ok((cps, pe))
+            let (pe, crls) = self.environment(&cps)?;
+            Ok((cps, pe, crls))
         });
-        let (cps, pe) = match setup {
+        let (cps, pe, crls) = match setup {
             Ok(x) => x,
             Err(e) => return (Some(general(Check::Other, e)), None, None),
         };
@@ -852,38 +887,63 @@ impl Inputs<'_> {
                 first_failure.get_or_insert((Some(f), Some(chain), None));
                 continue;
             }
-            if !cps.get_check_revocation_status() {
-                return (None, Some(chain), Some(RevocationStatus::NotChecked));
+            if !cps.get_check_revocation_status() || pe.is_cert_a_trust_anchor(&path.target).is_ok()
+            {
+                return (
+                    None,
+                    Some(chain),
+                    Some((RevocationStatus::NotChecked, Vec::new())),
+                );
             }
-            if pe.is_cert_a_trust_anchor(&path.target).is_ok() {
-                return (None, Some(chain), Some(RevocationStatus::NotChecked));
+            let mut outcome =
+                revocation::check(&pe, &cps, &crls, path, &self.policy.retrieval, time);
+            if outcome.status == RevocationStatus::Good
+                && let Some(index) = self.delta_crl_for(path)
+            {
+                // Delta CRLs are not processed: the base CRL alone does not settle it.
+                outcome.status = RevocationStatus::Unknown;
+                outcome.failure =
+                    Some((index, PathValidationStatus::RevocationStatusNotDetermined));
+                let n = outcome.certs.len();
+                if let Some(r) = outcome
+                    .certs
+                    .iter_mut()
+                    .find(|r| r.index + index as usize == n)
+                {
+                    r.status = RevocationStatus::Unknown;
+                    r.source = None;
+                    r.notes
+                        .push("a delta CRL applies (not supported)".to_owned());
+                }
             }
-            let revocation = check_revocation_local(&pe, &cps, path, &mut cpr).and_then(|()| {
-                match self.delta_crl_for(path) {
-                    Some(index) => {
-                        cpr.set_failure_index(index);
-                        Err(certval::Error::PathValidation(
-                            PathValidationStatus::RevocationStatusNotDetermined,
-                        ))
+            let rev = Some((outcome.status, outcome.certs.clone()));
+            match outcome.failure {
+                None => return (None, Some(chain), rev),
+                Some(_)
+                    if outcome.status == RevocationStatus::Unknown
+                        && self.policy.revocation == RevocationMode::Soft =>
+                {
+                    return (None, Some(chain), rev);
+                }
+                Some((index, status)) => {
+                    cpr.set_failure_index(index);
+                    cpr.set_validation_status(status);
+                    let mut f = failed(&cpr, certval::Error::PathValidation(status));
+                    if let Some(r) = f
+                        .index
+                        .and_then(|i| outcome.certs.iter().find(|r| r.index == i))
+                    {
+                        if let Some(src) = &r.source {
+                            f.detail = format!("{} (source: {src})", f.detail);
+                        } else if !r.notes.is_empty() {
+                            f.detail = format!(
+                                "the revocation status of \"{}\" could not be determined: {}",
+                                r.subject,
+                                r.notes.join("; ")
+                            );
+                        }
                     }
-                    None => Ok(()),
-                }
-            });
-            match revocation {
-                Ok(()) => return (None, Some(chain), Some(RevocationStatus::Good)),
-                Err(certval::Error::PathValidation(
-                    PathValidationStatus::RevocationStatusNotDetermined,
-                )) if self.policy.revocation == RevocationMode::Soft => {
-                    return (None, Some(chain), Some(RevocationStatus::Unknown));
-                }
-                Err(e) => {
-                    let f = failed(&cpr, e);
-                    let status = if f.check == Check::Revoked {
-                        RevocationStatus::Revoked
-                    } else {
-                        RevocationStatus::Unknown
-                    };
-                    revocation_failure.get_or_insert((Some(f), Some(chain), Some(status)));
+                    revocation_failure.get_or_insert((Some(f), Some(chain), rev));
                 }
             }
         }

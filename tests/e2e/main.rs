@@ -9,3 +9,4 @@ mod ops;
 mod python;
 mod sign;
 mod smime_mail;
+mod trust;

@@ -16,10 +16,55 @@ use crate::keys::certificate_emails;
 use crate::mime::{self, InputKind, stream::Incoming};
 use crate::output::Output;
 use crate::store::CertStore;
-use crate::trust::{PolicySettings, RevocationMode, TrustPolicy};
+use crate::trust::{Check, CrlCache, PolicySettings, Retrieval, RevocationMode, TrustPolicy};
 
-/// The system's CA bundle (Debian's ca-certificates), used when no --trust is given.
+/// The system's CA bundle (Debian's ca-certificates): the default anchors when neither
+/// --trust nor the trust directory gives any, and added by --system-trust.
 const SYSTEM_ANCHORS: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// The directory of anchors used when --trust is not given: `$SMIME_TRUST_DIR`, else
+/// `$XDG_CONFIG_HOME/smime/trust`, else `~/.config/smime/trust`.
+fn trust_dir() -> Option<PathBuf> {
+    let env = |n| {
+        std::env::var_os(n)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    env("SMIME_TRUST_DIR").or_else(|| {
+        env("XDG_CONFIG_HOME")
+            .or_else(|| env("HOME").map(|h| h.join(".config")))
+            .map(|c| c.join("smime/trust"))
+    })
+}
+
+/// The certificates in `paths`: PEM or DER files, or directories of them (every file in
+/// a directory that holds certificates; others are skipped).
+fn load_cert_paths(paths: &[PathBuf]) -> Result<Vec<Certificate>, Failure> {
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            out.extend(load_cert_dir(p)?);
+        } else {
+            out.extend(load_certs(std::slice::from_ref(p))?);
+        }
+    }
+    Ok(out)
+}
+
+fn load_cert_dir(dir: &Path) -> Result<Vec<Certificate>, Failure> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))
+        .map_err(Failure::Usage)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    Ok(files
+        .iter()
+        .filter_map(|f| load_certs(std::slice::from_ref(f)).ok())
+        .flatten()
+        .collect())
+}
 
 /// The anchors `--trust`/`--no-chain` ask for.
 pub(super) fn trust_anchors(
@@ -27,10 +72,29 @@ pub(super) fn trust_anchors(
     no_chain: bool,
 ) -> Result<Vec<Certificate>, Failure> {
     if !trust.is_empty() {
-        load_certs(trust)
-    } else if no_chain {
-        Ok(vec![])
-    } else if Path::new(SYSTEM_ANCHORS).exists() {
+        let anchors = load_cert_paths(trust)?;
+        if anchors.is_empty() {
+            return Err(Failure::Usage(anyhow!(
+                "--trust: no certificate found in {}",
+                trust
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        return Ok(anchors);
+    }
+    if no_chain {
+        return Ok(vec![]);
+    }
+    if let Some(dir) = trust_dir().filter(|d| d.is_dir()) {
+        let anchors = load_cert_dir(&dir)?;
+        if !anchors.is_empty() {
+            return Ok(anchors);
+        }
+    }
+    if Path::new(SYSTEM_ANCHORS).exists() {
         load_certs(&[PathBuf::from(SYSTEM_ANCHORS)])
     } else {
         Err(Failure::Usage(anyhow!(
@@ -39,15 +103,44 @@ pub(super) fn trust_anchors(
     }
 }
 
+/// CA certificates of the local certificate store, as intermediates (a store that cannot
+/// be read adds nothing).
+fn store_intermediates() -> Vec<Certificate> {
+    use x509_cert::ext::pkix::BasicConstraints;
+    CertStore::default_location()
+        .and_then(|s| s.all())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| {
+            matches!(
+                c.tbs_certificate().get_extension::<BasicConstraints>(),
+                Ok(Some((_, bc))) if bc.ca
+            )
+        })
+        .collect()
+}
+
 /// The trust policy for `anchors` with the `--policy`/`--crl`/... settings; `None` with
 /// `--no-chain`.
 pub(super) fn trust_policy(
-    anchors: Vec<Certificate>,
+    mut anchors: Vec<Certificate>,
     no_chain: bool,
     path: &PathArgs,
 ) -> Result<Option<TrustPolicy>, Failure> {
     if no_chain {
         return Ok(None);
+    }
+    if path.system_trust {
+        if !Path::new(SYSTEM_ANCHORS).exists() {
+            return Err(Failure::Usage(anyhow!(
+                "--system-trust: {SYSTEM_ANCHORS} does not exist (install ca-certificates)"
+            )));
+        }
+        for c in load_certs(&[PathBuf::from(SYSTEM_ANCHORS)])? {
+            if !anchors.contains(&c) {
+                anchors.push(c);
+            }
+        }
     }
     let mut crls = Vec::new();
     for p in &path.crls {
@@ -57,9 +150,23 @@ pub(super) fn trust_policy(
                 .map_err(Failure::Usage)?,
         );
     }
+    if let Some(url) = &path.ocsp_url
+        && !url.to_ascii_lowercase().starts_with("http://")
+    {
+        return Err(Failure::Usage(anyhow!(
+            "--ocsp-url {url}: only http:// responders are supported"
+        )));
+    }
+    let mut intermediates = load_cert_paths(&path.certs)?;
+    intermediates.extend(store_intermediates());
+    let revocation = match path.revocation {
+        Revocation::Off => RevocationMode::Off,
+        Revocation::Soft => RevocationMode::Soft,
+        Revocation::Hard => RevocationMode::Hard,
+    };
     Ok(Some(TrustPolicy {
         anchors,
-        intermediates: load_certs(&path.certs)?,
+        intermediates,
         crls,
         policy: PolicySettings {
             initial_policies: path.policies.clone(),
@@ -67,10 +174,11 @@ pub(super) fn trust_policy(
             inhibit_policy_mapping: path.inhibit_policy_mapping,
             inhibit_any_policy: path.inhibit_any_policy,
         },
-        revocation: match path.revocation {
-            Revocation::Off => RevocationMode::Off,
-            Revocation::Soft => RevocationMode::Soft,
-            Revocation::Hard => RevocationMode::Hard,
+        revocation,
+        retrieval: Retrieval {
+            fetch: !path.offline && revocation != RevocationMode::Off,
+            ocsp_url: path.ocsp_url.clone(),
+            cache: Some(CrlCache::default_location()),
         },
     }))
 }
@@ -105,11 +213,22 @@ fn rejection_json(e: &anyhow::Error) -> serde_json::Value {
                 Some(cms::Error::UnsupportedAlgorithm(_)) => "algorithm",
                 _ => "signature",
             };
+            // Which time the signer's validity period failed at: now or the signing time.
+            let at = match e.downcast_ref::<cms::Error>() {
+                Some(
+                    cms::Error::CertExpired { which, .. }
+                    | cms::Error::CertNotYetValid { which, .. },
+                ) => Some(match which {
+                    cms::CheckedAt::Now => "now",
+                    cms::CheckedAt::SigningTime => "signing-time",
+                }),
+                _ => None,
+            };
             serde_json::json!({
                 "valid": false,
                 "trusted": false,
                 "error": format!("{e:#}"),
-                "failure": { "check": check, "detail": format!("{e:#}") },
+                "failure": { "check": check, "at": at, "detail": format!("{e:#}") },
             })
         }
     }
@@ -271,6 +390,13 @@ pub(super) fn check(
     let verdict = Verdict { verified, from };
     if !no_chain && !verdict.verified.trusted {
         let message = match &verdict.verified.path {
+            Some(p)
+                if p.failure().is_some_and(|(_, f)| {
+                    matches!(f.check, Check::Revoked | Check::RevocationUnknown)
+                }) =>
+            {
+                format!("untrusted: {p}")
+            }
             Some(p) => {
                 format!("untrusted: the signer's certificate does not chain to a trusted CA: {p}")
             }
@@ -400,6 +526,38 @@ fn verdict_json(v: &Verdict) -> serde_json::Value {
     })
 }
 
+/// The revocation status with its source, or why it is unknown.
+fn revocation_note(p: &crate::trust::PathVerdict) -> String {
+    use crate::trust::RevocationStatus;
+    let mut s = p.revocation.name().to_owned();
+    match p.revocation {
+        RevocationStatus::NotChecked if p.revocation_mode == RevocationMode::Off => {
+            s.push_str(" (--revocation off)");
+        }
+        RevocationStatus::Unknown => {
+            let why: Vec<String> = p
+                .revocation_certs
+                .iter()
+                .filter(|r| r.status == RevocationStatus::Unknown)
+                .map(|r| {
+                    if r.notes.is_empty() {
+                        format!("\"{}\": no CRL or OCSP response", r.subject)
+                    } else {
+                        format!("\"{}\": {}", r.subject, r.notes.join("; "))
+                    }
+                })
+                .collect();
+            s.push_str(&format!(" ({})", why.join("; ")));
+        }
+        _ => {
+            if let Some(src) = p.revocation_source() {
+                s.push_str(&format!(" (source: {src})"));
+            }
+        }
+    }
+    s
+}
+
 /// The verdict as one line, or as JSON.
 pub(super) fn describe(v: &Verdict, json: bool) -> String {
     let ks = crate::keys::KeySummary::from_certificate(&v.verified.signer);
@@ -412,7 +570,7 @@ pub(super) fn describe(v: &Verdict, json: bool) -> String {
             format!(
                 "certificate chains to a trusted CA: {}; revocation {}",
                 chain.join(" <- "),
-                p.revocation.name()
+                revocation_note(p)
             )
         }
         _ => "certificate NOT checked against a trust anchor (--no-chain)".to_owned(),
