@@ -346,4 +346,7 @@ pub struct DecryptArgs {
     /// Use only this key (as for `smime sign --key`). Default: every key that can decrypt.
     #[arg(long, short = 'k', value_name = "SEL")]
     pub key: Option<String>,
+    /// With --verify (and for `smime open`): certification path settings, as for `verify`.
+    #[command(flatten)]
+    pub path: PathArgs,
 }

@@ -89,7 +89,7 @@ pub(super) fn decrypt(cli: &Cli, a: &DecryptArgs, verify_inner: bool) -> Result<
         verify::trust_policy(
             verify::trust_anchors(&a.trust, a.no_chain)?,
             a.no_chain,
-            &crate::cli::PathArgs::default(),
+            &a.path,
         )?
     } else {
         None
