@@ -391,6 +391,19 @@ impl Pki {
 
     /// `openssl cms -sign`s a short mail From: `from` as `signer` (with `sub.pem` in the
     /// message unless `without_sub`); returns the S/MIME file.
+    /// Issues `NAME` (an S/MIME signer for NAME@example.net; `ext` adds CRL DP / AIA
+    /// lines) under the sub-CA and signs a message from NAME@example.net with it.
+    /// Returns the certificate and the message.
+    fn signed_by(&self, name: &str, ext: &str) -> (PathBuf, PathBuf) {
+        let cert = self.sub.issue(
+            name,
+            name,
+            &Pki::signer_ext(&format!("{name}@example.net"), ext),
+            None,
+        );
+        (cert, self.sign(name, &format!("{name}@example.net"), false))
+    }
+
     fn sign(&self, signer: &str, from: &str, without_sub: bool) -> PathBuf {
         std::fs::write(
             self.path("body.txt"),
@@ -463,16 +476,24 @@ fn failure(j: &serde_json::Value) -> (String, String, String) {
     )
 }
 
+/// Asserts that verification failed (exit 1, one line on stderr) at `check`, with every
+/// one of `needles` in the detail; returns the time it was checked at.
+fn rejected(out: &Output, j: &serde_json::Value, check: &str, needles: &[&str]) -> String {
+    assert_eq!(code(out), Some(1), "{j}");
+    let (got, at, detail) = failure(j);
+    assert_eq!(got, check, "{j}");
+    for n in needles {
+        assert!(detail.contains(n), "{n:?} not in {detail}");
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    at
+}
+
 #[test]
 fn good_signer_is_checked_by_crl_from_the_distribution_point_and_then_the_cache() {
     let pki = Pki::new();
-    pki.sub.issue(
-        "alice",
-        "alice",
-        &Pki::signer_ext("alice@example.net", &pki.crl_dp()),
-        None,
-    );
-    let msg = pki.sign("alice", "alice@example.net", false);
+    let (_, msg) = pki.signed_by("alice", &pki.crl_dp());
     let root = pki.root_pem();
     let (out, j) = pki.verify(&msg, &["--trust", &root, "--revocation", "hard"]);
     assert_eq!(code(&out), Some(0), "{j}");
@@ -531,13 +552,7 @@ fn good_signer_is_checked_by_crl_from_the_distribution_point_and_then_the_cache(
 #[test]
 fn revoked_signer_fails_by_crl_file_and_by_distribution_point() {
     let pki = Pki::new();
-    let mallory = pki.sub.issue(
-        "mallory",
-        "mallory",
-        &Pki::signer_ext("mallory@example.net", &pki.crl_dp()),
-        None,
-    );
-    let msg = pki.sign("mallory", "mallory@example.net", false);
+    let (mallory, msg) = pki.signed_by("mallory", &pki.crl_dp());
     let root = pki.root_pem();
     // Before revocation it is good.
     let (out, j) = pki.verify(
@@ -568,20 +583,8 @@ fn revoked_signer_fails_by_crl_file_and_by_distribution_point() {
         vec!["--trust", &root],
     ] {
         let (out, j) = pki.verify(&msg, &args);
-        assert_eq!(code(&out), Some(1), "{args:?}: {j}");
-        let (check, at, detail) = failure(&j);
-        assert_eq!(
-            (check.as_str(), at.as_str()),
-            ("revoked", "now"),
-            "{args:?}: {j}"
-        );
-        assert!(
-            detail.contains("CN=mallory") && detail.contains("source: crl"),
-            "{detail}"
-        );
-        assert!(
-            !String::from_utf8_lossy(&out.stderr).contains('\n') || out.stderr.ends_with(b"\n")
-        );
+        let at = rejected(&out, &j, "revoked", &["CN=mallory", "source: crl"]);
+        assert_eq!(at, "now", "{args:?}: {j}");
     }
     // sub.crl for mallory and root.crl for sub, once each.
     assert_eq!(pki.server.gets.load(Ordering::SeqCst), 2);
@@ -621,12 +624,11 @@ fn ocsp_good_and_revoked_with_a_delegated_responder() {
 
     let revoked = pki.sign("dave", "dave@example.net", false);
     let (out, j) = pki.verify(&revoked, &["--trust", &root, "--revocation", "soft"]);
-    assert_eq!(code(&out), Some(1), "{j}");
-    let (check, _, detail) = failure(&j);
-    assert_eq!(check, "revoked", "{j}");
-    assert!(
-        detail.contains("CN=dave") && detail.contains("source: ocsp http://127.0.0.1"),
-        "{detail}"
+    rejected(
+        &out,
+        &j,
+        "revoked",
+        &["CN=dave", "source: ocsp http://127.0.0.1"],
     );
 
     // --ocsp-url overrides the AIA: a responder that is down leaves carol's status
@@ -654,13 +656,7 @@ fn ocsp_responder_down_passes_soft_and_fails_hard() {
         "authorityInfoAccess=OCSP;URI:http://127.0.0.1:{}/ocsp\n",
         dead_port()
     );
-    pki.sub.issue(
-        "erin",
-        "erin",
-        &Pki::signer_ext("erin@example.net", &dead),
-        None,
-    );
-    let msg = pki.sign("erin", "erin@example.net", false);
+    let (_, msg) = pki.signed_by("erin", &dead);
     let root = pki.root_pem();
     let (out, j) = pki.verify(&msg, &["--trust", &root, "--revocation", "soft"]);
     assert_eq!(code(&out), Some(0), "{j}");
@@ -669,19 +665,13 @@ fn ocsp_responder_down_passes_soft_and_fails_hard() {
     let notes = rev["certificates"][0]["notes"].to_string();
     assert!(notes.contains("OCSP http://127.0.0.1"), "{notes}");
     let (out, j) = pki.verify(&msg, &["--trust", &root, "--revocation", "hard"]);
-    assert_eq!(code(&out), Some(1), "{j}");
-    let (check, at, detail) = failure(&j);
-    assert_eq!(
-        (check.as_str(), at.as_str()),
-        ("revocation-unknown", "now"),
-        "{j}"
+    let at = rejected(
+        &out,
+        &j,
+        "revocation-unknown",
+        &["CN=erin", "OCSP http://127.0.0.1"],
     );
-    assert!(
-        detail.contains("CN=erin") && detail.contains("OCSP http://127.0.0.1"),
-        "{detail}"
-    );
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert_eq!(at, "now", "{j}");
     // --revocation off does not look.
     let (out, j) = pki.verify(&msg, &["--trust", &root, "--revocation", "off"]);
     assert_eq!(code(&out), Some(0), "{j}");
@@ -829,13 +819,7 @@ fn cross_certified_chain_validates_from_either_root() {
     let other = Ca::root(pki.dir.path(), "other");
     std::fs::copy(pki.path("root.key"), pki.path("cross.key")).unwrap();
     other.issue("cross", "root", CA_EXT, None);
-    pki.sub.issue(
-        "hana",
-        "hana",
-        &Pki::signer_ext("hana@example.net", ""),
-        None,
-    );
-    let msg = pki.sign("hana", "hana@example.net", false);
+    let (_, msg) = pki.signed_by("hana", "");
     let other_pem = s(&pki.path("other.pem")).to_owned();
     // Trusting only the other root: the path needs the cross-certificate.
     let (out, j) = pki.verify(&msg, &["--trust", &other_pem, "--revocation", "off"]);
@@ -893,10 +877,7 @@ fn ocsp_signed_by_the_ca_is_accepted_but_rogue_or_replayed_responses_are_not() {
     // A certificate of the same CA without id-kp-OCSPSigning may not answer for it.
     pki.server.mode.store(OCSP_ROGUE, Ordering::SeqCst);
     let (out, j) = pki.verify(&msg, &hard);
-    assert_eq!(code(&out), Some(1), "{j}");
-    let (check, _, detail) = failure(&j);
-    assert_eq!(check, "revocation-unknown", "{j}");
-    assert!(detail.contains("not acceptable"), "{detail}");
+    rejected(&out, &j, "revocation-unknown", &["not acceptable"]);
 
     // The delegated responder settles it...
     pki.server.mode.store(OCSP_DELEGATED, Ordering::SeqCst);
@@ -907,10 +888,7 @@ fn ocsp_signed_by_the_ca_is_accepted_but_rogue_or_replayed_responses_are_not() {
     // nonce).
     pki.server.mode.store(OCSP_REPLAY, Ordering::SeqCst);
     let (out, j) = pki.verify(&msg, &hard);
-    assert_eq!(code(&out), Some(1), "{j}");
-    let (check, _, detail) = failure(&j);
-    assert_eq!(check, "revocation-unknown", "{j}");
-    assert!(detail.contains("nonce"), "{detail}");
+    rejected(&out, &j, "revocation-unknown", &["nonce"]);
     let (out, j) = pki.verify(&msg, &["--trust", root.as_str(), "--revocation", "soft"]);
     assert_eq!(code(&out), Some(0), "{j}");
     assert_eq!(j["path"]["revocation"]["status"], "unknown", "{j}");
@@ -1085,13 +1063,7 @@ fn system_trust_adds_to_trust_and_bad_options_are_usage_errors() {
 #[test]
 fn revoked_intermediate_fails_and_names_the_intermediate() {
     let pki = Pki::new();
-    pki.sub.issue(
-        "liam",
-        "liam",
-        &Pki::signer_ext("liam@example.net", &pki.crl_dp()),
-        None,
-    );
-    let msg = pki.sign("liam", "liam@example.net", false);
+    let (_, msg) = pki.signed_by("liam", &pki.crl_dp());
     let root = pki.root_pem();
     pki.root.revoke(&pki.path("sub.pem"));
     pki.publish_crls();

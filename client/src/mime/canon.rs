@@ -25,17 +25,7 @@ pub(super) fn prepare(input: &[u8]) -> Result<Prepared, MimeError> {
             inner: synthesize(&[], input),
         });
     }
-    let outer_headers = block
-        .fields
-        .iter()
-        .filter(|f| !header::is_content_field(&f.name))
-        .map(|f| (f.name.clone(), f.value.clone()))
-        .collect();
-    let content: Vec<&Field> = block
-        .fields
-        .iter()
-        .filter(|f| header::is_content_field(&f.name) && !f.is("mime-version"))
-        .collect();
+    let (outer_headers, content) = split_fields(&block);
     let body = &input[block.body_start..];
 
     let has_type = content.iter().any(|f| f.is("content-type"));
@@ -67,6 +57,23 @@ pub(super) fn prepare(input: &[u8]) -> Result<Prepared, MimeError> {
         outer_headers,
         inner,
     })
+}
+
+/// The message header fields that stay outside the signature (all but `Content-*` and
+/// `MIME-Version`), and the `Content-*` fields that go inside.
+pub(super) fn split_fields(block: &HeaderBlock) -> (Vec<(String, String)>, Vec<&Field>) {
+    let outer = block
+        .fields
+        .iter()
+        .filter(|f| !header::is_content_field(&f.name))
+        .map(|f| (f.name.clone(), f.value.clone()))
+        .collect();
+    let content = block
+        .fields
+        .iter()
+        .filter(|f| header::is_content_field(&f.name) && !f.is("mime-version"))
+        .collect();
+    (outer, content)
 }
 
 /// A field's bytes with CRLF line ends, always ending in CRLF.

@@ -305,17 +305,8 @@ fn prepare_streamed(input: &mut File) -> Result<Option<PreparedFile>, MimeError>
     if !s.clean || s.fragile || s.relabel {
         return Ok(None);
     }
-    let outer_headers = block
-        .fields
-        .iter()
-        .filter(|f| !header::is_content_field(&f.name))
-        .map(|f| (f.name.clone(), f.value.clone()))
-        .collect();
-    for f in block
-        .fields
-        .iter()
-        .filter(|f| header::is_content_field(&f.name) && !f.is("mime-version"))
-    {
+    let (outer_headers, content) = canon::split_fields(&block);
+    for f in content {
         spool
             .write_all(&canon::field_bytes(&prefix, f))
             .map_err(io_err)?;
