@@ -164,7 +164,8 @@ pub fn encapsulated_content(cms: &[u8]) -> Result<Option<Vec<u8>>, Error> {
 
 /// Turns what a user hands in into the binary encoding: DER or BER as is (checked to be one
 /// well-formed element; trailing whitespace/NULs allowed), PEM with the labels `CMS`,
-/// `PKCS7` or `PKCS #7 SIGNED DATA`, or bare base64 (an S/MIME `.p7s` body).
+/// `PKCS7`, `PKCS #7 SIGNED DATA` or `SIGNED MESSAGE` (gpgsm), or bare base64 (an S/MIME
+/// `.p7s` body).
 ///
 /// The result is the ContentInfo exactly as encoded, BER included: it is deliberately not
 /// re-encoded, because re-encoding could disturb the signed bytes.
@@ -176,7 +177,11 @@ pub fn parse_cms_input(bytes: &[u8]) -> Result<Vec<u8>, Error> {
     let text = bytes.trim_ascii();
     let decoded = if text.starts_with(b"-----BEGIN ") {
         let (label, der) = pem::decode_armor(text)?;
-        if !matches!(label.as_str(), "CMS" | "PKCS7" | "PKCS #7 SIGNED DATA") {
+        // SIGNED MESSAGE: what gpgsm (and git's x509 signatures) use.
+        if !matches!(
+            label.as_str(),
+            "CMS" | "PKCS7" | "PKCS #7 SIGNED DATA" | "SIGNED MESSAGE"
+        ) {
             return Err(malformed(format!(
                 "unexpected PEM label {label:?} (want CMS or PKCS7)"
             )));
