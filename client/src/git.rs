@@ -76,6 +76,9 @@ trusted: a good signature is reported with TRUST_UNDEFINED (git shows `U`); with
 chain TRUST_FULLY (git shows `G`). git accepts `U` unless gpg.minTrustLevel is set (e.g.
 `git config gpg.minTrustLevel fully`).
 
+`smime` run with `--status-fd` as its first argument behaves as smime-git, so
+gpg.x509.program may also be `smime`.
+
 Agent: $SMIME_AGENT_SOCK, else $XDG_RUNTIME_DIR/smime-agent/agent.sock (or --socket); an
 agent is started if none runs, as for `smime`.
 

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use smime_tests::{
-    Agent, Gpgsm, SoftCa, SoftKey, Token, assert_ok, base64_decode, built, run, run_stdin, s,
-    sha1_fingerprint,
+    Agent, Gpgsm, SoftCa, SoftKey, Token, assert_ok, base64_decode, built, openssl_in, run,
+    run_stdin, s, sha1_fingerprint,
 };
 
 /// A git repository in a temporary directory, with a private HOME (no user or system
@@ -462,5 +462,153 @@ fn smime_git_status_lines_and_failures() {
     assert!(
         help.contains("gpg.x509.program") && help.contains("SMIME_TRUST"),
         "{help}"
+    );
+}
+
+#[test]
+fn gpgsm_and_smime_git_read_each_others_git_signatures() {
+    let token = Token::new();
+    let gpgsm = Gpgsm::with_token(&token);
+    let agent = Agent::start(&token);
+    let ca = token.file("ca.pem");
+    let bob_fpr = sha1_fingerprint(&token.file("bob-rsa.pem"));
+    let mut repo = Repo::new(&agent, "Bob Example", "bob@example.org");
+    repo.env
+        .push(("GNUPGHOME".to_owned(), gpgsm.home().as_os_str().to_owned()));
+    repo.env.push((
+        "SOFTHSM2_CONF".to_owned(),
+        gpgsm.home().join("softhsm2.conf").into(),
+    ));
+    assert_ok(
+        &repo.git(&["config", "user.signingkey", &bob_fpr]),
+        "git config user.signingkey",
+    );
+    let with_gpgsm = ["-c", "gpg.x509.program=gpgsm"];
+
+    // smime-git signs, gpgsm verifies for git.
+    repo.signed_commit("a.txt", "signed by smime-git", &[]);
+    let mut args = with_gpgsm.to_vec();
+    args.extend(["log", "-1", "--format=%G? %GF"]);
+    let out = repo.git(&args);
+    assert_ok(&out, "git log with gpgsm verifying");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("G {bob_fpr}"),
+        "gpgsm's verdict on smime-git's commit: {}",
+        stderr(&out)
+    );
+
+    // gpgsm signs (on the same token, through gnupg-pkcs11-scd), smime-git verifies.
+    std::fs::write(repo.work().join("b.txt"), "b\n").unwrap();
+    assert_ok(&repo.git(&["add", "b.txt"]), "git add");
+    let mut args = with_gpgsm.to_vec();
+    args.extend(["commit", "-q", "-S", "-m", "signed by gpgsm"]);
+    let out = repo.git(&args);
+    assert_ok(&out, "git commit -S with gpgsm");
+    assert_eq!(
+        repo.log("%G? %GF", "HEAD", Some(&ca)),
+        format!("G {bob_fpr}")
+    );
+    assert_ok(
+        &repo.git_with(&["verify-commit", "HEAD"], Some(&ca), b""),
+        "smime-git verifying gpgsm's commit",
+    );
+    // And both agree on the earlier one.
+    assert_eq!(repo.log("%G?", "HEAD~1", Some(&ca)), "G");
+}
+
+#[test]
+fn a_signature_by_an_expired_certificate_is_expkeysig() {
+    // OpenSSL signs with a certificate that expired in 2020; smime-git says EXPKEYSIG.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca = SoftCa::new(d, "old");
+    std::fs::write(
+        d.join("ca.cnf"),
+        "[ca]\ndefault_ca = c\n[c]\ndatabase = index.txt\nnew_certs_dir = .\nserial = serial\n\
+         default_md = sha256\npolicy = p\nx509_extensions = ext\n[p]\ncommonName = supplied\n\
+         [ext]\nbasicConstraints = CA:FALSE\nkeyUsage = digitalSignature\n\
+         extendedKeyUsage = emailProtection\nsubjectAltName = email:old@example.org\n",
+    )
+    .unwrap();
+    std::fs::write(d.join("index.txt"), "").unwrap();
+    std::fs::write(d.join("serial"), "01\n").unwrap();
+    openssl_in(
+        d,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "exp.key",
+            "-out",
+            "exp.csr",
+            "-subj",
+            "/CN=Expired Signer",
+        ],
+    );
+    openssl_in(
+        d,
+        &[
+            "ca",
+            "-batch",
+            "-notext",
+            "-config",
+            "ca.cnf",
+            "-cert",
+            "old-ca.pem",
+            "-keyfile",
+            "old-ca.key",
+            "-in",
+            "exp.csr",
+            "-out",
+            "exp.pem",
+            "-startdate",
+            "20200101000000Z",
+            "-enddate",
+            "20200102000000Z",
+        ],
+    );
+    std::fs::write(d.join("payload"), "tree 0\n\nold\n").unwrap();
+    openssl_in(
+        d,
+        &[
+            "cms", "-sign", "-binary", "-md", "sha256", "-signer", "exp.pem", "-inkey", "exp.key",
+            "-in", "payload", "-outform", "PEM", "-out", "sig.pem",
+        ],
+    );
+    let out = run_stdin(
+        Command::new(built("smime-git"))
+            .args(["--status-fd=1", "--verify", s(&d.join("sig.pem")), "-"])
+            .env("SMIME_TRUST", &ca.cert),
+        b"tree 0\n\nold\n",
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let fpr = sha1_fingerprint(&d.join("exp.pem"));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("[GNUPG:] NEWSIG\n[GNUPG:] EXPKEYSIG {fpr} CN=Expired Signer\n")
+    );
+    assert!(stderr(&out).contains("expired"), "{}", stderr(&out));
+}
+
+#[test]
+fn smime_itself_works_as_gpg_x509_program() {
+    // `smime` run with git's gpgsm-style arguments behaves as smime-git.
+    let token = Token::new();
+    let agent = Agent::start(&token);
+    let ca = token.file("ca.pem");
+    let repo = Repo::new(&agent, "Bob Example", "bob@example.org");
+    assert_ok(
+        &repo.git(&["config", "gpg.x509.program", s(&built("smime"))]),
+        "git config gpg.x509.program smime",
+    );
+    repo.signed_commit("a.txt", "signed by smime", &[]);
+    assert_eq!(repo.log("%G?", "HEAD", Some(&ca)), "G");
+    assert_eq!(repo.log("%G?", "HEAD", None), "U");
+    assert_ok(
+        &repo.git_with(&["verify-commit", "HEAD"], Some(&ca), b""),
+        "git verify-commit",
     );
 }
