@@ -36,10 +36,13 @@ use crate::cms::{self as smime_cms, HashAlg, fmt_time};
 use crate::commands::sign::{Signer, can_sign};
 use crate::commands::{Failure, connect_socket, hint, key_list, load_certs};
 use crate::keys::{KeySummary, SelectError, certificate_emails, select};
-use crate::trust::{Check, TrustPolicy};
+use crate::trust::{Check, TrustPolicy, load_crls};
 
 /// The environment variable naming the trust anchors for verification.
 pub const TRUST_ENV: &str = "SMIME_TRUST";
+
+/// The environment variable naming CRLs for verification, besides those in signatures.
+pub const CRL_ENV: &str = "SMIME_CRL";
 
 /// The system's CA bundle (Debian's ca-certificates), for `SMIME_TRUST=system`.
 const SYSTEM_ANCHORS: &str = "/etc/ssl/certs/ca-certificates.crt";
@@ -71,7 +74,9 @@ or anything `smime sign --key` takes (key id, label, SHA-256 fingerprint prefix)
 
 Trust: the signer's certificate must chain to an anchor named by $SMIME_TRUST, a list of
 certificate files (PEM or DER) or directories of them, separated by ':'; the word `system`
-stands for the system CA bundle (/etc/ssl/certs/ca-certificates.crt). Without it no chain is
+stands for the system CA bundle (/etc/ssl/certs/ca-certificates.crt). $SMIME_CRL adds CRL
+files or directories (same syntax) to those in the signature; a revoked certificate gives
+REVKEYSIG (git shows `R`), an unknown status passes. Without $SMIME_TRUST no chain is
 trusted: a good signature is reported with TRUST_UNDEFINED (git shows `U`); with a trusted
 chain TRUST_FULLY (git shows `G`). git accepts `U` unless gpg.minTrustLevel is set (e.g.
 `git config gpg.minTrustLevel fully`).
@@ -393,10 +398,18 @@ pub fn armor(der: &[u8]) -> String {
 /// # Errors
 /// When a named file or directory cannot be read or holds no certificate.
 pub fn trust_from_env() -> anyhow::Result<Option<TrustPolicy>> {
-    match std::env::var_os(TRUST_ENV) {
-        Some(v) if !v.is_empty() => load_anchors(&v).map(Some),
-        _ => Ok(None),
+    let mut policy = match std::env::var_os(TRUST_ENV) {
+        Some(v) if !v.is_empty() => load_anchors(&v)?,
+        _ => return Ok(None),
+    };
+    if let Some(v) = std::env::var_os(CRL_ENV) {
+        for part in std::env::split_paths(&v) {
+            if !part.as_os_str().is_empty() {
+                policy.crls.extend(load_crls(&part).context(CRL_ENV)?);
+            }
+        }
     }
+    Ok(Some(policy))
 }
 
 /// Anchors from a `:`-separated list of files, directories and the word `system`.

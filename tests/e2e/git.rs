@@ -61,6 +61,7 @@ impl Repo {
         cmd.args(args)
             .current_dir(self.work())
             .env_remove("SMIME_TRUST")
+            .env_remove("SMIME_CRL")
             .env_remove("GIT_DIR")
             .env_remove("GIT_WORK_TREE")
             .envs(self.env.iter().map(|(k, v)| (k, v)));
@@ -68,6 +69,16 @@ impl Repo {
             cmd.env("SMIME_TRUST", t);
         }
         run_stdin(&mut cmd, stdin)
+    }
+
+    /// `git ARGS` with these environment variables.
+    fn git_envs(&self, args: &[&str], envs: &[(&str, &Path)]) -> Output {
+        let mut cmd = Command::new("git");
+        cmd.args(args)
+            .current_dir(self.work())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .envs(envs.iter().copied());
+        run(&mut cmd)
     }
 
     /// Commits a new file with `git commit -S`; panics unless git succeeds.
@@ -344,6 +355,49 @@ fn log_shows_g_for_a_trusted_chain_u_for_an_untrusted_one_and_b_for_a_tampered_c
     assert!(stderr(&v).contains("BAD signature"), "{}", stderr(&v));
     // The original is still good.
     assert_eq!(repo.log("%G?", "HEAD", Some(&ca)), "G");
+
+    // Revoked: the token's CA revokes Bob's certificate; with its CRL in SMIME_CRL the
+    // signature is REVKEYSIG (R) and verify-commit fails. Without the CRL it is G again.
+    let crl = revoke(&token, "bob-rsa.pem", anchors.path());
+    assert_eq!(repo.log("%G?", "HEAD", Some(&ca)), "G");
+    let with_crl = [("SMIME_TRUST", ca.as_path()), ("SMIME_CRL", crl.as_path())];
+    let out = repo.git_envs(&["log", "-1", "--format=%G?", "HEAD"], &with_crl);
+    assert_ok(&out, "git log with SMIME_CRL");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "R");
+    let v = repo.git_envs(&["verify-commit", "HEAD"], &with_crl);
+    assert!(!v.status.success(), "verify-commit of a revoked signer");
+    assert!(stderr(&v).contains("REVOKED"), "{}", stderr(&v));
+}
+
+/// A CRL (PEM, in `dir`) from the token's CA that revokes the token certificate `leaf`.
+fn revoke(token: &Token, leaf: &str, dir: &Path) -> PathBuf {
+    std::fs::write(
+        dir.join("revoke.cnf"),
+        format!(
+            "[ca]\ndefault_ca = c\n[c]\ndatabase = {db}\ndefault_md = sha256\n\
+             default_crl_days = 7\ncrl_extensions = crl_ext\n[crl_ext]\n\
+             authorityKeyIdentifier = keyid:always\n",
+            db = dir.join("index.txt").display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.join("index.txt"), "").unwrap();
+    let (ca_pem, ca_key, leaf) = (token.file("ca.pem"), token.file("ca.key"), token.file(leaf));
+    let ca = [
+        "-config",
+        "revoke.cnf",
+        "-cert",
+        s(&ca_pem),
+        "-keyfile",
+        s(&ca_key),
+    ];
+    let mut args = vec!["ca", "-revoke", s(&leaf)];
+    args.extend(ca);
+    openssl_in(dir, &args);
+    let mut args = vec!["ca", "-gencrl", "-out", "revoked.crl"];
+    args.extend(ca);
+    openssl_in(dir, &args);
+    dir.join("revoked.crl")
 }
 
 /// `smime-git` run the way git runs it, with `SMIME_TRUST` unset.
@@ -353,7 +407,8 @@ fn smime_git(agent_socket: &Path, args: &[&str], stdin: &[u8]) -> Output {
             .args(args)
             .env("SMIME_AGENT_SOCK", agent_socket)
             .env("SMIME_AGENT_NO_AUTOSTART", "1")
-            .env_remove("SMIME_TRUST"),
+            .env_remove("SMIME_TRUST")
+            .env_remove("SMIME_CRL"),
         stdin,
     )
 }
