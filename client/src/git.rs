@@ -546,7 +546,7 @@ fn verify(a: &GitArgs) -> Result<ExitCode, Failure> {
     let bin = match smime_cms::verify::parse_cms_input(&raw) {
         Ok(b) => b,
         Err(e) => {
-            status.line("ERRSIG", "0000000000000000 0 0 00 0 4");
+            status.line("ERRSIG", "0000000000000000 0 0 00 0 0");
             eprintln!("smime-git: cannot check the signature: {e}");
             return Ok(ExitCode::from(1));
         }
