@@ -87,8 +87,9 @@ gpg.x509.program may also be `smime`.
 Agent: $SMIME_AGENT_SOCK, else $XDG_RUNTIME_DIR/smime-agent/agent.sock (or --socket); an
 agent is started if none runs, as for `smime`.
 
-Exit status: 0 good signature (or signature made); 1 bad, unverifiable, expired or revoked
-signature; 2 usage error; 3 agent or token unavailable; 4 other errors."
+Exit status: 0 signature made, or good signature (trusted or not: the TRUST_* line says);
+1 bad, unverifiable, expired or revoked signature; 2 usage error; 3 agent or token
+unavailable; 4 other errors."
 )]
 pub struct GitArgs {
     /// Make a signature (gpg's -s; git passes it together with -b).

@@ -131,6 +131,12 @@ impl Pki {
     }
 }
 
+/// A verification time safely after every test certificate's notBefore: they are issued
+/// after the test reads the clock, and "now" may fall in the second before (seen under load).
+fn later() -> SystemTime {
+    SystemTime::now() + Duration::from_secs(300)
+}
+
 fn policy(pki: &Pki) -> TrustPolicy {
     TrustPolicy::with_anchors(vec![pki.root.clone()])
 }
@@ -142,7 +148,7 @@ fn good_chain_is_described_signer_first() {
         "good",
         "keyUsage=critical,digitalSignature\nextendedKeyUsage=emailProtection\ncertificatePolicies=1.2.3.4",
     );
-    let now = SystemTime::now();
+    let now = later();
     let v = policy(&pki).validate(&leaf, &der, &[], &[], now, Some(now));
     assert!(v.is_valid(), "{v}");
     assert_eq!(v.checks.len(), 2);
@@ -158,7 +164,7 @@ fn good_chain_is_described_signer_first() {
 #[test]
 fn signer_usage_is_checked() {
     let pki = Pki::new();
-    let now = SystemTime::now();
+    let now = later();
     let (leaf, der) = pki.leaf(
         "tls",
         "keyUsage=digitalSignature\nextendedKeyUsage=serverAuth",
@@ -186,7 +192,7 @@ fn signer_usage_is_checked() {
 #[test]
 fn initial_policy_set_and_explicit_policy() {
     let pki = Pki::new();
-    let now = SystemTime::now();
+    let now = later();
     let (leaf, der) = pki.leaf("pol", "certificatePolicies=1.2.3.4");
     let mut p = policy(&pki);
     p.policy = PolicySettings {
@@ -211,7 +217,7 @@ fn initial_policy_set_and_explicit_policy() {
 fn failures_say_which_time() {
     let pki = Pki::new();
     let (leaf, der) = pki.leaf("t", "keyUsage=digitalSignature");
-    let now = SystemTime::now();
+    let now = later();
     // Signed "a year ago", before the certificate existed.
     let v = policy(&pki).validate(
         &leaf,
