@@ -10,6 +10,7 @@ APT_PACKAGES=(
     opensc            # pkcs11-tool, used by softhsm-config/provision
     openssl           # test CA; and the judge of our signatures
     gpgsm gpg-agent   # the second judge
+    git               # git commit -S / verify-commit through smime-git (tests/e2e/git.rs)
     gnupg-pkcs11-scd  # gpgsm as a peer on the SoftHSM token (scdaemon over PKCS#11; tests/e2e/gpgsm.rs)
     coreutils         # timeout(1) around every gpg-agent/gpgsm call in the tests
     python3 python3-cbor2   # the Python protocol client test

@@ -148,9 +148,10 @@ pub struct VerifyArgs {
     #[arg(long = "out", short = 'o', value_name = "FILE")]
     pub output: Option<PathBuf>,
     /// Trusted CA certificates (PEM or DER file, or a directory of them; repeatable). The
-    /// signer's certificate must chain to one of them. Default: the certificates in
-    /// $SMIME_TRUST_DIR, else $XDG_CONFIG_HOME/smime/trust/ (~/.config/smime/trust/), if
-    /// any; else the system's CA bundle.
+    /// signer's certificate must chain to one of them. Default: $SMIME_TRUST (files and
+    /// directories, ':'-separated; `system` is the system CA bundle), else the certificates
+    /// in $XDG_CONFIG_HOME/smime/trust/ (~/.config/smime/trust/) if it exists, else the
+    /// system's CA bundle.
     #[arg(long, value_name = "FILE|DIR")]
     pub trust: Vec<PathBuf>,
     /// Check only the signature and the signer certificate's validity period, not its

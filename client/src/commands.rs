@@ -3,9 +3,9 @@
 
 mod decrypt;
 mod encrypt;
-mod sign;
+pub(crate) mod sign;
 mod smime_entity;
-mod verify;
+pub(crate) mod verify;
 
 use std::fs::File;
 use std::io::{self, BufReader, IsTerminal, Read, Write};
@@ -53,7 +53,7 @@ fn unavailable(a: &AgentError) -> bool {
     }
 }
 
-fn hint(e: &anyhow::Error) -> Option<&'static str> {
+pub(crate) fn hint(e: &anyhow::Error) -> Option<&'static str> {
     match e.downcast_ref::<AgentError>()? {
         AgentError::Unreachable { .. } => {
             Some("start the agent: eval \"$(smime-agent --module /path/to/pkcs11.so)\"")
@@ -112,7 +112,13 @@ pub fn run(cli: &Cli) -> ExitCode {
 }
 
 fn connect(cli: &Cli) -> Result<AgentClient, Failure> {
-    let path = socket_path(cli.socket.as_deref()).ok_or_else(|| {
+    connect_socket(cli.socket.as_deref())
+}
+
+/// Connects to the agent on `socket` (default: `$SMIME_AGENT_SOCK`, else
+/// `$XDG_RUNTIME_DIR/smime-agent/agent.sock`), starting one if none is running.
+pub(crate) fn connect_socket(socket: Option<&Path>) -> Result<AgentClient, Failure> {
+    let path = socket_path(socket).ok_or_else(|| {
         Failure::Unavailable(anyhow!(
             "no agent socket: set SMIME_AGENT_SOCK or XDG_RUNTIME_DIR, or pass --socket"
         ))
@@ -158,7 +164,7 @@ fn autostart(path: &Path) -> Result<(), Failure> {
     Ok(())
 }
 
-fn key_list(client: &mut AgentClient) -> Result<Vec<KeySummary>, Failure> {
+pub(crate) fn key_list(client: &mut AgentClient) -> Result<Vec<KeySummary>, Failure> {
     Ok(client
         .list_keys()
         .map_err(anyhow::Error::from)?
@@ -230,7 +236,7 @@ pub(super) fn rereadable(path: Option<&Path>) -> Result<File, Failure> {
     }
 }
 
-fn load_certs(paths: &[PathBuf]) -> Result<Vec<Certificate>, Failure> {
+pub(crate) fn load_certs(paths: &[PathBuf]) -> Result<Vec<Certificate>, Failure> {
     let mut out = Vec::new();
     for p in paths {
         let bytes = std::fs::read(p)

@@ -15,6 +15,7 @@ pub mod agent;
 pub mod cli;
 pub mod cms;
 pub mod commands;
+pub mod git;
 pub mod keys;
 pub mod mime;
 pub mod output;

@@ -4,6 +4,7 @@
 
 mod agent;
 mod envelope;
+mod git;
 mod gpgsm;
 mod ops;
 mod python;

@@ -446,7 +446,8 @@ impl Pki {
             .args(args)
             .env("SMIME_CRL_CACHE", self.path("crl-cache"))
             .env("SMIME_CERT_STORE", self.path("store"))
-            .env("SMIME_TRUST_DIR", self.path("no-trust-dir")));
+            .env_remove("SMIME_TRUST")
+            .env("XDG_CONFIG_HOME", self.path("no-config")));
         let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
             panic!(
                 "verify printed no JSON ({e}): stdout {} stderr {}",
@@ -771,7 +772,7 @@ fn missing_intermediate_is_supplied_with_certs() {
             "--certs",
             s(&pki.path("sub.pem")),
         ])
-        .env("SMIME_TRUST_DIR", pki.path("anchors"))
+        .env("SMIME_TRUST", pki.path("anchors"))
         .env("SMIME_CERT_STORE", pki.path("store")));
     assert_eq!(
         code(&out),
@@ -1032,7 +1033,8 @@ fn system_trust_adds_to_trust_and_bad_options_are_usage_errors() {
     {
         let out = run(Command::new(built("smime"))
             .args(["verify", "--in", s(&msg), "--revocation", "off", "--json"])
-            .env("SMIME_TRUST_DIR", pki.path("no-trust-dir"))
+            .env_remove("SMIME_TRUST")
+            .env("XDG_CONFIG_HOME", pki.path("no-config"))
             .env("SMIME_CERT_STORE", pki.path("store")));
         assert_eq!(code(&out), Some(1));
     }

@@ -162,9 +162,15 @@ pub fn encapsulated_content(cms: &[u8]) -> Result<Option<Vec<u8>>, Error> {
     Ok(sd.econtent.map(|chunks| chunks.concat()))
 }
 
+/// PEM labels accepted for a signature: OpenSSL's `CMS` and `PKCS7`, the old
+/// `PKCS #7 SIGNED DATA`, and gpgsm's (and git's X.509) `SIGNED MESSAGE`.
+pub const SIGNATURE_PEM_LABELS: &[&str] =
+    &["CMS", "PKCS7", "PKCS #7 SIGNED DATA", "SIGNED MESSAGE"];
+
 /// Turns what a user hands in into the binary encoding: DER or BER as is (checked to be one
 /// well-formed element; trailing whitespace/NULs allowed), PEM with the labels `CMS`,
-/// `PKCS7` or `PKCS #7 SIGNED DATA`, or bare base64 (an S/MIME `.p7s` body).
+/// `PKCS7`, `PKCS #7 SIGNED DATA` or `SIGNED MESSAGE` (gpgsm), or bare base64 (an S/MIME
+/// `.p7s` body).
 ///
 /// The result is the ContentInfo exactly as encoded, BER included: it is deliberately not
 /// re-encoded, because re-encoding could disturb the signed bytes.
@@ -176,7 +182,7 @@ pub fn parse_cms_input(bytes: &[u8]) -> Result<Vec<u8>, Error> {
     let text = bytes.trim_ascii();
     let decoded = if text.starts_with(b"-----BEGIN ") {
         let (label, der) = pem::decode_armor(text)?;
-        if !matches!(label.as_str(), "CMS" | "PKCS7" | "PKCS #7 SIGNED DATA") {
+        if !SIGNATURE_PEM_LABELS.contains(&label.as_str()) {
             return Err(malformed(format!(
                 "unexpected PEM label {label:?} (want CMS or PKCS7)"
             )));

@@ -10,12 +10,12 @@ use super::{Failure, connect, key_list, load_certs, open_input, rereadable};
 use crate::agent::{AgentClient, AgentError};
 use crate::cli::{Cli, Digest, SignArgs};
 use crate::cms::{self, HashAlg};
-use crate::keys::select;
+use crate::keys::{KeySummary, select};
 use crate::output::Output;
 use crate::signer::RemoteSigner;
 
 /// A key chosen for signing, with its certificate and the chain to include.
-pub(super) struct Signer {
+pub(crate) struct Signer {
     client: AgentClient,
     key: smime_proto::KeyId,
     cert: Certificate,
@@ -35,14 +35,7 @@ impl Signer {
         let extra = load_certs(&a.certfile)?;
         let mut client = connect(cli)?;
         let keys = key_list(&mut client)?;
-        let key = select(&keys, &a.key, |k| {
-            k.certificate.is_some() && k.info.operations.contains(&Operation::Sign)
-        })
-        .map_err(|e| Failure::Usage(e.into()))?;
-        let cert = key
-            .certificate
-            .clone()
-            .ok_or_else(|| Failure::Usage(anyhow!("key has no certificate")))?;
+        let key = select(&keys, &a.key, can_sign).map_err(|e| Failure::Usage(e.into()))?;
         if a.pss && !key.algorithm.starts_with("rsa") {
             return Err(Failure::Usage(anyhow!(
                 "--pss needs an RSA key; {} is {}",
@@ -50,6 +43,24 @@ impl Signer {
                 key.algorithm
             )));
         }
+        Self::with_key(client, &keys, key, hash, a.pss, extra)
+    }
+
+    /// A signer for `key`, one of `keys` (the agent's list, which also supplies
+    /// intermediate certificates), reached through `client`. `extra` certificates are
+    /// included besides the chain found.
+    pub(crate) fn with_key(
+        client: AgentClient,
+        keys: &[KeySummary],
+        key: &KeySummary,
+        hash: HashAlg,
+        pss: bool,
+        extra: Vec<Certificate>,
+    ) -> Result<Self, Failure> {
+        let cert = key
+            .certificate
+            .clone()
+            .ok_or_else(|| Failure::Usage(anyhow!("key has no certificate")))?;
         // The chain up to (not including) a root, from the certificate store and the
         // agent's other certificates, so recipients can validate without fetching.
         let mut pool: Vec<Certificate> =
@@ -65,12 +76,12 @@ impl Signer {
             cert,
             extra,
             hash,
-            pss: a.pss,
+            pss,
         })
     }
 
     /// A detached SignedData over content with this digest.
-    pub(super) fn sign_digest(&mut self, digest: &[u8]) -> Result<Vec<u8>, Failure> {
+    pub(crate) fn sign_digest(&mut self, digest: &[u8]) -> Result<Vec<u8>, Failure> {
         let signer = RemoteSigner::new(&mut self.client, self.key.clone());
         let req = cms::sign::SignRequest {
             content_digest: digest,
@@ -92,7 +103,7 @@ impl Signer {
     }
 
     /// A detached SignedData over `content`, hashed as a stream.
-    pub(super) fn sign_reader(&mut self, content: impl Read) -> Result<Vec<u8>, Failure> {
+    pub(crate) fn sign_reader(&mut self, content: impl Read) -> Result<Vec<u8>, Failure> {
         let digest = cms::digest_reader(self.hash, content)
             .context("reading the content")
             .map_err(Failure::Usage)?;
@@ -103,6 +114,11 @@ impl Signer {
     pub(super) fn hash(&self) -> HashAlg {
         self.hash
     }
+}
+
+/// Whether a key can make signatures: it has a certificate and allows signing.
+pub(crate) fn can_sign(k: &KeySummary) -> bool {
+    k.certificate.is_some() && k.info.operations.contains(&Operation::Sign)
 }
 
 /// Issuer certificates of `cert` found in `pool` by name, nearest first, stopping at a

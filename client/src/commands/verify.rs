@@ -19,22 +19,60 @@ use crate::store::CertStore;
 use crate::trust::{Check, CrlCache, PolicySettings, Retrieval, RevocationMode, TrustPolicy};
 
 /// The system's CA bundle (Debian's ca-certificates): the default anchors when neither
-/// --trust nor the trust directory gives any, and added by --system-trust.
-const SYSTEM_ANCHORS: &str = "/etc/ssl/certs/ca-certificates.crt";
+/// --trust nor the user's trust settings give any, and added by --system-trust.
+pub(crate) const SYSTEM_ANCHORS: &str = "/etc/ssl/certs/ca-certificates.crt";
 
-/// The directory of anchors used when --trust is not given: `$SMIME_TRUST_DIR`, else
-/// `$XDG_CONFIG_HOME/smime/trust`, else `~/.config/smime/trust`.
-fn trust_dir() -> Option<PathBuf> {
+/// The environment variable naming the user's trust anchors.
+pub const TRUST_ENV: &str = "SMIME_TRUST";
+
+/// The user's trust anchors when no --trust is given (shared by `smime verify`, `open`
+/// and `smime-git`): `$SMIME_TRUST`, a `:`-separated list of certificate files and
+/// directories where the word `system` stands for the system CA bundle; else the
+/// directory `$XDG_CONFIG_HOME/smime/trust` (`~/.config/smime/trust`) if it exists.
+pub(crate) fn user_anchor_paths() -> Option<Vec<PathBuf>> {
+    if let Some(list) = std::env::var_os(TRUST_ENV).filter(|v| !v.is_empty()) {
+        return Some(
+            std::env::split_paths(&list)
+                .filter(|p| !p.as_os_str().is_empty())
+                .map(|p| {
+                    if p == Path::new("system") {
+                        PathBuf::from(SYSTEM_ANCHORS)
+                    } else {
+                        p
+                    }
+                })
+                .collect(),
+        );
+    }
     let env = |n| {
         std::env::var_os(n)
             .filter(|v| !v.is_empty())
             .map(PathBuf::from)
     };
-    env("SMIME_TRUST_DIR").or_else(|| {
-        env("XDG_CONFIG_HOME")
-            .or_else(|| env("HOME").map(|h| h.join(".config")))
-            .map(|c| c.join("smime/trust"))
-    })
+    env("XDG_CONFIG_HOME")
+        .or_else(|| env("HOME").map(|h| h.join(".config")))
+        .map(|c| c.join("smime/trust"))
+        .filter(|d| d.is_dir())
+        .map(|d| vec![d])
+}
+
+/// The anchors in `paths`, which must hold at least one (`what` names the source).
+pub(crate) fn load_anchors(paths: &[PathBuf], what: &str) -> Result<Vec<Certificate>, Failure> {
+    let anchors = load_cert_paths(paths).map_err(|f| match f {
+        Failure::Usage(e) => Failure::Usage(e.context(what.to_owned())),
+        f => f,
+    })?;
+    if anchors.is_empty() {
+        return Err(Failure::Usage(anyhow!(
+            "{what}: no certificate found in {}",
+            paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    Ok(anchors)
 }
 
 /// The certificates in `paths`: PEM or DER files, or directories of them (every file in
@@ -72,33 +110,19 @@ pub(super) fn trust_anchors(
     no_chain: bool,
 ) -> Result<Vec<Certificate>, Failure> {
     if !trust.is_empty() {
-        let anchors = load_cert_paths(trust)?;
-        if anchors.is_empty() {
-            return Err(Failure::Usage(anyhow!(
-                "--trust: no certificate found in {}",
-                trust
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
-        }
-        return Ok(anchors);
+        return load_anchors(trust, "--trust");
     }
     if no_chain {
         return Ok(vec![]);
     }
-    if let Some(dir) = trust_dir().filter(|d| d.is_dir()) {
-        let anchors = load_cert_dir(&dir)?;
-        if !anchors.is_empty() {
-            return Ok(anchors);
-        }
+    if let Some(paths) = user_anchor_paths() {
+        return load_anchors(&paths, TRUST_ENV);
     }
     if Path::new(SYSTEM_ANCHORS).exists() {
         load_certs(&[PathBuf::from(SYSTEM_ANCHORS)])
     } else {
         Err(Failure::Usage(anyhow!(
-            "no trust anchors: pass --trust CA.pem (or --no-chain to check only the signature)"
+            "no trust anchors: pass --trust CA.pem, set {TRUST_ENV}, or --no-chain to check only the signature"
         )))
     }
 }
@@ -281,7 +305,7 @@ pub(super) fn split_input(input: Box<dyn Read + '_>) -> Result<Signed, Failure> 
         InputKind::Pem => {
             let (label, body) =
                 Base64Reader::pem(input).map_err(|e| Failure::Verify(anyhow!(e)))?;
-            if !matches!(label.as_str(), "CMS" | "PKCS7" | "PKCS #7 SIGNED DATA") {
+            if !cms::verify::SIGNATURE_PEM_LABELS.contains(&label.as_str()) {
                 return Err(Failure::Usage(anyhow!(
                     "unexpected PEM label {label:?} (want CMS or PKCS7)"
                 )));
