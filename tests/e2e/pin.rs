@@ -188,6 +188,37 @@ fn always_authenticate_with_cached_pin_reuses_the_unlock_pin() {
         1,
         "one dialog, for the login"
     );
+    // Decryption takes the same context login (C_DecryptInit, login, C_Decrypt).
+    std::fs::write(d.join("secret.txt"), b"for alice only\n").unwrap();
+    let recip = token.file("alice-rsa.pem");
+    smime_tests::openssl_in(
+        d,
+        &[
+            "cms",
+            "-encrypt",
+            "-binary",
+            "-aes-128-cbc",
+            "-in",
+            "secret.txt",
+            "-outform",
+            "DER",
+            "-out",
+            "secret.p7m",
+            "-recip",
+            recip.to_str().unwrap(),
+        ],
+    );
+    let plain = d.join("secret.out");
+    let out = agent.smime(&[
+        "decrypt",
+        "--in",
+        d.join("secret.p7m").to_str().unwrap(),
+        "--out",
+        plain.to_str().unwrap(),
+    ]);
+    assert_ok(&out, "smime decrypt with an always-authenticate key");
+    assert_eq!(std::fs::read(&plain).unwrap(), b"for alice only\n");
+    assert_eq!(logins(d), (1, 4));
     // `smime lock` forgets the cached PIN with the login: the next use asks again.
     assert_ok(&agent.smime(&["lock"]), "smime lock");
     let (out, _) = sign(&agent, d, "alice-rsa", "s4");
@@ -464,13 +495,18 @@ fn a_hanging_token_does_not_hold_up_another() {
             .unwrap()[0],
         0x30
     );
-    let socket = agent.socket.clone();
-    let slow = std::thread::spawn(move || {
-        let mut c = AgentClient::connect(&socket).unwrap();
-        let start = Instant::now();
-        let r = c.sign(&alice.id, SignAlgorithm::EcdsaSha256, &[2; 32]);
-        (r, start.elapsed())
-    });
+    // As many slow signatures as the token has sessions (2): every worker hangs.
+    let slow: Vec<_> = (0..2)
+        .map(|_| {
+            let (socket, alice) = (agent.socket.clone(), alice.clone());
+            std::thread::spawn(move || {
+                let mut c = AgentClient::connect(&socket).unwrap();
+                let start = Instant::now();
+                let r = c.sign(&alice.id, SignAlgorithm::EcdsaSha256, &[2; 32]);
+                (r, start.elapsed())
+            })
+        })
+        .collect();
     // Status shows the first token waiting, and answers at once while it hangs.
     let waiting = wait_for_status(&agent.socket, Duration::from_secs(4), |t| {
         t.label == "smime-demo" && t.waiting.is_some()
@@ -481,7 +517,13 @@ fn a_hanging_token_does_not_hold_up_another() {
         "{}",
         agent.log_text()
     );
+    let start = Instant::now();
     let out = agent.smime(&["status"]);
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "status took {:?}",
+        start.elapsed()
+    );
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("busy: waiting"),
         "{}",
@@ -500,10 +542,15 @@ fn a_hanging_token_does_not_hold_up_another() {
             start.elapsed()
         );
     }
-    assert!(!slow.is_finished(), "the slow signature was not slow");
-    let (r, took) = slow.join().unwrap();
-    assert_eq!(r.unwrap()[0], 0x30);
-    assert!(took >= Duration::from_secs(5), "{took:?}");
+    assert!(
+        slow.iter().all(|t| !t.is_finished()),
+        "the slow signatures were not slow"
+    );
+    for t in slow {
+        let (r, took) = t.join().unwrap();
+        assert_eq!(r.unwrap()[0], 0x30);
+        assert!(took >= Duration::from_secs(5), "{took:?}");
+    }
     // Done: no longer waiting.
     let idle = wait_for_status(&agent.socket, Duration::from_secs(2), |t| {
         t.label == "smime-demo" && t.waiting.is_none()

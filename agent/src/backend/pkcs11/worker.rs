@@ -288,9 +288,15 @@ impl Worker {
         };
         self.check_pin_flags(source)?;
         let h = self.key_handle(cka_id)?;
-        if let Err(e) = init(&self.session, h) {
-            self.handles.remove(cka_id);
-            return Err(self.err(e, function));
+        match init(&self.session, h) {
+            Ok(()) => {}
+            // A cached handle from before a logout or reinsertion: look it up once more.
+            Err(CkError::Pkcs11(RvError::KeyHandleInvalid | RvError::ObjectHandleInvalid, _)) => {
+                self.handles.remove(cka_id);
+                let h = self.key_handle(cka_id)?;
+                init(&self.session, h).map_err(|e| self.err(e, function))?;
+            }
+            Err(e) => return Err(self.err(e, function)),
         }
         let secret = cryptoki::types::AuthPin::from(pin.expose().to_owned());
         if let Err(e) = self.session.login(UserType::ContextSpecific, Some(&secret)) {
