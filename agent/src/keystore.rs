@@ -211,9 +211,9 @@ impl Keystore {
     }
 
     /// Applies a re-read configuration (SIGHUP): stops the tokens of modules no longer
-    /// listed and finalizes those modules, loads the newly listed ones, then rescans the
-    /// slots. Tokens still open keep their sessions, logins and settings; tokens opened
-    /// now get the new per-token settings. Returns the new tokens. Blocking.
+    /// listed and finalizes those modules, loads the newly listed ones, gives every token
+    /// its new `[[token]]` settings, then rescans the slots. Tokens still open keep their
+    /// sessions and logins. Returns the new tokens. Blocking.
     pub fn reload(&self, config: Config) -> Vec<Arc<Token>> {
         *self.config.write().unwrap_or_else(|e| e.into_inner()) = config.clone();
         let mut modules = self.modules.lock().unwrap_or_else(|e| e.into_inner());
@@ -262,6 +262,9 @@ impl Keystore {
             .module_status
             .write()
             .unwrap_or_else(|e| e.into_inner()) = status;
+        for t in self.tokens() {
+            t.set_policy(config.policy_for(&t.label, &t.serial));
+        }
         self.rescan()
     }
 

@@ -634,3 +634,40 @@ fn sighup_reloads_the_module_list_and_keeps_connections() {
     assert_eq!(c.list_keys().unwrap().len(), 3);
     assert!(agent.log_text().contains("configuration not reloaded"));
 }
+
+#[test]
+fn sighup_applies_new_token_settings_to_open_tokens() {
+    let token = Token::new();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let agent = agent_with_config(&token, d, "", &[("PINENTRY_TEST_CONFIRM", "0")], "");
+    let (out, _) = sign(&agent, d, "alice-rsa", "s1");
+    assert_ok(&out, "no confirmation configured");
+    assert_eq!(count_lines(&d.join("dialogs"), "CONFIRM"), 0);
+    let mut c = AgentClient::connect(&agent.socket).unwrap();
+    // The same token now wants a confirmation for alice-rsa; the user declines.
+    let config_file = agent.dir.path().join("smime-agent/config.toml");
+    let mut text = std::fs::read_to_string(&config_file).unwrap();
+    text.push_str("[[token]]\nlabel = \"smime-demo\"\nconfirm_sign = [\"alice-rsa\"]\n");
+    std::fs::write(&config_file, text).unwrap();
+    assert_ok(
+        &run(Command::new("kill").args(["-HUP", &agent.pid().to_string()])),
+        "kill -HUP",
+    );
+    let mut declined = false;
+    for n in 2..40 {
+        let (out, sig) = sign(&agent, d, "alice-rsa", &format!("s{n}"));
+        if !out.status.success() {
+            assert!(stderr(&out).contains("not confirmed"), "{}", stderr(&out));
+            assert!(!sig.exists());
+            declined = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(declined, "{}", agent.log_text());
+    assert_eq!(count_lines(&d.join("dialogs"), "CONFIRM"), 1);
+    // Still logged in (one PIN dialog in all), and the connection survived.
+    assert_eq!(count_lines(&d.join("dialogs"), "GETPIN"), 1);
+    assert_eq!(c.list_keys().unwrap().len(), 3);
+}

@@ -163,12 +163,12 @@ pub struct Token {
     login_lock: tokio::sync::Mutex<()>,
     /// One pinentry dialog at a time per token.
     prompt_lock: tokio::sync::Mutex<()>,
-    policy: Arc<PinPolicy>,
+    /// The token's settings; replaced when SIGHUP reloads the configuration.
+    policy: Mutex<Arc<PinPolicy>>,
     workers: Mutex<Vec<JoinHandle<()>>>,
     state: Mutex<TokenState>,
-    /// Logins go through the reader's PIN pad (CKF_PROTECTED_AUTHENTICATION_PATH, or
-    /// `pin_source = "pinpad"`).
-    pinpad: bool,
+    /// The token reports CKF_PROTECTED_AUTHENTICATION_PATH (a PIN-pad reader).
+    protected_path: bool,
     /// Jobs running on the workers now: id → (start, what the token waits for).
     inflight: Arc<Mutex<BTreeMap<u64, (Instant, &'static str)>>>,
     next_job: AtomicU64,
@@ -188,11 +188,7 @@ impl Token {
         let sessions = config.sessions;
         let info = module.p11.get_token_info(slot)?;
         let policy = config.policy_for(info.label().trim(), info.serial_number().trim());
-        let pinpad = match policy.source {
-            Some(PinSourceKind::Pinpad) => true,
-            None => info.protected_authentication_path(),
-            Some(_) => false,
-        };
+        let protected_path = info.protected_authentication_path();
         let (tx, rx) = crossbeam_channel::bounded::<Job>(QUEUE_DEPTH);
         let epoch = Arc::new(AtomicU64::new(0));
         let label = info.label().trim().to_owned();
@@ -225,7 +221,7 @@ impl Token {
                 })?;
             workers.push(handle);
         }
-        tracing::info!(token = %label, serial = %serial, slot = slot.id(), sessions = workers.len(), pinpad, "token opened");
+        tracing::info!(token = %label, serial = %serial, slot = slot.id(), sessions = workers.len(), protected_path, "token opened");
         Ok(Self {
             label,
             serial,
@@ -235,7 +231,7 @@ impl Token {
             jobs: Mutex::new(Some(tx)),
             login_lock: tokio::sync::Mutex::new(()),
             prompt_lock: tokio::sync::Mutex::new(()),
-            policy,
+            policy: Mutex::new(policy),
             workers: Mutex::new(workers),
             state: Mutex::new(TokenState {
                 logged_in: false,
@@ -247,10 +243,40 @@ impl Token {
                 keys: vec![],
                 cached_pin: None,
             }),
-            pinpad,
+            protected_path,
             inflight: Arc::new(Mutex::new(BTreeMap::new())),
             next_job: AtomicU64::new(0),
         })
+    }
+
+    /// The token's settings now.
+    fn policy(&self) -> Arc<PinPolicy> {
+        self.policy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Applies new settings (a reloaded configuration). A login in force stays; a PIN
+    /// kept for the old settings is dropped if the new ones say to keep none.
+    pub fn set_policy(&self, policy: Arc<PinPolicy>) {
+        if policy.login_only || policy.always_auth != AlwaysAuth::CachedPin {
+            self.state().cached_pin = None;
+        }
+        if policy.login_only {
+            self.state().configured_pin = None;
+        }
+        *self.policy.lock().unwrap_or_else(|e| e.into_inner()) = policy;
+    }
+
+    /// Whether logins go through the reader's PIN pad: the token has one, or the
+    /// configuration says `pin_source = "pinpad"`.
+    fn pinpad(&self) -> bool {
+        match self.policy().source {
+            Some(PinSourceKind::Pinpad) => true,
+            None => self.protected_path,
+            Some(_) => false,
+        }
     }
 
     fn state(&self) -> MutexGuard<'_, TokenState> {
@@ -313,8 +339,9 @@ impl Token {
                 configured,
             });
         }
-        let keep = (configured && !self.policy.login_only).then(|| pin.clone());
-        let cache = (self.policy.always_auth == AlwaysAuth::CachedPin && !self.policy.login_only)
+        let keep = (configured && !self.policy().login_only).then(|| pin.clone());
+        let cache = (self.policy().always_auth == AlwaysAuth::CachedPin
+            && !self.policy().login_only)
             .then(|| pin.clone());
         let result = self.run(move |w| w.login(&pin, source)).await;
         match &result {
@@ -403,15 +430,15 @@ impl Token {
 
     /// The pinentry program for this token, unless its PIN comes from elsewhere.
     fn pinentry(&self) -> Option<PathBuf> {
-        match self.policy.source {
-            None | Some(PinSourceKind::Pinentry) => self.policy.pinentry.clone(),
+        match self.policy().source {
+            None | Some(PinSourceKind::Pinentry) => self.policy().pinentry.clone(),
             Some(_) => None,
         }
     }
 
     /// The PIN from the token's `file` / `env` source, read now (it is not kept).
     fn source_pin(&self) -> Result<Option<Arc<Pin>>, AgentError> {
-        self.policy
+        self.policy()
             .read_pin()
             .map(|p| p.map(Arc::new))
             .map_err(|e| {
@@ -518,7 +545,7 @@ impl Token {
                 None
             }
         };
-        if self.pinpad {
+        if self.pinpad() {
             return self.login_pinpad().await.map(|()| None);
         }
         if let Some(pin) = pin.map_or_else(|| self.source_pin(), |p| Ok(Some(p)))? {
@@ -556,7 +583,7 @@ impl Token {
         if let Some(f) = fresh {
             return Ok(f);
         }
-        if self.policy.always_auth == AlwaysAuth::CachedPin {
+        if self.policy().always_auth == AlwaysAuth::CachedPin {
             let cached = {
                 let s = self.state();
                 s.cached_pin.clone().or_else(|| s.configured_pin.clone())
@@ -587,14 +614,14 @@ impl Token {
     /// For keys configured as high-assurance: asks the user to allow this signature.
     async fn confirm_sign(&self, key: &KeyEntry, who: &str) -> Result<(), AgentError> {
         let id_hex = hex::encode(&key.cka_id);
-        if !self.policy.confirms(&key.info.label, &id_hex) {
+        if !self.policy().confirms(&key.info.label, &id_hex) {
             return Ok(());
         }
         let declined = || AgentError::ConfirmationDeclined {
             token: self.label.clone(),
             key: key.info.label.clone(),
         };
-        let Some(program) = self.policy.pinentry.clone() else {
+        let Some(program) = self.policy().pinentry.clone() else {
             tracing::warn!(token = %self.label, key = %key.info.label,
                 "signature needs confirmation but no pinentry is configured; refused");
             return Err(declined());
@@ -639,9 +666,9 @@ impl Token {
         let Some(at) = s.logged_in_at.filter(|_| s.logged_in && s.login_required) else {
             return false;
         };
-        self.policy.ttl.is_some_and(|ttl| at.elapsed() >= ttl)
-            || self
-                .policy
+        let policy = self.policy();
+        policy.ttl.is_some_and(|ttl| at.elapsed() >= ttl)
+            || policy
                 .idle
                 .is_some_and(|idle| s.last_used.elapsed() >= idle)
     }
@@ -788,7 +815,7 @@ impl Token {
             logged_in: s.logged_in || !s.login_required,
             pin_state,
             keys: u32::try_from(s.keys.len()).unwrap_or(u32::MAX),
-            pin_pad: self.pinpad,
+            pin_pad: self.pinpad(),
             waiting,
         }
     }
