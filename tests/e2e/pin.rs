@@ -671,3 +671,33 @@ fn sighup_applies_new_token_settings_to_open_tokens() {
     assert_eq!(count_lines(&d.join("dialogs"), "GETPIN"), 1);
     assert_eq!(c.list_keys().unwrap().len(), 3);
 }
+
+#[test]
+fn an_always_authenticate_key_behind_a_pin_pad_uses_the_keypad_every_time() {
+    let token = Token::new();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    control(
+        &d.join("control"),
+        "protected_auth_path=1\nalways_authenticate=01\n",
+    );
+    let pin = token.pin();
+    let agent = Agent::start_with(
+        &token,
+        AgentOptions {
+            module: Some(built("libp11_count.so")),
+            pin_file: Some(None),
+            env: fault_env(&token, d, &[("P11_COUNT_PINPAD_PIN", pin.as_str())]),
+            ..Default::default()
+        },
+    );
+    for n in 1..=2 {
+        let (out, sig) = sign(&agent, d, "alice-rsa", &format!("s{n}"));
+        assert_ok(&out, "signature with a keypad context login");
+        verify_with_openssl(&token, d, &sig);
+    }
+    let log = d.join("logins");
+    assert_eq!(count_lines(&log, "user_type=1 rv=0x0 pinpad"), 1);
+    assert_eq!(count_lines(&log, "user_type=2 rv=0x0 pinpad"), 2);
+    assert_eq!(count_lines(&log, "C_Login"), 3);
+}

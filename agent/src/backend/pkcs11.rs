@@ -579,9 +579,14 @@ impl Token {
         op: &str,
         who: &str,
         fresh: Option<(Arc<Pin>, PinSource)>,
-    ) -> Result<(Arc<Pin>, PinSource), AgentError> {
-        if let Some(f) = fresh {
-            return Ok(f);
+    ) -> Result<(Option<Arc<Pin>>, PinSource), AgentError> {
+        if let Some((p, s)) = fresh {
+            return Ok((Some(p), s));
+        }
+        if self.pinpad() {
+            tracing::warn!(token = %self.label, key = %key.info.label,
+                "enter the PIN on the reader's keypad (context-specific login)");
+            return Ok((None, PinSource::User));
         }
         if self.policy().always_auth == AlwaysAuth::CachedPin {
             let cached = {
@@ -589,15 +594,15 @@ impl Token {
                 s.cached_pin.clone().or_else(|| s.configured_pin.clone())
             };
             if let Some(p) = cached {
-                return Ok((p, PinSource::Cached));
+                return Ok((Some(p), PinSource::Cached));
             }
             if let Some(p) = self.source_pin()? {
-                return Ok((p, PinSource::Configured));
+                return Ok((Some(p), PinSource::Configured));
             }
         }
         let Some(program) = self.pinentry() else {
             if let Some(p) = self.source_pin()? {
-                return Ok((p, PinSource::Configured));
+                return Ok((Some(p), PinSource::Configured));
             }
             return Err(AgentError::KeyNeedsPinPerUse {
                 token: self.label.clone(),
@@ -608,7 +613,8 @@ impl Token {
             "Key \"{}\" on token \"{}\" needs the PIN for every use.\nEnter it to allow this {op}.\nRequested by {who}.",
             key.info.label, self.label
         );
-        self.prompt_pin(program, description).await
+        let (p, s) = self.prompt_pin(program, description).await?;
+        Ok((Some(p), s))
     }
 
     /// For keys configured as high-assurance: asks the user to allow this signature.
@@ -647,7 +653,11 @@ impl Token {
 
     /// After an operation on an always-authenticate key: a cached PIN the token rejected
     /// is dropped, never sent again.
-    fn after_context<T>(&self, r: &Result<T, AgentError>, ctx: &Option<(Arc<Pin>, PinSource)>) {
+    fn after_context<T>(
+        &self,
+        r: &Result<T, AgentError>,
+        ctx: &Option<(Option<Arc<Pin>>, PinSource)>,
+    ) {
         if let (
             Err(AgentError::PinIncorrect { .. }),
             Some((_, PinSource::Configured | PinSource::Cached)),
@@ -706,9 +716,14 @@ impl Token {
             false => None,
         };
         let (id, kalg, c) = (key.cka_id.clone(), key.info.algorithm, ctx.clone());
+        // A context login on a PIN pad waits for the user at the keypad.
+        let what = match &ctx {
+            Some((None, _)) => WAIT_PINPAD,
+            _ => WAIT_TOKEN,
+        };
         let r = self
-            .run(move |w| {
-                let c = c.as_ref().map(|(p, s)| (&**p, *s));
+            .run_as(what, move |w| {
+                let c = c.as_ref().map(|(p, s)| (p.as_deref(), *s));
                 w.sign(&id, kalg, alg, &digest, c)
             })
             .await;
@@ -734,9 +749,14 @@ impl Token {
             false => None,
         };
         let (id, c) = (key.cka_id.clone(), ctx.clone());
+        // A context login on a PIN pad waits for the user at the keypad.
+        let what = match &ctx {
+            Some((None, _)) => WAIT_PINPAD,
+            _ => WAIT_TOKEN,
+        };
         let r = self
-            .run(move |w| {
-                let c = c.as_ref().map(|(p, s)| (&**p, *s));
+            .run_as(what, move |w| {
+                let c = c.as_ref().map(|(p, s)| (p.as_deref(), *s));
                 w.decrypt(&id, alg, &ct, c)
             })
             .await;

@@ -62,10 +62,10 @@
 //!     with this label (to hang one token while another one answers).
 //!   * `protected_auth_path=1` – `C_GetTokenInfo` reports
 //!     `CKF_PROTECTED_AUTHENTICATION_PATH` (a reader with a PIN pad), and a
-//!     `CKU_USER` `C_Login` with a NULL PIN is forwarded with the PIN from
+//!     `CKU_USER` or `CKU_CONTEXT_SPECIFIC` `C_Login` with a NULL PIN goes on with the PIN from
 //!     `P11_COUNT_PINPAD_PIN` (what "the user typed on the keypad"; without it
 //!     the login fails with `CKR_PIN_INCORRECT`), after `delay_ms` (typing
-//!     time; no `delay_token` filter). Logged as `C_Login user_type=1 pinpad`.
+//!     time; no `delay_token` filter). Logged with a trailing ` pinpad`.
 //!   * `fail_login_once=RV_HEX` – the next `C_Login` (of any user type, in
 //!     any process) returns that rv without reaching the real module and
 //!     without touching the lock counter; the knob is then spent until the
@@ -812,7 +812,7 @@ unsafe extern "C" fn wrap_login(
     let (m, real_login) = setup!(C_Login);
 
     // A PIN pad: no PIN from the caller; "the user types" P11_COUNT_PINPAD_PIN.
-    let (pin, pin_len, note) = if pin.is_null() && user_type == CKU_USER && {
+    let (pin, pin_len, note) = if pin.is_null() && is_user_pin(user_type) && {
         let f = m.faults();
         f.knobs.protected_auth_path
     } {

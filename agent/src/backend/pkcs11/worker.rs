@@ -275,7 +275,7 @@ impl Worker {
     fn context_op<T>(
         &mut self,
         cka_id: &[u8],
-        pin: &Pin,
+        pin: Option<&Pin>,
         source: PinSource,
         init: impl Fn(&Session, ObjectHandle) -> Result<(), CkError>,
         call: impl Fn(&RawModule, cryptoki_sys::CK_SESSION_HANDLE) -> Result<T, CkError>,
@@ -298,8 +298,12 @@ impl Worker {
             }
             Err(e) => return Err(self.err(e, function)),
         }
-        let secret = cryptoki::types::AuthPin::from(pin.expose().to_owned());
-        if let Err(e) = self.session.login(UserType::ContextSpecific, Some(&secret)) {
+        // No PIN: the reader's PIN pad asks the user.
+        let secret = pin.map(|p| cryptoki::types::AuthPin::from(p.expose().to_owned()));
+        if let Err(e) = self
+            .session
+            .login(UserType::ContextSpecific, secret.as_ref())
+        {
             let e = self.login_error(e, source);
             self.reset_session();
             return Err(e);
@@ -314,7 +318,7 @@ impl Worker {
     fn key_op<T>(
         &mut self,
         cka_id: &[u8],
-        ctx: Option<(&Pin, PinSource)>,
+        ctx: Option<(Option<&Pin>, PinSource)>,
         mech: &Mechanism,
         input: &[u8],
         op: Op,
@@ -587,7 +591,7 @@ impl Worker {
         key_alg: KeyAlgorithm,
         alg: SignAlgorithm,
         digest: &[u8],
-        ctx: Option<(&Pin, PinSource)>,
+        ctx: Option<(Option<&Pin>, PinSource)>,
     ) -> Result<Vec<u8>, AgentError> {
         let (mech, input) = sign_input(alg, digest)?;
         let sig = self.key_op(cka_id, ctx, &mech, &input, Op::Sign, |r| r)?;
@@ -617,7 +621,7 @@ impl Worker {
         cka_id: &[u8],
         alg: DecryptAlgorithm,
         ct: &[u8],
-        ctx: Option<(&Pin, PinSource)>,
+        ctx: Option<(Option<&Pin>, PinSource)>,
     ) -> Result<SecretBytes, AgentError> {
         let mech = decrypt_mechanism(alg)?;
         let oaep_sha2 = matches!(
