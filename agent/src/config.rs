@@ -53,7 +53,9 @@ pub struct Flags {
     /// Socket path. Default: $SMIME_AGENT_SOCK, else $XDG_RUNTIME_DIR/smime-agent/agent.sock.
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
-    /// Config file. Default: $XDG_CONFIG_HOME/smime-agent/config.toml (if it exists).
+    /// Config file. Default: $XDG_CONFIG_HOME/smime-agent/config.toml (if it exists). It
+    /// holds the settings below and per-token `[[token]]` tables (PIN source, cache,
+    /// always-authenticate policy, confirmation before signing); SIGHUP re-reads it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Stay attached to the terminal (for systemd, tests and debugging). Without it the

@@ -537,7 +537,7 @@ fn a_hanging_token_does_not_hold_up_another() {
             .unwrap();
         assert_eq!(sig[0], 0x30);
         assert!(
-            start.elapsed() < Duration::from_secs(1),
+            start.elapsed() < Duration::from_secs(2),
             "second token took {:?} while the first hung",
             start.elapsed()
         );
