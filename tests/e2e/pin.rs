@@ -701,3 +701,30 @@ fn an_always_authenticate_key_behind_a_pin_pad_uses_the_keypad_every_time() {
     assert_eq!(count_lines(&log, "user_type=2 rv=0x0 pinpad"), 2);
     assert_eq!(count_lines(&log, "C_Login"), 3);
 }
+
+#[test]
+fn a_token_table_sets_the_login_ttl() {
+    let token = Token::new();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // The agent-wide TTL is an hour; the token's own table says one second.
+    let agent = agent_with_config(
+        &token,
+        d,
+        "",
+        &[],
+        "cache_ttl = 3600\n[[token]]\nlabel = \"smime-demo\"\ncache_ttl = 1\n",
+    );
+    let (out, _) = sign(&agent, d, "alice-ec", "s1");
+    assert_ok(&out, "first signature");
+    std::thread::sleep(Duration::from_millis(2500));
+    let status = agent.smime(&["status"]);
+    assert!(
+        String::from_utf8_lossy(&status.stdout).contains(": locked"),
+        "{}",
+        String::from_utf8_lossy(&status.stdout)
+    );
+    let (out, _) = sign(&agent, d, "alice-ec", "s2");
+    assert_ok(&out, "after the TTL");
+    assert_eq!(count_lines(&d.join("dialogs"), "GETPIN"), 2);
+}
