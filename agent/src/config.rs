@@ -15,6 +15,20 @@
 //! pinentry = "/usr/bin/pinentry-gnome3"   # prompt for PINs the agent was not given
 //! cache_ttl = 3600           # log out an hour after logging in (0: never)
 //! idle_timeout = 900         # log out after 15 idle minutes (0: never)
+//! always_auth = "prompt"     # CKA_ALWAYS_AUTHENTICATE keys: "prompt" | "cached-pin"
+//!
+//! # Per-token settings, matched by label or serial; unset fields take the values above.
+//! [[token]]
+//! label = "PIV Card"         # or: serial = "4f1a9c0b7e2d3a11"
+//! pin_source = "pinentry"    # "pinentry" | "client" | "file" | "env" | "pinpad"
+//! pin_file = "/path/to/pin"  # with pin_source = "file"
+//! pin_env = "PIV_PIN"        # with pin_source = "env"
+//! cache = "pin"              # "pin" (keep the PIN while logged in) | "login-only"
+//! cache_ttl = 600
+//! idle_timeout = 120
+//! always_auth = "cached-pin"
+//! confirm_sign = ["sig-key"] # key labels or CKA_IDs (hex) to confirm before each
+//!                            # signature; `true` for every key of the token
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -39,7 +53,9 @@ pub struct Flags {
     /// Socket path. Default: $SMIME_AGENT_SOCK, else $XDG_RUNTIME_DIR/smime-agent/agent.sock.
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
-    /// Config file. Default: $XDG_CONFIG_HOME/smime-agent/config.toml (if it exists).
+    /// Config file. Default: $XDG_CONFIG_HOME/smime-agent/config.toml (if it exists). It
+    /// holds the settings below and per-token `[[token]]` tables (PIN source, cache,
+    /// always-authenticate policy, confirmation before signing); SIGHUP re-reads it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Stay attached to the terminal (for systemd, tests and debugging). Without it the
@@ -67,6 +83,11 @@ pub struct Flags {
     /// Log out of a token after this many seconds without a private-key operation (0: never).
     #[arg(long, value_name = "SECONDS")]
     pub idle_timeout: Option<u64>,
+    /// Keys with CKA_ALWAYS_AUTHENTICATE need the PIN for every operation: `prompt`
+    /// asks every time through pinentry, `cached-pin` reuses the PIN the token was
+    /// unlocked with (held in zeroizing memory while logged in).
+    #[arg(long, value_name = "POLICY", value_parser = ["prompt", "cached-pin"])]
+    pub always_auth: Option<String>,
     /// Log filter, e.g. `info` or `smime_agent=debug`. Also SMIME_AGENT_LOG.
     #[arg(long, value_name = "FILTER")]
     pub log: Option<String>,
@@ -85,6 +106,85 @@ struct FileConfig {
     pinentry: Option<PathBuf>,
     cache_ttl: Option<u64>,
     idle_timeout: Option<u64>,
+    always_auth: Option<AlwaysAuth>,
+    #[serde(default)]
+    token: Vec<TokenRule>,
+}
+
+/// One `[[token]]` table: settings for the tokens it matches.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRule {
+    /// Token label to match.
+    pub label: Option<String>,
+    /// Token serial to match.
+    pub serial: Option<String>,
+    /// Where the PIN comes from.
+    pub pin_source: Option<PinSourceKind>,
+    /// With `pin_source = "file"`.
+    pub pin_file: Option<PathBuf>,
+    /// With `pin_source = "env"`: the variable's name.
+    pub pin_env: Option<String>,
+    /// The pinentry program for this token.
+    pub pinentry: Option<PathBuf>,
+    /// What the agent keeps after a login.
+    pub cache: Option<CacheKind>,
+    /// Seconds from login to logout (0: never).
+    pub cache_ttl: Option<u64>,
+    /// Seconds without use before logout (0: never).
+    pub idle_timeout: Option<u64>,
+    /// Always-authenticate keys.
+    pub always_auth: Option<AlwaysAuth>,
+    /// Keys to confirm before each signature.
+    pub confirm_sign: Option<ConfirmSign>,
+}
+
+/// `pin_source` of a `[[token]]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PinSourceKind {
+    /// The agent asks through pinentry.
+    Pinentry,
+    /// The client forwards the PIN (`smime unlock`); the agent never prompts.
+    Client,
+    /// A file holding the PIN (CI).
+    File,
+    /// An environment variable holding the PIN (CI).
+    Env,
+    /// The reader's PIN pad (CKF_PROTECTED_AUTHENTICATION_PATH): no PIN crosses the host.
+    Pinpad,
+}
+
+/// `cache` of a `[[token]]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CacheKind {
+    /// Keep the PIN (zeroizing) while logged in, to log in again after a card
+    /// reinsertion and for `always_auth = "cached-pin"`.
+    Pin,
+    /// Keep only the token's login state; no PIN stays in memory.
+    LoginOnly,
+}
+
+/// Policy for CKA_ALWAYS_AUTHENTICATE keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AlwaysAuth {
+    /// Ask for the PIN before every operation.
+    #[default]
+    Prompt,
+    /// Reuse the PIN the token was unlocked with.
+    CachedPin,
+}
+
+/// `confirm_sign`: `true`/`false` for every key, or a list of key labels / CKA_IDs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ConfirmSign {
+    /// Every key of the token, or none.
+    All(bool),
+    /// These keys (label or CKA_ID in hex).
+    Keys(Vec<String>),
 }
 
 /// The resolved configuration.
@@ -100,11 +200,15 @@ pub struct Config {
     pub max_connections: usize,
     /// A PIN for CI, and the token it is for.
     pub pin: Option<(Arc<Pin>, Option<String>)>,
-    /// How PINs are asked for and how long logins last.
+    /// How PINs are asked for and how long logins last, for tokens no `[[token]]` matches.
     pub policy: Arc<PinPolicy>,
+    /// The `[[token]]` tables, in file order (the first match wins).
+    pub token_rules: Vec<TokenRule>,
+    /// The flags the configuration was resolved from (to re-read it on SIGHUP).
+    pub flags: Flags,
 }
 
-/// How the agent gets PINs it was not given, and how long a login lasts.
+/// How the agent gets PINs for one token, and how long a login lasts.
 #[derive(Debug, Clone, Default)]
 pub struct PinPolicy {
     /// The pinentry program, if the agent should prompt itself.
@@ -113,6 +217,92 @@ pub struct PinPolicy {
     pub ttl: Option<std::time::Duration>,
     /// Log out after this long without a private-key operation.
     pub idle: Option<std::time::Duration>,
+    /// The PIN source the configuration names (`None`: pinentry if configured, else
+    /// client; a PIN pad if the token has one).
+    pub source: Option<PinSourceKind>,
+    /// For `file` / `env`: where the PIN is read, at each login (it is not kept here).
+    pub pin_file: Option<PathBuf>,
+    /// For `env`.
+    pub pin_env: Option<String>,
+    /// Keep no PIN after login.
+    pub login_only: bool,
+    /// Always-authenticate keys.
+    pub always_auth: AlwaysAuth,
+    /// Keys to confirm before each signature.
+    pub confirm_sign: Option<ConfirmSign>,
+}
+
+impl PinPolicy {
+    /// Whether signing with the key (`label`, CKA_ID hex) needs the user's confirmation.
+    pub fn confirms(&self, label: &str, cka_id_hex: &str) -> bool {
+        match &self.confirm_sign {
+            None | Some(ConfirmSign::All(false)) => false,
+            Some(ConfirmSign::All(true)) => true,
+            Some(ConfirmSign::Keys(k)) => k
+                .iter()
+                .any(|k| k == label || k.eq_ignore_ascii_case(cka_id_hex)),
+        }
+    }
+
+    /// Reads the PIN of a `file` or `env` source, if this policy has one.
+    ///
+    /// # Errors
+    /// When the file cannot be read or the variable is unset.
+    pub fn read_pin(&self) -> anyhow::Result<Option<Pin>> {
+        match self.source {
+            Some(PinSourceKind::File) => {
+                let p = self
+                    .pin_file
+                    .as_deref()
+                    .context("pin_source = \"file\" needs pin_file")?;
+                read_pin_file(p).map(Some)
+            }
+            Some(PinSourceKind::Env) => {
+                let v = self
+                    .pin_env
+                    .as_deref()
+                    .context("pin_source = \"env\" needs pin_env")?;
+                let pin = zeroize::Zeroizing::new(
+                    std::env::var(v).with_context(|| format!("PIN variable {v} is not set"))?,
+                );
+                if pin.is_empty() {
+                    bail!("PIN variable {v} is empty");
+                }
+                Ok(Some(Pin::new(pin.to_string())))
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+impl Config {
+    /// The policy for a token: the first `[[token]]` matching its label or serial, over
+    /// the agent-wide defaults.
+    pub fn policy_for(&self, label: &str, serial: &str) -> Arc<PinPolicy> {
+        let Some(r) = self.token_rules.iter().find(|r| {
+            r.label.as_deref().is_some_and(|l| l == label)
+                || r.serial.as_deref().is_some_and(|s| s == serial)
+        }) else {
+            return self.policy.clone();
+        };
+        let secs = |v: Option<u64>, d| match v {
+            Some(0) => None,
+            Some(s) => Some(std::time::Duration::from_secs(s)),
+            None => d,
+        };
+        let d = &self.policy;
+        Arc::new(PinPolicy {
+            pinentry: r.pinentry.clone().or_else(|| d.pinentry.clone()),
+            ttl: secs(r.cache_ttl, d.ttl),
+            idle: secs(r.idle_timeout, d.idle),
+            source: r.pin_source.or(d.source),
+            pin_file: r.pin_file.clone(),
+            pin_env: r.pin_env.clone(),
+            login_only: r.cache.map_or(d.login_only, |c| c == CacheKind::LoginOnly),
+            always_auth: r.always_auth.unwrap_or(d.always_auth),
+            confirm_sign: r.confirm_sign.clone().or_else(|| d.confirm_sign.clone()),
+        })
+    }
 }
 
 /// Where the agent listens when nothing says otherwise.
@@ -220,7 +410,28 @@ impl Config {
                     .filter(|t| !t.is_empty())
             })
             .or(file.pin_token);
+        for r in &file.token {
+            if r.label.is_none() && r.serial.is_none() {
+                bail!("a [[token]] table needs `label` or `serial`");
+            }
+            match r.pin_source {
+                Some(PinSourceKind::File) if r.pin_file.is_none() => {
+                    bail!("[[token]] with pin_source = \"file\" needs pin_file")
+                }
+                Some(PinSourceKind::Env) if r.pin_env.is_none() => {
+                    bail!("[[token]] with pin_source = \"env\" needs pin_env")
+                }
+                _ => {}
+            }
+        }
+        let always_auth = match flags.always_auth.as_deref() {
+            Some("cached-pin") => AlwaysAuth::CachedPin,
+            Some(_) => AlwaysAuth::Prompt,
+            None => file.always_auth.unwrap_or_default(),
+        };
         Ok(Self {
+            flags: flags.clone(),
+            token_rules: file.token,
             modules,
             socket,
             sessions: flags.sessions.or(file.sessions).unwrap_or(2).clamp(1, 64),
@@ -242,6 +453,8 @@ impl Config {
                     .or(file.idle_timeout)
                     .filter(|s| *s > 0)
                     .map(std::time::Duration::from_secs),
+                always_auth,
+                ..PinPolicy::default()
             }),
         })
     }
@@ -265,5 +478,45 @@ mod tests {
     fn config_file_is_strict() {
         assert!(toml::from_str::<FileConfig>("modules = [\"/x.so\"]\nsessions = 3").is_ok());
         assert!(toml::from_str::<FileConfig>("modlues = []").is_err());
+    }
+
+    #[test]
+    fn token_tables_override_the_defaults() {
+        let f: FileConfig = toml::from_str(
+            "cache_ttl = 60\n\
+             [[token]]\nlabel = \"a\"\npin_source = \"pinpad\"\ncache = \"login-only\"\n\
+             always_auth = \"cached-pin\"\nconfirm_sign = [\"k1\", \"0A\"]\nidle_timeout = 5\n\
+             [[token]]\nserial = \"s2\"\nconfirm_sign = true\ncache_ttl = 0\n",
+        )
+        .unwrap();
+        let c = Config {
+            modules: vec![],
+            socket: PathBuf::new(),
+            sessions: 1,
+            max_connections: 1,
+            pin: None,
+            policy: Arc::new(PinPolicy {
+                ttl: Some(std::time::Duration::from_secs(60)),
+                ..PinPolicy::default()
+            }),
+            token_rules: f.token,
+            flags: Flags::default(),
+        };
+        let a = c.policy_for("a", "x");
+        assert_eq!(a.source, Some(PinSourceKind::Pinpad));
+        assert!(a.login_only);
+        assert_eq!(a.always_auth, AlwaysAuth::CachedPin);
+        assert_eq!(a.ttl, Some(std::time::Duration::from_secs(60)));
+        assert_eq!(a.idle, Some(std::time::Duration::from_secs(5)));
+        assert!(a.confirms("k1", "01") && a.confirms("other", "0a") && !a.confirms("k2", "01"));
+        let b = c.policy_for("b", "s2");
+        assert!(b.confirms("any", "01"));
+        assert_eq!(b.ttl, None);
+        let other = c.policy_for("z", "z");
+        assert!(!other.confirms("k1", "01") && !other.login_only);
+        assert!(
+            toml::from_str::<FileConfig>("[[token]]\nlabel = \"a\"\npin_source = \"nope\"")
+                .is_err()
+        );
     }
 }

@@ -67,12 +67,21 @@ pub enum AgentError {
     },
     /// The key wants the PIN before every use (CKA_ALWAYS_AUTHENTICATE).
     #[error(
-        "a key on token {token:?} needs the PIN for every use (CKA_ALWAYS_AUTHENTICATE); \
-             the agent cannot do per-use PIN entry yet"
+        "a key on token {token:?} needs the PIN for every use (CKA_ALWAYS_AUTHENTICATE): \
+             configure pinentry, or always_auth = \"cached-pin\" with a PIN the agent holds"
     )]
     KeyNeedsPinPerUse {
         /// Token label.
         token: String,
+    },
+    /// The key wants a confirmation before each signature and the user declined it (or
+    /// no pinentry is configured to ask).
+    #[error("the signature with key {key:?} on token {token:?} was not confirmed by the user")]
+    ConfirmationDeclined {
+        /// Token label.
+        token: String,
+        /// Key label.
+        key: String,
     },
     /// The key was listed but is no longer on the token.
     #[error("key with CKA_ID {cka_id} is no longer on token {token:?}")]
@@ -136,6 +145,7 @@ impl AgentError {
             | PinLenRange { token }
             | PinFinalTry { token }
             | KeyNeedsPinPerUse { token }
+            | ConfirmationDeclined { token, .. }
             | KeyGone { token, .. }
             | InvalidInput { token, .. }
             | Pkcs11 { token, .. } => Some(token),
@@ -162,6 +172,7 @@ impl From<&AgentError> for ErrorResponse {
             PinLenRange { .. } => ErrorCode::PIN_LEN_RANGE,
             PinFinalTry { .. } => ErrorCode::PIN_FINAL_TRY,
             KeyNeedsPinPerUse { .. } => ErrorCode::OPERATION_NOT_ALLOWED,
+            ConfirmationDeclined { .. } => ErrorCode::CONFIRMATION_DECLINED,
             KeyGone { .. } => ErrorCode::KEY_NOT_FOUND,
             InvalidInput { .. } => ErrorCode::INVALID_INPUT,
             Pkcs11 { .. } => ErrorCode::TOKEN_ERROR,

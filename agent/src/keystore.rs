@@ -1,6 +1,6 @@
 //! The registry of loaded modules and their tokens, and key selection by [`KeyId`].
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use smime_proto::{KeyId, KeyInfo, ModuleStatus, Pin};
 
@@ -11,15 +11,16 @@ use crate::error::AgentError;
 /// All tokens the agent serves.
 #[derive(Debug)]
 pub struct Keystore {
-    modules: Vec<Module>,
+    /// The loaded modules (changed by a reload).
+    modules: Mutex<Vec<Module>>,
     /// Every configured module with its load outcome, for `Status`.
-    module_status: Vec<ModuleStatus>,
+    module_status: RwLock<Vec<ModuleStatus>>,
     started: std::time::Instant,
     /// Replaced as a whole on rescans (token inserted or gone).
     tokens: RwLock<Vec<Arc<Token>>>,
-    sessions: usize,
     pin: Option<(Arc<Pin>, Option<String>)>,
-    policy: Arc<crate::config::PinPolicy>,
+    /// The configuration tokens are opened with (replaced on SIGHUP).
+    config: RwLock<Config>,
 }
 
 impl Keystore {
@@ -33,9 +34,11 @@ impl Keystore {
             match Module::load(path) {
                 Ok(m) => {
                     let present = m.present_tokens();
-                    tokens.extend(present.into_iter().filter_map(|(slot, _)| {
-                        m.open_token(slot, config.sessions, &config.policy)
-                    }));
+                    tokens.extend(
+                        present
+                            .into_iter()
+                            .filter_map(|(slot, _)| m.open_token(slot, config)),
+                    );
                     modules.push(m);
                     module_status.push(ModuleStatus {
                         path: path.display().to_string(),
@@ -54,13 +57,12 @@ impl Keystore {
             }
         }
         Self {
-            modules,
-            module_status,
+            modules: Mutex::new(modules),
+            module_status: RwLock::new(module_status),
             tokens: RwLock::new(tokens),
             started: std::time::Instant::now(),
-            sessions: config.sessions,
             pin: config.pin.clone(),
-            policy: config.policy.clone(),
+            config: RwLock::new(config.clone()),
         }
     }
 
@@ -76,9 +78,19 @@ impl Keystore {
     /// that are gone. Returns the new tokens (not yet enumerated). Blocking.
     pub fn rescan(&self) -> Vec<Arc<Token>> {
         let current = self.tokens();
+        let config = self
+            .config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let mut keep = Vec::new();
         let mut added = Vec::new();
-        for m in &self.modules {
+        for m in self
+            .modules
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
             let module = m.path().display().to_string();
             for (slot, serial) in m.present_tokens() {
                 match current
@@ -86,7 +98,7 @@ impl Keystore {
                     .find(|t| t.module() == module && t.serial == serial)
                 {
                     Some(t) => keep.push(t.clone()),
-                    None => added.extend(m.open_token(slot, self.sessions, &self.policy)),
+                    None => added.extend(m.open_token(slot, &config)),
                 }
             }
         }
@@ -183,8 +195,77 @@ impl Keystore {
     }
 
     /// Every configured module and whether it loaded.
-    pub fn modules(&self) -> &[ModuleStatus] {
-        &self.module_status
+    pub fn modules(&self) -> Vec<ModuleStatus> {
+        self.module_status
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Config {
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Applies a re-read configuration (SIGHUP): stops the tokens of modules no longer
+    /// listed and finalizes those modules, loads the newly listed ones, gives every token
+    /// its new `[[token]]` settings, then rescans the slots. Tokens still open keep their
+    /// sessions and logins. Returns the new tokens. Blocking.
+    pub fn reload(&self, config: Config) -> Vec<Arc<Token>> {
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = config.clone();
+        let mut modules = self.modules.lock().unwrap_or_else(|e| e.into_inner());
+        let (keep, gone): (Vec<Module>, Vec<Module>) = std::mem::take(&mut *modules)
+            .into_iter()
+            .partition(|m| config.modules.iter().any(|p| p == m.path()));
+        for m in gone {
+            let path = m.path().display().to_string();
+            let mut tokens = self.tokens.write().unwrap_or_else(|e| e.into_inner());
+            tokens.retain(|t| {
+                let mine = t.module() == path;
+                if mine {
+                    t.shutdown();
+                }
+                !mine
+            });
+            drop(tokens);
+            tracing::info!(module = %path, "module no longer configured; finalizing");
+            m.finalize();
+        }
+        *modules = keep;
+        let mut status = Vec::new();
+        for path in &config.modules {
+            if modules.iter().any(|m| m.path() == path) {
+                status.push(loaded(path));
+                continue;
+            }
+            match Module::load(path) {
+                Ok(m) => {
+                    tracing::info!(module = %path.display(), "module loaded");
+                    modules.push(m);
+                    status.push(loaded(path));
+                }
+                Err(e) => {
+                    tracing::error!(module = %path.display(), error = %e, "cannot load PKCS#11 module");
+                    status.push(ModuleStatus {
+                        path: path.display().to_string(),
+                        loaded: false,
+                        error: Some(e.to_string()),
+                    });
+                }
+            }
+        }
+        drop(modules);
+        *self
+            .module_status
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = status;
+        for t in self.tokens() {
+            t.set_policy(config.policy_for(&t.label, &t.serial));
+        }
+        self.rescan()
     }
 
     /// Stops the workers, closes sessions and finalizes the modules. Blocking.
@@ -193,9 +274,17 @@ impl Keystore {
             t.shutdown();
         }
         drop(self.tokens);
-        for m in self.modules {
+        for m in self.modules.into_inner().unwrap_or_else(|e| e.into_inner()) {
             tracing::debug!(module = %m.path().display(), "finalizing");
             m.finalize();
         }
+    }
+}
+
+fn loaded(path: &std::path::Path) -> ModuleStatus {
+    ModuleStatus {
+        path: path.display().to_string(),
+        loaded: true,
+        error: None,
     }
 }

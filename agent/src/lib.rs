@@ -12,7 +12,7 @@
 //! ```
 //!
 //! [`run`] starts everything; tests call it in-process with their own shutdown future.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)] // one exception: backend::pkcs11::raw (see there)
 
 pub mod backend;
 pub mod config;
@@ -31,8 +31,9 @@ use tokio_util::sync::CancellationToken;
 pub use config::{Config, Flags};
 pub use error::AgentError;
 
-/// SIGHUP: look at the slots again (tokens inserted or removed) and re-read every
-/// token's keys, without dropping a connection.
+/// SIGHUP: re-read the configuration (modules added or removed, per-token settings for
+/// tokens opened from now on), look at the slots again (tokens inserted or removed) and
+/// re-read every token's keys, without dropping a connection.
 async fn rescan_on_sighup(keystore: Arc<keystore::Keystore>, cancel: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
@@ -43,9 +44,19 @@ async fn rescan_on_sighup(keystore: Arc<keystore::Keystore>, cancel: Cancellatio
             _ = cancel.cancelled() => return,
             r = hup.recv() => if r.is_none() { return },
         }
-        tracing::info!("SIGHUP: rescanning tokens");
+        tracing::info!("SIGHUP: re-reading the configuration and rescanning tokens");
         let ks = keystore.clone();
-        let Ok(added) = tokio::task::spawn_blocking(move || ks.rescan()).await else {
+        let Ok(added) = tokio::task::spawn_blocking(move || {
+            match Config::resolve(&ks.config().flags) {
+                Ok(config) => ks.reload(config),
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "configuration not reloaded; keeping the old one");
+                    ks.rescan()
+                }
+            }
+        })
+        .await
+        else {
             continue;
         };
         keystore.start_tokens(&added).await;
@@ -117,9 +128,8 @@ pub async fn run(
     ready();
     let cancel = CancellationToken::new();
     tokio::spawn(rescan_on_sighup(keystore.clone(), cancel.clone()));
-    if config.policy.ttl.is_some() || config.policy.idle.is_some() {
-        tokio::spawn(expire_logins(keystore.clone(), cancel.clone()));
-    }
+    // Always running: a reload may bring per-token TTLs.
+    tokio::spawn(expire_logins(keystore.clone(), cancel.clone()));
     let server = tokio::spawn(server::serve(
         listener,
         socket,

@@ -1,5 +1,5 @@
 //! `smime-agent`: flags, logging, signals; the work is in the library.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitCode, Stdio};

@@ -173,7 +173,7 @@ impl Session {
                     agent: Some(AgentStatus {
                         version: format!("smime-agent {}", env!("CARGO_PKG_VERSION")),
                         uptime_secs: ks.started().elapsed().as_secs(),
-                        modules: ks.modules().to_vec(),
+                        modules: ks.modules(),
                     }),
                 })
             }

@@ -67,6 +67,9 @@ pub(crate) fn hint(e: &anyhow::Error) -> Option<&'static str> {
                 Some("unblock the PIN with the PUK or SO PIN (e.g. pkcs11-tool --unlock-pin)")
             }
             ErrorCode::TOKEN_ABSENT => Some("insert the card"),
+            ErrorCode::CONFIRMATION_DECLINED => {
+                Some("the key asks for a confirmation of each signature (confirm_sign)")
+            }
             _ => None,
         },
         _ => None,
@@ -295,6 +298,12 @@ fn status(cli: &Cli, json: bool) -> Result<(), Failure> {
             t.keys,
             t.module
         );
+        if t.pin_pad {
+            println!("  PIN pad: enter the PIN on the reader's keypad when asked");
+        }
+        if let Some(w) = &t.waiting {
+            println!("  busy: {w}");
+        }
     }
     Ok(())
 }

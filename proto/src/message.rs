@@ -235,6 +235,14 @@ pub struct TokenStatus {
     pub pin_state: PinState,
     /// Number of private keys found.
     pub keys: u32,
+    /// Logins use the reader's PIN pad (CKF_PROTECTED_AUTHENTICATION_PATH): the user
+    /// types the PIN on the reader, not on the computer.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pin_pad: bool,
+    /// Set while an operation has been running on the token for more than a second: what
+    /// the token waits for (a touch, the card, a PIN on the keypad), for clients to show.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
 }
 
 impl Request {
@@ -433,6 +441,8 @@ mod tests {
                     logged_in: true,
                     pin_state: PinState::Ok,
                     keys: 3,
+                    pin_pad: true,
+                    waiting: Some("waiting for the token (2 s)".into()),
                 }],
                 agent: None,
             },

@@ -264,6 +264,9 @@ error_codes! {
     /// The token is on its final PIN try: resend `unlock` with `confirm_final_try` once
     /// the user has agreed, or unblock the PIN another way.
     PIN_FINAL_TRY = 304;
+    /// The key needs the user's confirmation before each signature (a high-assurance
+    /// key) and the user declined, or the agent has no pinentry to ask. Nothing was signed.
+    CONFIRMATION_DECLINED = 305;
     /// The token failed the operation (see `message`).
     TOKEN_ERROR = 400;
     /// The token could not decrypt or derive with the given input.

@@ -177,6 +177,8 @@ fn responses() -> Vec<(&'static str, Response)> {
                     logged_in: true,
                     pin_state: PinState::Ok,
                     keys: 3,
+                    pin_pad: false,
+                    waiting: None,
                 }],
                 agent: None,
             },

@@ -7,6 +7,7 @@ mod envelope;
 mod git;
 mod gpgsm;
 mod ops;
+mod pin;
 mod python;
 mod sign;
 mod smime_mail;

@@ -152,6 +152,33 @@ EXAMPLES = {
         },
         "resp-status.bin",
     ),
+    "resp-status-waiting": (
+        {
+            "type": "status",
+            "tokens": [
+                {
+                    "label": "PIV Card",
+                    "serial": "00000000a1b2c3d4",
+                    "module": "/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so",
+                    "logged_in": False,
+                    "pin_state": "ok",
+                    "keys": 4,
+                    "pin_pad": True,
+                    "waiting": "waiting for the PIN on the reader's keypad (3 s)",
+                }
+            ],
+        },
+        None,
+    ),
+    "resp-error-confirmation-declined": (
+        {
+            "type": "error",
+            "code": 305,
+            "message": 'the signature with key "sig" on token "PIV Card" was not confirmed by the user',
+            "token": "PIV Card",
+        },
+        None,
+    ),
     "resp-error": (
         {
             "type": "error",

@@ -10,14 +10,27 @@
 //! (`Send`, not `Sync`) and takes jobs from the token's queue, so `sessions` requests can
 //! run at once. Login state belongs to the application and token, so one `C_Login` on any
 //! session serves them all; the agent logs in once and keeps the sessions.
+//!
+//! Each token has its own queue and workers, so a token that hangs (a card waiting for a
+//! touch, a PIN pad waiting for the user) holds up only its own requests; the jobs running
+//! on it are tracked and `Status` reports one running longer than a second as `waiting`.
+//! Keys with CKA_ALWAYS_AUTHENTICATE go through the `raw` module for their
+//! context-specific login.
+//! Per-token settings ([`PinPolicy`], from `[[token]]` in config.toml) decide where PINs
+//! come from (pinentry, client, file, env, PIN pad), how long logins last, whether a PIN is
+//! kept at all, and which keys need a confirmation before signing.
 
 pub(crate) mod mechanism;
 mod oaep;
+mod raw;
 mod worker;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
@@ -27,7 +40,7 @@ use smime_proto::{
     SignAlgorithm, TokenStatus,
 };
 
-use crate::config::PinPolicy;
+use crate::config::{AlwaysAuth, Config, PinPolicy, PinSourceKind};
 use crate::error::AgentError;
 pub use worker::PinSource;
 use worker::{Job, Worker};
@@ -37,6 +50,8 @@ use worker::{Job, Worker};
 pub struct Module {
     path: PathBuf,
     p11: Pkcs11,
+    /// The same module's C_Sign/C_Decrypt, for always-authenticate keys.
+    raw: Option<Arc<raw::RawModule>>,
 }
 
 impl Module {
@@ -50,9 +65,18 @@ impl Module {
             Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
             Err(e) => return Err(e),
         }
+        let raw = match raw::RawModule::open(path) {
+            Ok(r) => Some(Arc::new(r)),
+            Err(e) => {
+                tracing::warn!(module = %path.display(), error = %e,
+                    "no direct C_Sign/C_Decrypt: always-authenticate keys will be refused");
+                None
+            }
+        };
         Ok(Self {
             path: path.to_owned(),
             p11,
+            raw,
         })
     }
 
@@ -80,13 +104,8 @@ impl Module {
 
     /// Opens the token in `slot` with `sessions` worker threads; a failure is logged.
     /// Blocking.
-    pub fn open_token(
-        &self,
-        slot: Slot,
-        sessions: usize,
-        policy: &Arc<PinPolicy>,
-    ) -> Option<Arc<Token>> {
-        match Token::open(self, slot, sessions, policy.clone()) {
+    pub fn open_token(&self, slot: Slot, config: &Config) -> Option<Arc<Token>> {
+        match Token::open(self, slot, config) {
             Ok(t) => Some(Arc::new(t)),
             Err(e) => {
                 tracing::warn!(module = %self.path.display(), slot = slot.id(), error = %e, "skipping token");
@@ -122,9 +141,12 @@ struct TokenState {
     configured_pin: Option<Arc<Pin>>,
     keys: Vec<KeyEntry>,
     /// When the current login began (for the TTL).
-    logged_in_at: Option<std::time::Instant>,
+    logged_in_at: Option<Instant>,
     /// The last private-key operation (for the idle timeout).
-    last_used: std::time::Instant,
+    last_used: Instant,
+    /// With `always_auth = "cached-pin"`: the PIN the token was unlocked with, for the
+    /// context-specific logins. Dropped on logout, expiry, removal and a rejection.
+    cached_pin: Option<Arc<Pin>>,
 }
 
 /// One token, served by its own worker threads.
@@ -142,24 +164,34 @@ pub struct Token {
     login_lock: tokio::sync::Mutex<()>,
     /// One pinentry dialog at a time per token.
     prompt_lock: tokio::sync::Mutex<()>,
-    policy: Arc<PinPolicy>,
+    /// The token's settings; replaced when SIGHUP reloads the configuration.
+    policy: Mutex<Arc<PinPolicy>>,
     workers: Mutex<Vec<JoinHandle<()>>>,
     state: Mutex<TokenState>,
+    /// The token reports CKF_PROTECTED_AUTHENTICATION_PATH (a PIN-pad reader).
+    protected_path: bool,
+    /// Jobs running on the workers now: id → (start, what the token waits for).
+    inflight: Arc<Mutex<BTreeMap<u64, (Instant, &'static str)>>>,
+    next_job: AtomicU64,
 }
+
+/// A job running longer than this is shown as "waiting" in `Status`.
+const WAITING_AFTER: Duration = Duration::from_secs(1);
+/// What a slow job waits for, as `Status` shows it.
+const WAIT_TOKEN: &str = "waiting for the token (touch it, or check the card)";
+const WAIT_PINPAD: &str = "waiting for the PIN on the reader's keypad";
 
 /// Queue depth per token: beyond it requests get `BUSY` instead of piling up.
 const QUEUE_DEPTH: usize = 4096;
 
 impl Token {
-    fn open(
-        module: &Module,
-        slot: Slot,
-        sessions: usize,
-        policy: Arc<PinPolicy>,
-    ) -> Result<Self, CkError> {
+    fn open(module: &Module, slot: Slot, config: &Config) -> Result<Self, CkError> {
+        let sessions = config.sessions;
         let info = module.p11.get_token_info(slot)?;
+        let policy = config.policy_for(info.label().trim(), info.serial_number().trim());
+        let protected_path = info.protected_authentication_path();
         let (tx, rx) = crossbeam_channel::bounded::<Job>(QUEUE_DEPTH);
-        let epoch = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let epoch = Arc::new(AtomicU64::new(0));
         let label = info.label().trim().to_owned();
         let serial = info.serial_number().trim().to_owned();
         let mut workers = Vec::new();
@@ -172,6 +204,7 @@ impl Token {
                 slot,
                 label.clone(),
                 epoch.clone(),
+                module.raw.clone(),
             );
             let handle = std::thread::Builder::new()
                 .name(format!("p11-{label}-{n}"))
@@ -189,7 +222,7 @@ impl Token {
                 })?;
             workers.push(handle);
         }
-        tracing::info!(token = %label, serial = %serial, slot = slot.id(), sessions = workers.len(), "token opened");
+        tracing::info!(token = %label, serial = %serial, slot = slot.id(), sessions = workers.len(), protected_path, "token opened");
         Ok(Self {
             label,
             serial,
@@ -199,18 +232,52 @@ impl Token {
             jobs: Mutex::new(Some(tx)),
             login_lock: tokio::sync::Mutex::new(()),
             prompt_lock: tokio::sync::Mutex::new(()),
-            policy,
+            policy: Mutex::new(policy),
             workers: Mutex::new(workers),
             state: Mutex::new(TokenState {
                 logged_in: false,
                 logged_in_at: None,
-                last_used: std::time::Instant::now(),
+                last_used: Instant::now(),
                 login_required: info.login_required(),
                 configured_pin_rejected: None,
                 configured_pin: None,
                 keys: vec![],
+                cached_pin: None,
             }),
+            protected_path,
+            inflight: Arc::new(Mutex::new(BTreeMap::new())),
+            next_job: AtomicU64::new(0),
         })
+    }
+
+    /// The token's settings now.
+    fn policy(&self) -> Arc<PinPolicy> {
+        self.policy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Applies new settings (a reloaded configuration). A login in force stays; a PIN
+    /// kept for the old settings is dropped if the new ones say to keep none.
+    pub fn set_policy(&self, policy: Arc<PinPolicy>) {
+        if policy.login_only || policy.always_auth != AlwaysAuth::CachedPin {
+            self.state().cached_pin = None;
+        }
+        if policy.login_only {
+            self.state().configured_pin = None;
+        }
+        *self.policy.lock().unwrap_or_else(|e| e.into_inner()) = policy;
+    }
+
+    /// Whether logins go through the reader's PIN pad: the token has one, or the
+    /// configuration says `pin_source = "pinpad"`.
+    fn pinpad(&self) -> bool {
+        match self.policy().source {
+            Some(PinSourceKind::Pinpad) => true,
+            None => self.protected_path,
+            Some(_) => false,
+        }
     }
 
     fn state(&self) -> MutexGuard<'_, TokenState> {
@@ -223,8 +290,20 @@ impl Token {
         &self,
         f: impl FnOnce(&mut Worker) -> Result<T, AgentError> + Send + 'static,
     ) -> Result<T, AgentError> {
+        self.run_as(WAIT_TOKEN, f).await
+    }
+
+    /// [`Token::run`], noting while it runs what the token waits for (see `Status`).
+    async fn run_as<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        f: impl FnOnce(&mut Worker) -> Result<T, AgentError> + Send + 'static,
+    ) -> Result<T, AgentError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
+        let id = self.next_job.fetch_add(1, Ordering::Relaxed);
+        let inflight = self.inflight.clone();
         let job: Job = Box::new(move |w| {
+            let _running = Running::start(inflight, id, what);
             let _ = tx.send(f(w));
         });
         {
@@ -261,16 +340,22 @@ impl Token {
                 configured,
             });
         }
-        let keep = configured.then(|| pin.clone());
+        let keep = (configured && !self.policy().login_only).then(|| pin.clone());
+        let cache = (self.policy().always_auth == AlwaysAuth::CachedPin
+            && !self.policy().login_only)
+            .then(|| pin.clone());
         let result = self.run(move |w| w.login(&pin, source)).await;
         match &result {
             Ok(outcome) => {
                 {
                     let mut st = self.state();
                     st.logged_in = true;
-                    st.logged_in_at = Some(std::time::Instant::now());
+                    st.logged_in_at = Some(Instant::now());
                     if keep.is_some() {
                         st.configured_pin = keep;
+                    }
+                    if cache.is_some() {
+                        st.cached_pin = cache;
                     }
                 }
                 if *outcome == worker::Login::AlreadyLoggedIn {
@@ -297,6 +382,7 @@ impl Token {
             // No automatic login after an explicit lock.
             let mut st = self.state();
             st.configured_pin = None;
+            st.cached_pin = None;
         }
         self.run(Worker::logout).await?;
         self.state().logged_in = false;
@@ -343,38 +429,35 @@ impl Token {
         Ok(())
     }
 
-    /// Makes sure the token is logged in before a private-key operation:
-    /// - with the agent's configured PIN, if the token accepted it before (after a
-    ///   removal or an expired login);
-    /// - else, with pinentry configured, by asking the user (one dialog at a time; the
-    ///   final try needs an explicit confirmation; a cancelled dialog sends nothing).
-    ///
-    /// A PIN a client sent with `Unlock` is not kept; such a token waits for the next one.
-    async fn ensure_login(&self, key: &KeyEntry, who: &str) -> Result<(), AgentError> {
-        let pin = {
-            let s = self.state();
-            if !s.login_required || s.logged_in {
-                return Ok(());
-            }
-            if s.configured_pin_rejected.is_none() {
-                s.configured_pin.clone()
-            } else {
-                None
-            }
-        };
-        if let Some(pin) = pin {
-            return match self.login(pin, PinSource::Configured).await {
-                Err(e @ AgentError::TokenAbsent { .. }) => Err(e),
-                _ => Ok(()),
-            };
+    /// The pinentry program for this token, unless its PIN comes from elsewhere.
+    fn pinentry(&self) -> Option<PathBuf> {
+        match self.policy().source {
+            None | Some(PinSourceKind::Pinentry) => self.policy().pinentry.clone(),
+            Some(_) => None,
         }
-        let Some(program) = self.policy.pinentry.clone() else {
-            return Ok(());
-        };
-        let _one_dialog = self.prompt_lock.lock().await;
-        if !self.needs_login() {
-            return Ok(()); // someone else's dialog logged in meanwhile
-        }
+    }
+
+    /// The PIN from the token's `file` / `env` source, read now (it is not kept).
+    fn source_pin(&self) -> Result<Option<Arc<Pin>>, AgentError> {
+        self.policy()
+            .read_pin()
+            .map(|p| p.map(Arc::new))
+            .map_err(|e| {
+                tracing::warn!(token = %self.label, error = %e, "cannot read the configured PIN");
+                AgentError::PinRequired {
+                    token: self.label.clone(),
+                }
+            })
+    }
+
+    /// Asks the user for the PIN through pinentry, after reading the token's PIN flags:
+    /// nothing is asked for a locked token, and the final try needs an explicit
+    /// confirmation first. The caller holds `prompt_lock`.
+    async fn prompt_pin(
+        &self,
+        program: PathBuf,
+        description: String,
+    ) -> Result<(Arc<Pin>, PinSource), AgentError> {
         let state = self.pin_state().await?;
         let token = self.label.clone();
         let mut source = PinSource::User;
@@ -385,12 +468,7 @@ impl Token {
                 let text = format!(
                     "Token \"{token}\" is on its FINAL PIN try: one more wrong PIN locks it.\n\nContinue?"
                 );
-                let ok =
-                    tokio::task::spawn_blocking(move || crate::pinentry::confirm(&prog, &text))
-                        .await
-                        .map_err(|e| AgentError::Internal(e.to_string()))?
-                        .map_err(|e| AgentError::Internal(e.to_string()))?;
-                if !ok {
+                if !confirm(prog, text).await? {
                     return Err(AgentError::PinFinalTry { token });
                 }
                 source = PinSource::UserConfirmedFinalTry;
@@ -398,10 +476,7 @@ impl Token {
             _ => {}
         }
         let prompt = crate::pinentry::Prompt {
-            description: format!(
-                "Enter the PIN of token \"{}\" to use key \"{}\".\nRequested by {who}.",
-                self.label, key.info.label
-            ),
+            description,
             error: (state == PinState::CountLow)
                 .then(|| "A wrong PIN was entered before: tries are running low.".to_owned()),
         };
@@ -409,7 +484,7 @@ impl Token {
             .await
             .map_err(|e| AgentError::Internal(e.to_string()))?;
         match pin {
-            Ok(pin) => self.login(Arc::new(pin), source).await,
+            Ok(pin) => Ok((Arc::new(pin), source)),
             Err(crate::pinentry::PinentryError::Cancelled) => {
                 Err(AgentError::PinRequired { token })
             }
@@ -420,15 +495,191 @@ impl Token {
         }
     }
 
+    /// Logs in through the reader's PIN pad: the user types the PIN on the reader.
+    async fn login_pinpad(&self) -> Result<(), AgentError> {
+        let _one_at_a_time = self.login_lock.lock().await;
+        if !self.needs_login() {
+            return Ok(());
+        }
+        tracing::warn!(token = %self.label, "enter the PIN on the reader's keypad (PIN pad login)");
+        let r = self.run_as(WAIT_PINPAD, Worker::login_pinpad).await;
+        match &r {
+            Ok(_) => {
+                {
+                    let mut st = self.state();
+                    st.logged_in = true;
+                    st.logged_in_at = Some(Instant::now());
+                }
+                tracing::info!(token = %self.label, "logged in through the PIN pad");
+                self.refresh_keys().await?;
+            }
+            Err(e) => {
+                tracing::warn!(token = %self.label, error = %e, "PIN pad login failed; not retrying")
+            }
+        }
+        r.map(|_| ())
+    }
+
+    /// Makes sure the token is logged in before a private-key operation:
+    /// - through the reader's PIN pad, for a token that has one;
+    /// - with the agent's configured PIN, if the token accepted it before (after a
+    ///   removal or an expired login), or the token's `file` / `env` PIN source;
+    /// - else, with pinentry configured, by asking the user (one dialog at a time; the
+    ///   final try needs an explicit confirmation; a cancelled dialog sends nothing).
+    ///
+    /// A PIN a client sent with `Unlock` is not kept; such a token waits for the next one.
+    /// Returns the PIN the user typed for this request, if any (an always-authenticate
+    /// key uses it for its first context login instead of asking twice).
+    async fn ensure_login(
+        &self,
+        key: &KeyEntry,
+        who: &str,
+    ) -> Result<Option<(Arc<Pin>, PinSource)>, AgentError> {
+        let pin = {
+            let s = self.state();
+            if !s.login_required || s.logged_in {
+                return Ok(None);
+            }
+            if s.configured_pin_rejected.is_none() {
+                s.configured_pin.clone()
+            } else {
+                None
+            }
+        };
+        if self.pinpad() {
+            return self.login_pinpad().await.map(|()| None);
+        }
+        if let Some(pin) = pin.map_or_else(|| self.source_pin(), |p| Ok(Some(p)))? {
+            return match self.login(pin, PinSource::Configured).await {
+                Err(e @ AgentError::TokenAbsent { .. }) => Err(e),
+                _ => Ok(None),
+            };
+        }
+        let Some(program) = self.pinentry() else {
+            return Ok(None);
+        };
+        let _one_dialog = self.prompt_lock.lock().await;
+        if !self.needs_login() {
+            return Ok(None); // someone else's dialog logged in meanwhile
+        }
+        let description = format!(
+            "Enter the PIN of token \"{}\" to use key \"{}\".\nRequested by {who}.",
+            self.label, key.info.label
+        );
+        let (pin, source) = self.prompt_pin(program, description).await?;
+        self.login(pin.clone(), source).await?;
+        Ok(Some((pin, source)))
+    }
+
+    /// The PIN for the context-specific login of an always-authenticate key: the one the
+    /// user typed for this request, else (policy `cached-pin`) the cached or configured
+    /// one, else a new pinentry dialog.
+    async fn context_pin(
+        &self,
+        key: &KeyEntry,
+        op: &str,
+        who: &str,
+        fresh: Option<(Arc<Pin>, PinSource)>,
+    ) -> Result<(Option<Arc<Pin>>, PinSource), AgentError> {
+        if let Some((p, s)) = fresh {
+            return Ok((Some(p), s));
+        }
+        if self.pinpad() {
+            tracing::warn!(token = %self.label, key = %key.info.label,
+                "enter the PIN on the reader's keypad (context-specific login)");
+            return Ok((None, PinSource::User));
+        }
+        if self.policy().always_auth == AlwaysAuth::CachedPin {
+            let cached = {
+                let s = self.state();
+                s.cached_pin.clone().or_else(|| s.configured_pin.clone())
+            };
+            if let Some(p) = cached {
+                return Ok((Some(p), PinSource::Cached));
+            }
+            if let Some(p) = self.source_pin()? {
+                return Ok((Some(p), PinSource::Configured));
+            }
+        }
+        let Some(program) = self.pinentry() else {
+            if let Some(p) = self.source_pin()? {
+                return Ok((Some(p), PinSource::Configured));
+            }
+            return Err(AgentError::KeyNeedsPinPerUse {
+                token: self.label.clone(),
+            });
+        };
+        let _one_dialog = self.prompt_lock.lock().await;
+        let description = format!(
+            "Key \"{}\" on token \"{}\" needs the PIN for every use.\nEnter it to allow this {op}.\nRequested by {who}.",
+            key.info.label, self.label
+        );
+        let (p, s) = self.prompt_pin(program, description).await?;
+        Ok((Some(p), s))
+    }
+
+    /// For keys configured as high-assurance: asks the user to allow this signature.
+    async fn confirm_sign(&self, key: &KeyEntry, who: &str) -> Result<(), AgentError> {
+        let id_hex = hex::encode(&key.cka_id);
+        if !self.policy().confirms(&key.info.label, &id_hex) {
+            return Ok(());
+        }
+        let declined = || AgentError::ConfirmationDeclined {
+            token: self.label.clone(),
+            key: key.info.label.clone(),
+        };
+        let Some(program) = self.policy().pinentry.clone() else {
+            tracing::warn!(token = %self.label, key = %key.info.label,
+                "signature needs confirmation but no pinentry is configured; refused");
+            return Err(declined());
+        };
+        let _one_dialog = self.prompt_lock.lock().await;
+        let text = format!(
+            "Allow {who} to make a signature with key \"{}\" on token \"{}\"?",
+            key.info.label, self.label
+        );
+        if confirm(program, text).await? {
+            Ok(())
+        } else {
+            tracing::info!(token = %self.label, key = %key.info.label, "signature declined by the user");
+            Err(declined())
+        }
+    }
+
+    /// The key's entry as enumerated now (a login re-reads the private attributes, such
+    /// as CKA_ALWAYS_AUTHENTICATE, that the public half did not show).
+    fn current(&self, key: &KeyEntry) -> KeyEntry {
+        self.key(&key.info.id).unwrap_or_else(|| key.clone())
+    }
+
+    /// After an operation on an always-authenticate key: a cached PIN the token rejected
+    /// is dropped, never sent again.
+    fn after_context<T>(
+        &self,
+        r: &Result<T, AgentError>,
+        ctx: &Option<(Option<Arc<Pin>>, PinSource)>,
+    ) {
+        if let (
+            Err(AgentError::PinIncorrect { .. }),
+            Some((_, PinSource::Configured | PinSource::Cached)),
+        ) = (r, ctx)
+        {
+            tracing::warn!(token = %self.label, "cached PIN rejected by the context login; dropped");
+            let mut s = self.state();
+            s.cached_pin = None;
+            s.configured_pin = None;
+        }
+    }
+
     /// Whether the login is past its TTL or idle limit.
     pub fn login_expired(&self) -> bool {
         let s = self.state();
         let Some(at) = s.logged_in_at.filter(|_| s.logged_in && s.login_required) else {
             return false;
         };
-        self.policy.ttl.is_some_and(|ttl| at.elapsed() >= ttl)
-            || self
-                .policy
+        let policy = self.policy();
+        policy.ttl.is_some_and(|ttl| at.elapsed() >= ttl)
+            || policy
                 .idle
                 .is_some_and(|idle| s.last_used.elapsed() >= idle)
     }
@@ -441,6 +692,7 @@ impl Token {
             let mut s = self.state();
             s.logged_in = false;
             s.logged_in_at = None;
+            s.cached_pin = None;
         }
         tracing::info!(token = %self.label, "login expired by the cache policy; logged out");
         Ok(())
@@ -454,12 +706,30 @@ impl Token {
         digest: Vec<u8>,
         who: &str,
     ) -> Result<Vec<u8>, AgentError> {
-        self.ensure_login(key, who).await?;
+        self.confirm_sign(key, who).await?;
+        let fresh = self.ensure_login(key, who).await?;
+        let key = &self.current(key);
         self.ready(key, Operation::Sign)?;
-        self.state().last_used = std::time::Instant::now();
+        self.state().last_used = Instant::now();
         check_alg(key, alg.is_rsa(), matches!(alg, SignAlgorithm::Unknown))?;
-        let (id, kalg) = (key.cka_id.clone(), key.info.algorithm);
-        self.after_op(self.run(move |w| w.sign(&id, kalg, alg, &digest)).await)
+        let ctx = match key.info.always_authenticate {
+            true => Some(self.context_pin(key, "signature", who, fresh).await?),
+            false => None,
+        };
+        let (id, kalg, c) = (key.cka_id.clone(), key.info.algorithm, ctx.clone());
+        // A context login on a PIN pad waits for the user at the keypad.
+        let what = match &ctx {
+            Some((None, _)) => WAIT_PINPAD,
+            _ => WAIT_TOKEN,
+        };
+        let r = self
+            .run_as(what, move |w| {
+                let c = c.as_ref().map(|(p, s)| (p.as_deref(), *s));
+                w.sign(&id, kalg, alg, &digest, c)
+            })
+            .await;
+        self.after_context(&r, &ctx);
+        self.after_op(r)
     }
 
     /// Decrypts a wrapped content-encryption key.
@@ -470,12 +740,29 @@ impl Token {
         ct: Vec<u8>,
         who: &str,
     ) -> Result<SecretBytes, AgentError> {
-        self.ensure_login(key, who).await?;
+        let fresh = self.ensure_login(key, who).await?;
+        let key = &self.current(key);
         self.ready(key, Operation::Decrypt)?;
-        self.state().last_used = std::time::Instant::now();
+        self.state().last_used = Instant::now();
         check_alg(key, true, matches!(alg, DecryptAlgorithm::Unknown))?;
-        let id = key.cka_id.clone();
-        self.after_op(self.run(move |w| w.decrypt(&id, alg, &ct)).await)
+        let ctx = match key.info.always_authenticate {
+            true => Some(self.context_pin(key, "decryption", who, fresh).await?),
+            false => None,
+        };
+        let (id, c) = (key.cka_id.clone(), ctx.clone());
+        // A context login on a PIN pad waits for the user at the keypad.
+        let what = match &ctx {
+            Some((None, _)) => WAIT_PINPAD,
+            _ => WAIT_TOKEN,
+        };
+        let r = self
+            .run_as(what, move |w| {
+                let c = c.as_ref().map(|(p, s)| (p.as_deref(), *s));
+                w.decrypt(&id, alg, &ct, c)
+            })
+            .await;
+        self.after_context(&r, &ctx);
+        self.after_op(r)
     }
 
     /// ECDH with a peer point; returns Z.
@@ -486,8 +773,9 @@ impl Token {
         who: &str,
     ) -> Result<SecretBytes, AgentError> {
         self.ensure_login(key, who).await?;
+        let key = &self.current(key);
         self.ready(key, Operation::Ecdh)?;
-        self.state().last_used = std::time::Instant::now();
+        self.state().last_used = Instant::now();
         check_alg(key, false, false)?;
         let (id, curve) = (key.cka_id.clone(), key.info.algorithm);
         self.after_op(self.run(move |w| w.ecdh(&id, curve, &peer)).await)
@@ -497,7 +785,10 @@ impl Token {
     /// session is not logged in, and a removed token has lost its login.
     fn after_op<T>(&self, r: Result<T, AgentError>) -> Result<T, AgentError> {
         if let Err(AgentError::PinRequired { .. } | AgentError::TokenAbsent { .. }) = &r {
-            self.state().logged_in = false;
+            let mut s = self.state();
+            s.logged_in = false;
+            // Lock on card removal: a cached PIN goes with the login.
+            s.cached_pin = None;
         }
         r
     }
@@ -516,7 +807,27 @@ impl Token {
 
     /// The token's status. Reads the PIN flags from the token.
     pub async fn status(&self) -> TokenStatus {
-        let pin_state = self.pin_state().await.unwrap_or(PinState::Unknown);
+        // Read beside the workers, which may all be stuck in a slow call, and bounded:
+        // status must answer while a token hangs.
+        let (p11, slot) = (self.p11.clone(), self.slot);
+        let read = tokio::task::spawn_blocking(move || {
+            p11.get_token_info(slot)
+                .map(|i| worker::pin_state(&i))
+                .unwrap_or(PinState::Unknown)
+        });
+        let pin_state = tokio::time::timeout(Duration::from_millis(500), read)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or(PinState::Unknown);
+        let waiting = self
+            .inflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .min_by_key(|(at, _)| *at)
+            .filter(|(at, _)| at.elapsed() >= WAITING_AFTER)
+            .map(|(at, what)| format!("{what} ({} s)", at.elapsed().as_secs()));
         let s = self.state();
         TokenStatus {
             label: self.label.clone(),
@@ -525,6 +836,8 @@ impl Token {
             logged_in: s.logged_in || !s.login_required,
             pin_state,
             keys: u32::try_from(s.keys.len()).unwrap_or(u32::MAX),
+            pin_pad: self.pinpad(),
+            waiting,
         }
     }
 
@@ -555,6 +868,43 @@ impl Token {
     pub fn key(&self, id: &KeyId) -> Option<KeyEntry> {
         self.state().keys.iter().find(|k| &k.info.id == id).cloned()
     }
+}
+
+/// A job's entry in [`Token::inflight`] while it runs; removed on drop, even if the job
+/// panics.
+struct Running {
+    map: Arc<Mutex<BTreeMap<u64, (Instant, &'static str)>>>,
+    id: u64,
+}
+
+impl Running {
+    fn start(
+        map: Arc<Mutex<BTreeMap<u64, (Instant, &'static str)>>>,
+        id: u64,
+        what: &'static str,
+    ) -> Self {
+        map.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, (Instant::now(), what));
+        Self { map, id }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
+    }
+}
+
+/// A pinentry CONFIRM dialog, off the tokio threads.
+async fn confirm(program: PathBuf, text: String) -> Result<bool, AgentError> {
+    tokio::task::spawn_blocking(move || crate::pinentry::confirm(&program, &text))
+        .await
+        .map_err(|e| AgentError::Internal(e.to_string()))?
+        .map_err(|e| AgentError::Internal(e.to_string()))
 }
 
 fn check_alg(key: &KeyEntry, wants_rsa: bool, unknown: bool) -> Result<(), AgentError> {

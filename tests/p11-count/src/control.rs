@@ -22,6 +22,11 @@ pub(crate) struct Knobs {
     pub always_authenticate: Vec<Vec<u8>>,
     /// `fail_login_once=RV`: the rv the next C_Login returns.
     pub fail_login_once: Option<CK_RV>,
+    /// `delay_token=LABEL`: `delay_ms` applies only to this token (by label).
+    pub delay_token: Option<String>,
+    /// `protected_auth_path=1`: the token reports CKF_PROTECTED_AUTHENTICATION_PATH and
+    /// takes `C_Login` with no PIN (a PIN pad).
+    pub protected_auth_path: bool,
 }
 
 /// One version of the file. Any difference means "the file changed". The
@@ -136,6 +141,11 @@ pub(crate) fn parse(text: &str, mut warn: impl FnMut(String)) -> Knobs {
         let ok = match key {
             "removed" => parse_bool(value).map(|b| k.removed = b),
             "delay_ms" => value.parse::<u64>().ok().map(|n| k.delay_ms = n),
+            "delay_token" => {
+                k.delay_token = Some(value.to_owned()).filter(|v| !v.is_empty());
+                Some(())
+            }
+            "protected_auth_path" => parse_bool(value).map(|b| k.protected_auth_path = b),
             "always_authenticate" => value
                 .split(',')
                 .map(str::trim)
@@ -222,6 +232,8 @@ mod tests {
             "delay_ms=250   # touch\n",
             "always_authenticate=01, 0xA0B1 ,02:03\n",
             "fail_login_once=0xa4\n",
+            "delay_token=tok\n",
+            "protected_auth_path=1\n",
         ));
         assert!(w.is_empty(), "{w:?}");
         assert_eq!(
@@ -231,6 +243,8 @@ mod tests {
                 delay_ms: 250,
                 always_authenticate: vec![vec![1], vec![0xa0, 0xb1], vec![2, 3]],
                 fail_login_once: Some(0xa4),
+                delay_token: Some("tok".into()),
+                protected_auth_path: true,
             }
         );
     }

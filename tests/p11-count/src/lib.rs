@@ -58,6 +58,14 @@
 //!     PIN is compared with the one from the last successful `CKU_USER` login
 //!     on that slot, which is kept in memory only and zeroized on logout,
 //!     close of the last session, reinsertion and `C_Finalize`.
+//!   * `delay_token=LABEL` – `delay_ms` applies only to sessions on the token
+//!     with this label (to hang one token while another one answers).
+//!   * `protected_auth_path=1` – `C_GetTokenInfo` reports
+//!     `CKF_PROTECTED_AUTHENTICATION_PATH` (a reader with a PIN pad), and a
+//!     `CKU_USER` or `CKU_CONTEXT_SPECIFIC` `C_Login` with a NULL PIN goes on with the PIN from
+//!     `P11_COUNT_PINPAD_PIN` (what "the user typed on the keypad"; without it
+//!     the login fails with `CKR_PIN_INCORRECT`), after `delay_ms` (typing
+//!     time; no `delay_token` filter). Logged with a trailing ` pinpad`.
 //!   * `fail_login_once=RV_HEX` – the next `C_Login` (of any user type, in
 //!     any process) returns that rv without reaching the real module and
 //!     without touching the lock counter; the knob is then spent until the
@@ -85,12 +93,12 @@ use cryptoki_sys::{
     CK_SESSION_HANDLE, CK_SESSION_HANDLE_PTR, CK_SESSION_INFO, CK_SESSION_INFO_PTR, CK_SLOT_ID,
     CK_SLOT_ID_PTR, CK_SLOT_INFO_PTR, CK_TOKEN_INFO_PTR, CK_TRUE, CK_ULONG, CK_ULONG_PTR,
     CK_UNAVAILABLE_INFORMATION, CK_USER_TYPE, CK_UTF8CHAR_PTR, CKA_ALWAYS_AUTHENTICATE, CKA_CLASS,
-    CKA_ID, CKF_TOKEN_PRESENT, CKF_USER_PIN_COUNT_LOW, CKF_USER_PIN_FINAL_TRY, CKF_USER_PIN_LOCKED,
-    CKO_PRIVATE_KEY, CKR_ARGUMENTS_BAD, CKR_ATTRIBUTE_SENSITIVE, CKR_ATTRIBUTE_TYPE_INVALID,
-    CKR_BUFFER_TOO_SMALL, CKR_DEVICE_REMOVED, CKR_FUNCTION_NOT_SUPPORTED, CKR_GENERAL_ERROR,
-    CKR_OK, CKR_OPERATION_NOT_INITIALIZED, CKR_PIN_INCORRECT, CKR_PIN_LOCKED,
-    CKR_SESSION_HANDLE_INVALID, CKR_TOKEN_NOT_PRESENT, CKR_USER_NOT_LOGGED_IN,
-    CKR_USER_TYPE_INVALID, CKU_CONTEXT_SPECIFIC, CKU_USER,
+    CKA_ID, CKF_PROTECTED_AUTHENTICATION_PATH, CKF_TOKEN_PRESENT, CKF_USER_PIN_COUNT_LOW,
+    CKF_USER_PIN_FINAL_TRY, CKF_USER_PIN_LOCKED, CKO_PRIVATE_KEY, CKR_ARGUMENTS_BAD,
+    CKR_ATTRIBUTE_SENSITIVE, CKR_ATTRIBUTE_TYPE_INVALID, CKR_BUFFER_TOO_SMALL, CKR_DEVICE_REMOVED,
+    CKR_FUNCTION_NOT_SUPPORTED, CKR_GENERAL_ERROR, CKR_OK, CKR_OPERATION_NOT_INITIALIZED,
+    CKR_PIN_INCORRECT, CKR_PIN_LOCKED, CKR_SESSION_HANDLE_INVALID, CKR_TOKEN_NOT_PRESENT,
+    CKR_USER_NOT_LOGGED_IN, CKR_USER_TYPE_INVALID, CKU_CONTEXT_SPECIFIC, CKU_USER,
 };
 
 const DEFAULT_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
@@ -107,6 +115,8 @@ struct Module {
     lock_after: Option<u64>,
     state: Option<PathBuf>,
     control: Option<PathBuf>,
+    /// `P11_COUNT_PINPAD_PIN`: the PIN "typed on the keypad".
+    pinpad_pin: Option<Vec<u8>>,
 }
 
 // SAFETY: `wrapped` points to a leaked, immutable-after-init allocation; all
@@ -285,6 +295,9 @@ fn load() -> Result<Module, String> {
         lock_after,
         state: std::env::var_os("P11_COUNT_STATE").map(PathBuf::from),
         control: std::env::var_os("P11_COUNT_CONTROL").map(PathBuf::from),
+        pinpad_pin: std::env::var("P11_COUNT_PINPAD_PIN")
+            .ok()
+            .map(String::into_bytes),
     })
 }
 
@@ -384,10 +397,14 @@ impl Module {
     }
 
     fn log_login(&self, user_type: CK_USER_TYPE, rv: CK_RV) {
+        self.log_login_note(user_type, rv, "");
+    }
+
+    fn log_login_note(&self, user_type: CK_USER_TYPE, rv: CK_RV, note: &str) {
         let Some(path) = &self.log else { return };
         // One write per line on an O_APPEND fd: lines from concurrent threads
         // or processes do not interleave.
-        let line = format!("C_Login user_type={user_type} rv={rv:#x}\n");
+        let line = format!("C_Login user_type={user_type} rv={rv:#x}{note}\n");
         let res = OpenOptions::new()
             .create(true)
             .append(true)
@@ -454,8 +471,27 @@ impl Module {
         if delay_ms == 0 {
             return Ok(());
         }
+        let only = self.faults().knobs.delay_token.clone();
+        if let Some(label) = only
+            && self.token_label(s).as_deref() != Some(label.as_str())
+        {
+            return Ok(());
+        }
         std::thread::sleep(Duration::from_millis(delay_ms));
         self.faults().check(s)
+    }
+
+    /// The label of the token `s` is a session on, from the real module.
+    fn token_label(&self, s: CK_SESSION_HANDLE) -> Option<String> {
+        let slot = self.slot_of(s)?;
+        let get = self.real.C_GetTokenInfo?;
+        // SAFETY: CK_TOKEN_INFO is plain C data; all zeroes is a valid value.
+        let mut info: cryptoki_sys::CK_TOKEN_INFO = unsafe { std::mem::zeroed() };
+        // SAFETY: `info` is a valid out-parameter.
+        if unsafe { get(slot, &mut info) } != CKR_OK {
+            return None;
+        }
+        Some(String::from_utf8_lossy(&info.label).trim().to_owned())
     }
 
     fn slot_of(&self, s: CK_SESSION_HANDLE) -> Option<CK_SLOT_ID> {
@@ -645,13 +681,21 @@ unsafe extern "C" fn wrap_get_slot_info(slot: CK_SLOT_ID, info: CK_SLOT_INFO_PTR
 
 unsafe extern "C" fn wrap_get_token_info(slot: CK_SLOT_ID, info: CK_TOKEN_INFO_PTR) -> CK_RV {
     let (m, real) = setup!(C_GetTokenInfo);
-    if m.faults().knobs.removed {
-        return CKR_TOKEN_NOT_PRESENT;
-    }
+    let pinpad = {
+        let f = m.faults();
+        if f.knobs.removed {
+            return CKR_TOKEN_NOT_PRESENT;
+        }
+        f.knobs.protected_auth_path
+    };
     // SAFETY: arguments are passed through unchanged from our caller.
     let rv = unsafe { real(slot, info) };
     if rv != CKR_OK || info.is_null() {
         return rv;
+    }
+    if pinpad {
+        // SAFETY: the real module just filled `*info` successfully.
+        unsafe { (*info).flags |= CKF_PROTECTED_AUTHENTICATION_PATH };
     }
     if let Some(n) = m.lock_after {
         let wrong = m.wrong_count();
@@ -767,6 +811,24 @@ unsafe extern "C" fn wrap_login(
 ) -> CK_RV {
     let (m, real_login) = setup!(C_Login);
 
+    // A PIN pad: no PIN from the caller; "the user types" P11_COUNT_PINPAD_PIN.
+    let (pin, pin_len, note) = if pin.is_null() && is_user_pin(user_type) && {
+        let f = m.faults();
+        f.knobs.protected_auth_path
+    } {
+        let delay_ms = m.faults().knobs.delay_ms;
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        match &m.pinpad_pin {
+            Some(p) => (p.as_ptr().cast_mut(), p.len() as CK_ULONG, " pinpad"),
+            None => {
+                m.log_login_note(user_type, CKR_PIN_INCORRECT, " pinpad");
+                return CKR_PIN_INCORRECT;
+            }
+        }
+    } else {
+        (pin, pin_len, "")
+    };
+
     let injected = {
         let mut f = m.faults();
         match f.check(session) {
@@ -816,7 +878,7 @@ unsafe extern "C" fn wrap_login(
         }),
         _ => do_login(),
     };
-    m.log_login(user_type, rv);
+    m.log_login_note(user_type, rv, note);
     rv
 }
 

@@ -22,6 +22,7 @@ use smime_proto::{
 use super::KeyEntry;
 use super::mechanism::{decrypt_mechanism, sign_input};
 use super::oaep;
+use super::raw::RawModule;
 use crate::error::AgentError;
 
 /// Where a PIN comes from; decides what the agent may risk with it.
@@ -34,6 +35,9 @@ pub enum PinSource {
     User,
     /// As `User`, and the user agreed to spend the final try.
     UserConfirmedFinalTry,
+    /// A PIN the agent cached from an earlier login (`always_auth = "cached-pin"`): sent,
+    /// like a configured one, only to a token with a clean PIN record.
+    Cached,
 }
 
 /// What a successful `login` did.
@@ -43,6 +47,13 @@ pub(super) enum Login {
     LoggedIn,
     /// The token was already logged in; the PIN was not sent.
     AlreadyLoggedIn,
+}
+
+/// The two operations that take a context-specific login.
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    Sign,
+    Decrypt,
 }
 
 /// A unit of work for a worker thread.
@@ -67,6 +78,8 @@ pub(super) struct Worker {
     /// older than the token's current epoch reopens it before its next job.
     epoch: Arc<AtomicU64>,
     session_epoch: u64,
+    /// `C_Sign`/`C_Decrypt` called directly, for always-authenticate keys.
+    raw: Option<Arc<RawModule>>,
 }
 
 /// The user PIN state from the token flags.
@@ -89,6 +102,7 @@ impl Worker {
         slot: Slot,
         token: String,
         epoch: Arc<AtomicU64>,
+        raw: Option<Arc<RawModule>>,
     ) -> Self {
         let session_epoch = epoch.load(Ordering::SeqCst);
         Self {
@@ -100,6 +114,7 @@ impl Worker {
             host_oaep: false,
             epoch,
             session_epoch,
+            raw,
         }
     }
 
@@ -158,55 +173,188 @@ impl Worker {
         self.track(r)
     }
 
-    fn login_once(&mut self, pin: &Pin, source: PinSource) -> Result<Login, AgentError> {
+    /// Refuses to send a PIN the token flags say must not be sent: to a locked token, to
+    /// one on its final try without the user's consent, or, for a PIN from the
+    /// configuration (or a cache), to a token with any wrong PIN on record.
+    fn check_pin_flags(&self, source: PinSource) -> Result<(), AgentError> {
         let token = self.token.clone();
-        if self.logged_in() {
-            return Ok(Login::AlreadyLoggedIn);
-        }
         let info = self
             .p11
             .get_token_info(self.slot)
             .map_err(|e| self.err(e, "C_GetTokenInfo"))?;
-        let configured = source == PinSource::Configured;
+        let configured = matches!(source, PinSource::Configured | PinSource::Cached);
         match pin_state(&info) {
-            PinState::Locked => return Err(AgentError::PinLocked { token }),
+            PinState::Locked => Err(AgentError::PinLocked { token }),
             PinState::FinalTry if source != PinSource::UserConfirmedFinalTry => {
-                return Err(AgentError::PinFinalTry { token });
+                Err(AgentError::PinFinalTry { token })
             }
             state @ (PinState::CountLow | PinState::FinalTry) if configured => {
-                return Err(AgentError::PinIncorrect {
+                Err(AgentError::PinIncorrect {
                     token,
                     state,
-                    configured,
-                });
+                    configured: source == PinSource::Configured,
+                })
             }
-            _ => {}
+            _ => Ok(()),
         }
-        let secret = cryptoki::types::AuthPin::from(pin.expose().to_owned());
-        match self.session.login(UserType::User, Some(&secret)) {
-            Ok(()) => Ok(Login::LoggedIn),
-            // Someone else logged in between our check and the call: the PIN was not checked.
-            Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(Login::AlreadyLoggedIn),
-            Err(CkError::Pkcs11(RvError::PinIncorrect, _)) => {
+    }
+
+    /// Maps a failed `C_Login` to what the user needs to know (tries left, locked).
+    fn login_error(&self, e: CkError, source: PinSource) -> AgentError {
+        let token = self.token.clone();
+        let configured = source == PinSource::Configured;
+        match e {
+            CkError::Pkcs11(RvError::PinIncorrect, _) => {
                 let state = self
                     .p11
                     .get_token_info(self.slot)
                     .map(|i| pin_state(&i))
                     .unwrap_or(PinState::Unknown);
-                Err(match state {
+                match state {
                     PinState::Locked => AgentError::PinLocked { token },
                     state => AgentError::PinIncorrect {
                         token,
                         state,
                         configured,
                     },
-                })
+                }
             }
-            Err(CkError::Pkcs11(RvError::PinLocked, _)) => Err(AgentError::PinLocked { token }),
-            Err(CkError::Pkcs11(RvError::PinLenRange | RvError::PinInvalid, _)) => {
-                Err(AgentError::PinLenRange { token })
+            CkError::Pkcs11(RvError::PinLocked, _) => AgentError::PinLocked { token },
+            CkError::Pkcs11(RvError::PinLenRange | RvError::PinInvalid, _) => {
+                AgentError::PinLenRange { token }
             }
-            Err(e) => Err(self.err(e, "C_Login")),
+            e => self.err(e, "C_Login"),
+        }
+    }
+
+    fn login_once(&mut self, pin: &Pin, source: PinSource) -> Result<Login, AgentError> {
+        if self.logged_in() {
+            return Ok(Login::AlreadyLoggedIn);
+        }
+        self.check_pin_flags(source)?;
+        let secret = cryptoki::types::AuthPin::from(pin.expose().to_owned());
+        match self.session.login(UserType::User, Some(&secret)) {
+            Ok(()) => Ok(Login::LoggedIn),
+            // Someone else logged in between our check and the call: the PIN was not checked.
+            Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(Login::AlreadyLoggedIn),
+            Err(e) => Err(self.login_error(e, source)),
+        }
+    }
+
+    /// Logs in through the reader's PIN pad (CKF_PROTECTED_AUTHENTICATION_PATH): no PIN
+    /// crosses the host; the user types it on the reader.
+    pub(super) fn login_pinpad(&mut self) -> Result<Login, AgentError> {
+        let r = if self.logged_in() {
+            Ok(Login::AlreadyLoggedIn)
+        } else {
+            self.check_pin_flags(PinSource::User).and_then(|()| {
+                match self.session.login(UserType::User, None) {
+                    Ok(()) => Ok(Login::LoggedIn),
+                    Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {
+                        Ok(Login::AlreadyLoggedIn)
+                    }
+                    Err(e) => Err(self.login_error(e, PinSource::User)),
+                }
+            })
+        };
+        self.track(r)
+    }
+
+    /// Ends whatever operation is active on the session by replacing the session (the
+    /// new one is opened first, so the token's login survives).
+    fn reset_session(&mut self) {
+        match self.p11.open_ro_session(self.slot) {
+            Ok(s) => self.session = s,
+            Err(e) => tracing::warn!(token = %self.token, error = %e, "cannot reopen session"),
+        }
+    }
+
+    /// One operation on a CKA_ALWAYS_AUTHENTICATE key: `init` (C_SignInit or
+    /// C_DecryptInit), then `C_Login(CKU_CONTEXT_SPECIFIC)` with `pin`, then the raw
+    /// single-part call. A wrong PIN is reported, never retried.
+    fn context_op<T>(
+        &mut self,
+        cka_id: &[u8],
+        pin: Option<&Pin>,
+        source: PinSource,
+        init: impl Fn(&Session, ObjectHandle) -> Result<(), CkError>,
+        call: impl Fn(&RawModule, cryptoki_sys::CK_SESSION_HANDLE) -> Result<T, CkError>,
+        function: &str,
+    ) -> Result<T, AgentError> {
+        let Some(raw) = self.raw.clone() else {
+            return Err(AgentError::KeyNeedsPinPerUse {
+                token: self.token.clone(),
+            });
+        };
+        self.check_pin_flags(source)?;
+        let h = self.key_handle(cka_id)?;
+        match init(&self.session, h) {
+            Ok(()) => {}
+            // A cached handle from before a logout or reinsertion: look it up once more.
+            Err(CkError::Pkcs11(RvError::KeyHandleInvalid | RvError::ObjectHandleInvalid, _)) => {
+                self.handles.remove(cka_id);
+                let h = self.key_handle(cka_id)?;
+                init(&self.session, h).map_err(|e| self.err(e, function))?;
+            }
+            Err(e) => return Err(self.err(e, function)),
+        }
+        // No PIN: the reader's PIN pad asks the user.
+        let secret = pin.map(|p| cryptoki::types::AuthPin::from(p.expose().to_owned()));
+        if let Err(e) = self
+            .session
+            .login(UserType::ContextSpecific, secret.as_ref())
+        {
+            let e = self.login_error(e, source);
+            self.reset_session();
+            return Err(e);
+        }
+        tracing::debug!(token = %self.token, "context-specific login done");
+        let r = call(&raw, self.session.handle()).map_err(|e| self.err(e, function));
+        self.track(r)
+    }
+
+    /// Runs `op` (sign or decrypt) on the key: through [`Worker::with_key`], or, for an
+    /// always-authenticate key (`ctx` holds the PIN), through [`Worker::context_op`].
+    fn key_op<T>(
+        &mut self,
+        cka_id: &[u8],
+        ctx: Option<(Option<&Pin>, PinSource)>,
+        mech: &Mechanism,
+        input: &[u8],
+        op: Op,
+        map: impl Fn(Result<Vec<u8>, CkError>) -> Result<T, CkError>,
+    ) -> Result<T, AgentError> {
+        let function = match op {
+            Op::Sign => "C_Sign",
+            Op::Decrypt => "C_Decrypt",
+        };
+        match ctx {
+            None => self.with_key(
+                cka_id,
+                |s, h| {
+                    map(match op {
+                        Op::Sign => s.sign(mech, h, input),
+                        Op::Decrypt => s.decrypt(mech, h, input),
+                    })
+                },
+                function,
+            ),
+            Some((pin, source)) => self.context_op(
+                cka_id,
+                pin,
+                source,
+                |s, h| match op {
+                    Op::Sign => s.sign_init(mech, h),
+                    Op::Decrypt => s.decrypt_init(mech, h),
+                },
+                |raw, sh| {
+                    map(match op {
+                        Op::Sign => raw.sign(sh, input),
+                        Op::Decrypt => raw.decrypt(sh, input),
+                    })
+                },
+                function,
+            ),
         }
     }
 
@@ -443,9 +591,10 @@ impl Worker {
         key_alg: KeyAlgorithm,
         alg: SignAlgorithm,
         digest: &[u8],
+        ctx: Option<(Option<&Pin>, PinSource)>,
     ) -> Result<Vec<u8>, AgentError> {
         let (mech, input) = sign_input(alg, digest)?;
-        let sig = self.with_key(cka_id, |s, h| s.sign(&mech, h, &input), "C_Sign")?;
+        let sig = self.key_op(cka_id, ctx, &mech, &input, Op::Sign, |r| r)?;
         let der = |bad: &dyn std::fmt::Display| AgentError::Pkcs11 {
             token: self.token.clone(),
             function: "C_Sign".into(),
@@ -472,6 +621,7 @@ impl Worker {
         cka_id: &[u8],
         alg: DecryptAlgorithm,
         ct: &[u8],
+        ctx: Option<(Option<&Pin>, PinSource)>,
     ) -> Result<SecretBytes, AgentError> {
         let mech = decrypt_mechanism(alg)?;
         let oaep_sha2 = matches!(
@@ -482,22 +632,18 @@ impl Worker {
         );
         if !(oaep_sha2 && self.host_oaep) {
             // The token's answer, with the two refusals that need handling here kept apart.
-            let outcome = self.with_key(
-                cka_id,
-                |s, h| match s.decrypt(&mech, h, ct) {
-                    Ok(pt) => Ok(Ok(pt)),
-                    Err(CkError::Pkcs11(
-                        rv @ (RvError::MechanismInvalid
-                        | RvError::MechanismParamInvalid
-                        | RvError::ArgumentsBad),
-                        _,
-                    )) if oaep_sha2 => Ok(Err(rv)),
-                    // SoftHSM reports a bad PKCS#1 block as CKR_GENERAL_ERROR.
-                    Err(CkError::Pkcs11(rv @ RvError::GeneralError, _)) => Ok(Err(rv)),
-                    Err(e) => Err(e),
-                },
-                "C_Decrypt",
-            )?;
+            let outcome = self.key_op(cka_id, ctx, &mech, ct, Op::Decrypt, |r| match r {
+                Ok(pt) => Ok(Ok(pt)),
+                Err(CkError::Pkcs11(
+                    rv @ (RvError::MechanismInvalid
+                    | RvError::MechanismParamInvalid
+                    | RvError::ArgumentsBad),
+                    _,
+                )) if oaep_sha2 => Ok(Err(rv)),
+                // SoftHSM reports a bad PKCS#1 block as CKR_GENERAL_ERROR.
+                Err(CkError::Pkcs11(rv @ RvError::GeneralError, _)) => Ok(Err(rv)),
+                Err(e) => Err(e),
+            })?;
             match outcome {
                 Ok(pt) => return Ok(SecretBytes::new(pt)),
                 Err(RvError::GeneralError) => {
@@ -513,11 +659,14 @@ impl Worker {
             }
         }
         // Raw RSA on the token, OAEP decoding here in constant time.
-        let em = self.with_key(
+        let em = zeroize::Zeroizing::new(self.key_op(
             cka_id,
-            |s, h| s.decrypt(&Mechanism::RsaX509, h, ct),
-            "C_Decrypt",
-        )?;
+            ctx,
+            &Mechanism::RsaX509,
+            ct,
+            Op::Decrypt,
+            |r| r,
+        )?);
         let k = ct.len();
         let mut padded = vec![0u8; k.saturating_sub(em.len())];
         padded.extend_from_slice(&em);
