@@ -16,6 +16,7 @@
 //! cache_ttl = 3600           # log out an hour after logging in (0: never)
 //! idle_timeout = 900         # log out after 15 idle minutes (0: never)
 //! always_auth = "prompt"     # CKA_ALWAYS_AUTHENTICATE keys: "prompt" | "cached-pin"
+//! card_events = true         # watch PC/SC readers: rescan tokens when a card comes or goes
 //!
 //! # Per-token settings, matched by label or serial; unset fields take the values above.
 //! [[token]]
@@ -91,6 +92,10 @@ pub struct Flags {
     /// Log filter, e.g. `info` or `smime_agent=debug`. Also SMIME_AGENT_LOG.
     #[arg(long, value_name = "FILTER")]
     pub log: Option<String>,
+    /// Do not watch PC/SC card events. By default the agent watches readers and cards
+    /// (through pcscd) and looks at the tokens again when a card comes or goes.
+    #[arg(long)]
+    pub no_card_events: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -107,6 +112,7 @@ struct FileConfig {
     cache_ttl: Option<u64>,
     idle_timeout: Option<u64>,
     always_auth: Option<AlwaysAuth>,
+    card_events: Option<bool>,
     #[serde(default)]
     token: Vec<TokenRule>,
 }
@@ -206,6 +212,8 @@ pub struct Config {
     pub token_rules: Vec<TokenRule>,
     /// The flags the configuration was resolved from (to re-read it on SIGHUP).
     pub flags: Flags,
+    /// Watch PC/SC readers and cards.
+    pub card_events: bool,
 }
 
 /// How the agent gets PINs for one token, and how long a login lasts.
@@ -436,6 +444,7 @@ impl Config {
             socket,
             sessions: flags.sessions.or(file.sessions).unwrap_or(2).clamp(1, 64),
             max_connections: file.max_connections.unwrap_or(4096).max(1),
+            card_events: !flags.no_card_events && file.card_events.unwrap_or(true),
             pin: pin.map(|p| (Arc::new(p), pin_token)),
             policy: Arc::new(PinPolicy {
                 pinentry: flags
@@ -494,6 +503,7 @@ mod tests {
             socket: PathBuf::new(),
             sessions: 1,
             max_connections: 1,
+            card_events: false,
             pin: None,
             policy: Arc::new(PinPolicy {
                 ttl: Some(std::time::Duration::from_secs(60)),

@@ -21,6 +21,8 @@ pub struct Keystore {
     pin: Option<(Arc<Pin>, Option<String>)>,
     /// The configuration tokens are opened with (replaced on SIGHUP).
     config: RwLock<Config>,
+    /// The PC/SC card monitor, when card events are on.
+    cards: RwLock<Option<crate::cards::CardMonitor>>,
 }
 
 impl Keystore {
@@ -63,6 +65,7 @@ impl Keystore {
             started: std::time::Instant::now(),
             pin: config.pin.clone(),
             config: RwLock::new(config.clone()),
+            cards: RwLock::new(None),
         }
     }
 
@@ -192,6 +195,29 @@ impl Keystore {
     /// When the agent loaded its modules.
     pub fn started(&self) -> std::time::Instant {
         self.started
+    }
+
+    /// Hands the keystore the card monitor, for `Status` (and to stop it on shutdown).
+    pub fn set_card_monitor(&self, monitor: crate::cards::CardMonitor) {
+        *self.cards.write().unwrap_or_else(|e| e.into_inner()) = Some(monitor);
+    }
+
+    /// Readers and cards, when card events are on.
+    pub fn pcsc(&self) -> Option<smime_proto::PcscStatus> {
+        let cards = self.cards.read().unwrap_or_else(|e| e.into_inner());
+        let snap = cards.as_ref()?.snapshot();
+        Some(smime_proto::PcscStatus {
+            error: snap.service_error,
+            readers: snap
+                .readers
+                .into_iter()
+                .map(|r| smime_proto::ReaderStatus {
+                    name: r.name,
+                    card: r.card,
+                    atr: r.atr,
+                })
+                .collect(),
+        })
     }
 
     /// Every configured module and whether it loaded.

@@ -15,6 +15,7 @@
 #![deny(unsafe_code)] // one exception: backend::pkcs11::raw (see there)
 
 pub mod backend;
+pub mod cards;
 pub mod config;
 pub mod error;
 pub mod keystore;
@@ -45,35 +46,62 @@ async fn rescan_on_sighup(keystore: Arc<keystore::Keystore>, cancel: Cancellatio
             r = hup.recv() => if r.is_none() { return },
         }
         tracing::info!("SIGHUP: re-reading the configuration and rescanning tokens");
-        let ks = keystore.clone();
-        let Ok(added) = tokio::task::spawn_blocking(move || {
-            match Config::resolve(&ks.config().flags) {
-                Ok(config) => ks.reload(config),
-                Err(e) => {
-                    tracing::error!(error = %format!("{e:#}"), "configuration not reloaded; keeping the old one");
-                    ks.rescan()
-                }
-            }
-        })
-        .await
-        else {
-            continue;
-        };
-        keystore.start_tokens(&added).await;
-        for t in keystore
-            .tokens()
-            .iter()
-            .filter(|t| !added.iter().any(|a| Arc::ptr_eq(a, t)))
-        {
-            if let Err(e) = t.refresh_keys().await {
-                tracing::warn!(token = %t.label, error = %e, "cannot enumerate keys");
+        rescan(&keystore, true).await;
+    }
+}
+
+/// Looks at the slots again (tokens inserted or gone; with `reload`, the configuration
+/// too), starts new tokens and re-reads every other token's keys.
+async fn rescan(keystore: &Arc<keystore::Keystore>, reload: bool) {
+    let ks = keystore.clone();
+    let Ok(added) = tokio::task::spawn_blocking(move || {
+        if !reload {
+            return ks.rescan();
+        }
+        match Config::resolve(&ks.config().flags) {
+            Ok(config) => ks.reload(config),
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "configuration not reloaded; keeping the old one");
+                ks.rescan()
             }
         }
-        tracing::info!(
-            tokens = keystore.tokens().len(),
-            added = added.len(),
-            "rescan done"
-        );
+    })
+    .await
+    else {
+        return;
+    };
+    keystore.start_tokens(&added).await;
+    for t in keystore
+        .tokens()
+        .iter()
+        .filter(|t| !added.iter().any(|a| Arc::ptr_eq(a, t)))
+    {
+        if let Err(e) = t.refresh_keys().await {
+            tracing::warn!(token = %t.label, error = %e, "cannot enumerate keys");
+        }
+    }
+    tracing::info!(
+        tokens = keystore.tokens().len(),
+        added = added.len(),
+        "rescan done"
+    );
+}
+
+/// Card events: a card inserted or removed makes the agent look at its tokens again
+/// (a burst of events, such as a reader coming with its card, makes one rescan).
+async fn rescan_on_card_events(
+    keystore: Arc<keystore::Keystore>,
+    mut events: tokio::sync::mpsc::UnboundedReceiver<cards::CardEvent>,
+    cancel: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            e = events.recv() => if e.is_none() { return },
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        while events.try_recv().is_ok() {}
+        rescan(&keystore, false).await;
     }
 }
 
@@ -128,6 +156,18 @@ pub async fn run(
     ready();
     let cancel = CancellationToken::new();
     tokio::spawn(rescan_on_sighup(keystore.clone(), cancel.clone()));
+    if config.card_events {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        match cards::CardMonitor::start(move |e| {
+            let _ = tx.send(e);
+        }) {
+            Ok(monitor) => {
+                keystore.set_card_monitor(monitor);
+                tokio::spawn(rescan_on_card_events(keystore.clone(), rx, cancel.clone()));
+            }
+            Err(e) => tracing::warn!(error = %e, "card events off: cannot start the monitor"),
+        }
+    }
     // Always running: a reload may bring per-token TTLs.
     tokio::spawn(expire_logins(keystore.clone(), cancel.clone()));
     let server = tokio::spawn(server::serve(

@@ -174,6 +174,7 @@ impl Session {
                         version: format!("smime-agent {}", env!("CARGO_PKG_VERSION")),
                         uptime_secs: ks.started().elapsed().as_secs(),
                         modules: ks.modules(),
+                        pcsc: ks.pcsc(),
                     }),
                 })
             }

@@ -283,6 +283,19 @@ fn status(cli: &Cli, json: bool) -> Result<(), Failure> {
             Some(e) => println!("module {}: NOT LOADED: {e}", m.path),
         }
     }
+    if let Some(p) = agent.as_ref().and_then(|a| a.pcsc.as_ref()) {
+        if let Some(e) = &p.error {
+            println!("card readers: unavailable ({e}); start pcscd to use smart cards");
+        } else if p.readers.is_empty() {
+            println!("card readers: none");
+        }
+        for r in &p.readers {
+            match &r.atr {
+                Some(atr) if r.card => println!("reader {}: card present (ATR {atr})", r.name),
+                _ => println!("reader {}: empty", r.name),
+            }
+        }
+    }
     for t in tokens {
         let tries = t
             .pin_state

@@ -206,6 +206,31 @@ pub struct AgentStatus {
     pub uptime_secs: u64,
     /// Every configured PKCS#11 module, loaded or not.
     pub modules: Vec<ModuleStatus>,
+    /// PC/SC readers and cards, when the agent watches card events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pcsc: Option<PcscStatus>,
+}
+
+/// PC/SC as the agent's card monitor sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PcscStatus {
+    /// Why pcscd does not answer (not running, restarting); absent when it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The readers, in PC/SC's order.
+    pub readers: Vec<ReaderStatus>,
+}
+
+/// One smart-card reader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReaderStatus {
+    /// The reader name.
+    pub name: String,
+    /// Whether a card is in it.
+    pub card: bool,
+    /// The card's answer-to-reset, hex, when there is a card.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub atr: Option<String>,
 }
 
 /// One configured PKCS#11 module.

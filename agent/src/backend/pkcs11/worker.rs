@@ -574,6 +574,12 @@ impl Worker {
         if current == self.session_epoch {
             return;
         }
+        // Card modules such as OpenSC look at the reader again only in C_GetSlotList and
+        // C_GetSlotInfo; without this, a reinserted card kept the removed card's PC/SC
+        // handle and every operation failed with "card removed".
+        if let Err(e) = self.p11.get_slot_info(self.slot) {
+            tracing::debug!(token = %self.token, error = %e, "slot info");
+        }
         match self.p11.open_ro_session(self.slot) {
             Ok(session) => {
                 tracing::info!(token = %self.token, "session reopened");
