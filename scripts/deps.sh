@@ -19,6 +19,7 @@ APT_PACKAGES=(
     procps            # kill(1), used by the tests to signal the agent
     time              # /usr/bin/time -f %M: peak memory of the streaming tests
     systemd           # systemd-socket-activate, to test socket activation
+    man-db            # man -l: the generated man pages render (tests/e2e/cli.rs)
     ca-certificates curl  # rustup, if Rust is missing
 )
 

@@ -9,12 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// `smime` does all message work (hashing, CMS, certificates) itself and asks
 /// `smime-agent` only for the private-key operation.
 #[derive(Debug, Parser)]
-#[command(
-    name = "smime",
-    version,
-    after_help = "Exit status: 0 success; 1 bad signature or \
-    verification failure; 2 usage error; 3 agent or token unavailable; 4 other errors."
-)]
+#[command(name = "smime", version, after_help = exit_status_help())]
 pub struct Cli {
     /// Agent socket. Default: $SMIME_AGENT_SOCK, else $XDG_RUNTIME_DIR/smime-agent/agent.sock.
     #[arg(long, global = true, value_name = "PATH")]
@@ -22,6 +17,37 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// The exit statuses of `smime`, as `run` returns them: the single source for `--help`
+/// and the man page.
+pub const EXIT_STATUS: [(u8, &str); 5] = [
+    (
+        0,
+        "success (for verify: a good signature from a trusted signer)",
+    ),
+    (
+        1,
+        "bad signature or verification failure, or a message that does not decrypt intact",
+    ),
+    (2, "usage error, or input that cannot be used as given"),
+    (
+        3,
+        "the agent or the token is unavailable: no agent, token absent, PIN required, \
+         wrong or locked",
+    ),
+    (
+        4,
+        "any other error, e.g. a message encrypted for none of the agent's keys",
+    ),
+];
+
+fn exit_status_help() -> String {
+    let mut s = String::from("Exit status:");
+    for (c, what) in EXIT_STATUS {
+        s.push_str(&format!("\n  {c}  {what}"));
+    }
+    s
 }
 
 /// Subcommands.

@@ -1,0 +1,240 @@
+//! The CLI as its ecosystem sees it: man pages and shell completions generated from the
+//! clap definitions, the install script, OpenSSL-style flags, JSON output, and error
+//! messages that name the fix.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use smime_tests::{assert_ok, bin_dir, built, root, run};
+
+/// The subcommands `smime help` lists (besides `help` itself), read from its output.
+fn subcommands() -> Vec<String> {
+    let out = run(Command::new(built("smime")).arg("help"));
+    assert_ok(&out, "smime help");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let list = text.split("Commands:").nth(1).expect("a Commands: section");
+    let list = list.split("\n\n").next().unwrap();
+    let names: Vec<String> = list
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| *n != "help")
+        .map(str::to_owned)
+        .collect();
+    assert!(names.len() >= 10, "{names:?}");
+    names
+}
+
+/// `man -l PAGE`, rendered as plain text.
+fn man(page: &Path) -> String {
+    let out = run(Command::new("man")
+        .arg("-l")
+        .arg(page)
+        .env("MANWIDTH", "200")
+        .env("MANPAGER", "cat")
+        .env("PAGER", "cat")
+        .env("MAN_KEEP_FORMATTING", ""));
+    assert_ok(&out, &format!("man -l {}", page.display()));
+    assert!(
+        out.stderr.is_empty(),
+        "man -l {}: {}",
+        page.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Strip overstrike (bold/underline) if a pager-less man left any.
+    let raw = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut text = String::new();
+    for c in raw.chars() {
+        if c == '\u{8}' {
+            text.pop();
+        } else {
+            text.push(c);
+        }
+    }
+    // Plain hyphens, and single spaces (man justifies lines), keeping the indentation.
+    text.replace(['\u{2010}', '\u{2212}'], "-")
+        .lines()
+        .map(|l| {
+            let indent = l.len() - l.trim_start().len();
+            format!(
+                "{}{}",
+                &l[..indent],
+                l.split_whitespace().collect::<Vec<_>>().join(" ")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn xtask(args: &[&str], dir: &Path) -> Output {
+    let out = run(Command::new(built("xtask")).args(args).arg(dir));
+    assert_ok(&out, &format!("xtask {args:?}"));
+    out
+}
+
+#[test]
+fn man_pages_cover_every_subcommand_and_the_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    xtask(&["man"], dir.path());
+    let main = man(&dir.path().join("smime.1"));
+    for section in [
+        "NAME",
+        "SYNOPSIS",
+        "OPTIONS",
+        "SUBCOMMANDS",
+        "EXIT STATUS",
+        "ENVIRONMENT",
+    ] {
+        assert!(main.contains(section), "smime(1) lacks {section}:\n{main}");
+    }
+    let exit = main.split("EXIT STATUS").nth(1).unwrap();
+    let exit = exit.split("ENVIRONMENT").next().unwrap();
+    for (code, words) in [
+        ("0", "success"),
+        ("1", "bad signature or verification failure"),
+        ("2", "usage error"),
+        ("3", "agent or the token is unavailable"),
+        ("4", "none of the agent's keys"),
+    ] {
+        assert!(
+            exit.lines()
+                .any(|l| l.trim_start().starts_with(&format!("{code} ")) && l.contains(words)),
+            "exit status {code} ({words}) is not documented:\n{exit}"
+        );
+    }
+    for sub in subcommands() {
+        assert!(
+            main.contains(&format!("smime-{sub}(1)")),
+            "smime(1) does not list {sub}"
+        );
+        let page = man(&dir.path().join(format!("smime-{sub}.1")));
+        assert!(
+            page.contains(&format!("smime {sub}")),
+            "smime-{sub}(1):\n{page}"
+        );
+        assert!(
+            page.contains("EXIT STATUS"),
+            "smime-{sub}(1) lacks EXIT STATUS"
+        );
+        assert!(
+            page.contains("--socket"),
+            "smime-{sub}(1) lacks the global --socket"
+        );
+    }
+    // Each page carries its own flags, as --help shows them.
+    let sign = man(&dir.path().join("smime-sign.1"));
+    for flag in ["--key", "--opaque", "--encrypt-to", "--digest", "sha384"] {
+        assert!(sign.contains(flag), "smime-sign(1) lacks {flag}");
+    }
+    let agent = man(&dir.path().join("smime-agent.1"));
+    for flag in [
+        "--module",
+        "--pin-file",
+        "--foreground",
+        "SMIME_AGENT_MODULE",
+        "EXIT STATUS",
+    ] {
+        assert!(agent.contains(flag), "smime-agent(1) lacks {flag}");
+    }
+}
+
+/// Runs a bash completion function as `complete -F` does: `COMP_WORDS`, `COMP_CWORD` and
+/// the arguments (command, current word, previous word).
+fn complete(file: &Path, func: &str, words: &[&str]) -> Vec<String> {
+    let quoted: Vec<String> = words.iter().map(|w| format!("'{w}'")).collect();
+    let cword = words.len() - 1;
+    let prev = if cword > 0 { words[cword - 1] } else { "" };
+    let script = format!(
+        "set -u; source '{}' || exit 9; COMP_WORDS=({}); COMP_CWORD={cword}; \
+         {func} '{}' '{}' '{prev}'; printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+        file.display(),
+        quoted.join(" "),
+        words[0],
+        words[cword],
+    );
+    let out = run(Command::new("bash").arg("--norc").arg("-c").arg(&script));
+    assert_ok(&out, &format!("bash completion of {words:?}"));
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn bash_completion_completes_subcommands_and_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    xtask(&["completions"], dir.path());
+    for f in [
+        "bash/smime",
+        "bash/smime-agent",
+        "zsh/_smime",
+        "zsh/_smime-agent",
+        "fish/smime.fish",
+        "fish/smime-agent.fish",
+    ] {
+        let len = std::fs::metadata(dir.path().join(f)).unwrap().len();
+        assert!(len > 500, "{f} is only {len} bytes");
+    }
+    let smime = dir.path().join("bash/smime");
+    assert_eq!(complete(&smime, "_smime", &["smime", "si"]), ["sign"]);
+    assert_eq!(complete(&smime, "_smime", &["smime", "de"]), ["decrypt"]);
+    assert_eq!(
+        complete(&smime, "_smime", &["smime", "verify", "--no-c"]),
+        ["--no-chain"]
+    );
+    assert_eq!(
+        complete(
+            &smime,
+            "_smime",
+            &["smime", "encrypt", "--cipher", "aes256"]
+        ),
+        ["aes256-gcm", "aes256-cbc"]
+    );
+    let agent = dir.path().join("bash/smime-agent");
+    let mut pin = complete(&agent, "_smime__agent", &["smime-agent", "--pin"]);
+    pin.sort();
+    assert_eq!(pin, ["--pin-file", "--pin-token", "--pinentry"]);
+}
+
+#[test]
+fn install_script_puts_everything_in_place() {
+    let dest = tempfile::tempdir().unwrap();
+    let target = bin_dir();
+    let out = run(Command::new(root().join("scripts/install.sh"))
+        .args(["--debug", "--no-build", "/opt/smime"])
+        .env("DESTDIR", dest.path())
+        .env("CARGO_TARGET_DIR", target.parent().unwrap()));
+    assert_ok(&out, "scripts/install.sh");
+    let p = dest.path().join("opt/smime");
+    for f in [
+        "bin/smime",
+        "bin/smime-agent",
+        "share/man/man1/smime.1",
+        "share/man/man1/smime-sign.1",
+        "share/man/man1/smime-agent.1",
+        "share/bash-completion/completions/smime",
+        "share/zsh/site-functions/_smime",
+        "share/fish/vendor_completions.d/smime-agent.fish",
+        "lib/systemd/user/smime-agent.socket",
+        "lib/systemd/user/smime-agent.service",
+    ] {
+        assert!(p.join(f).is_file(), "{f} was not installed");
+    }
+    let version = run(Command::new(p.join("bin/smime")).arg("--version"));
+    assert_ok(&version, "installed smime --version");
+    let unit = std::fs::read_to_string(p.join("lib/systemd/user/smime-agent.service")).unwrap();
+    assert!(
+        unit.contains("\nExecStart=/opt/smime/bin/smime-agent --foreground\n"),
+        "{unit}"
+    );
+    // The installed page renders.
+    assert!(man(&p.join("share/man/man1/smime.1")).contains("EXIT STATUS"));
+    // A relative PREFIX is a usage error.
+    let bad = run(Command::new(root().join("scripts/install.sh")).args(["--no-build", "rel"]));
+    assert_eq!(bad.status.code(), Some(2));
+}
