@@ -1,8 +1,9 @@
 //! Command-line definitions (clap only). `main` turns them into actions.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 /// S/MIME and CMS with keys that never leave the smart card or HSM.
 ///
@@ -42,8 +43,99 @@ pub const EXIT_STATUS: [(u8, &str); 5] = [
     ),
 ];
 
+/// OpenSSL's single-dash spellings that `smime` accepts, and the flag each stands for.
+pub const OPENSSL_FLAGS: [(&str, &str); 8] = [
+    ("-in", "--in"),
+    ("-out", "--out"),
+    ("-inform", "--inform"),
+    ("-outform", "--outform"),
+    ("-content", "--content"),
+    ("-CAfile", "--trust"),
+    ("-certfile", "--certfile"),
+    ("-noverify", "--no-chain"),
+];
+
+/// Rewrites OpenSSL's single-dash long flags (`-in FILE`, `-outform PEM`, `-in=FILE`) to
+/// `smime`'s (`--in FILE`, ...), so that `openssl cms` habits work. Only the names in
+/// [`OPENSSL_FLAGS`] are rewritten, and nothing after a `--`. clap alone cannot do this:
+/// it reads `-in` as `-i n`.
+pub fn openssl_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    let mut out = Vec::new();
+    let mut rest = false;
+    for arg in args {
+        if rest || out.is_empty() {
+            out.push(arg);
+            continue;
+        }
+        if arg == "--" {
+            rest = true;
+            out.push(arg);
+            continue;
+        }
+        let rewritten = arg.to_str().and_then(|a| {
+            let (name, value) = match a.split_once('=') {
+                Some((n, v)) => (n, Some(v)),
+                None => (a, None),
+            };
+            let (_, long) = OPENSSL_FLAGS.iter().find(|(o, _)| *o == name)?;
+            Some(match value {
+                Some(v) if *long != "--no-chain" => OsString::from(format!("{long}={v}")),
+                Some(_) => return None,
+                None => OsString::from(*long),
+            })
+        });
+        out.push(rewritten.unwrap_or(arg));
+    }
+    out
+}
+
+impl Cli {
+    /// Parses the process's arguments, OpenSSL spellings included; exits 2 on a usage
+    /// error, as clap does.
+    pub fn parse_args() -> Self {
+        let mut cli = Self::parse_from(openssl_args(std::env::args_os()));
+        if let Err(e) = cli.apply_forms() {
+            e.exit();
+        }
+        cli
+    }
+
+    /// Folds `--inform`/`--outform` into the flags the commands read (`--pem`, `--der`,
+    /// `--mime`).
+    pub fn apply_forms(&mut self) -> Result<(), clap::Error> {
+        let conflict =
+            |msg: String| Cli::command().error(clap::error::ErrorKind::ArgumentConflict, msg);
+        match &mut self.command {
+            Command::Sign(a) => match a.outform {
+                None => {}
+                Some(Form::Der | Form::Pem) if !a.encrypt_to.is_empty() => {
+                    return Err(conflict(
+                        "--outform DER|PEM cannot be used with --encrypt-to (it makes S/MIME)"
+                            .into(),
+                    ));
+                }
+                Some(Form::Pem) => a.pem = true,
+                Some(Form::Der) => a.der = a.opaque,
+                Some(Form::Smime) => a.mime = !a.opaque,
+            },
+            Command::Encrypt(a) => match a.outform {
+                None => {}
+                Some(Form::Pem) => a.pem = true,
+                Some(Form::Der) => a.der = true,
+                Some(Form::Smime) => a.mime = true,
+            },
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
 fn exit_status_help() -> String {
-    let mut s = String::from("Exit status:");
+    let mut s = String::from(
+        "OpenSSL spellings work too: -in, -out, -inform, -outform, -content, -CAfile \
+         (--trust), -certfile, -noverify (--no-chain).\n\n",
+    );
+    s.push_str("Exit status:");
     for (c, what) in EXIT_STATUS {
         s.push_str(&format!("\n  {c}  {what}"));
     }
@@ -103,6 +195,18 @@ pub enum Command {
     },
 }
 
+/// `--inform`/`--outform` values, as `openssl cms` spells them (case does not matter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[value(rename_all = "UPPER")]
+pub enum Form {
+    /// Raw CMS, DER (BER on input).
+    Der,
+    /// Raw CMS, PEM.
+    Pem,
+    /// An S/MIME entity.
+    Smime,
+}
+
 /// Digest algorithms.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum Digest {
@@ -133,6 +237,11 @@ pub struct SignArgs {
     /// With --opaque: raw CMS (BER) instead of an S/MIME entity.
     #[arg(long, requires = "opaque", conflicts_with = "pem")]
     pub der: bool,
+    /// Output form, as `openssl cms -outform`: DER (the default: detached DER, or raw CMS
+    /// with --opaque), PEM (--pem) or SMIME (--mime, or the entity with --opaque).
+    #[arg(long, value_enum, ignore_case = true, value_name = "FORM",
+          conflicts_with_all = ["pem", "der", "mime"])]
+    pub outform: Option<Form>,
     /// Output a clear-signed `multipart/signed` S/MIME entity. A whole RFC 5322 message
     /// keeps its From/To/Subject/Date headers outside; the body is canonicalized to CRLF
     /// and a 7-bit-safe transfer encoding before signing.
@@ -164,6 +273,10 @@ pub struct VerifyArgs {
     /// (multipart/signed or opaque pkcs7-mime), or CMS in DER, BER or PEM.
     #[arg(long = "in", short = 'i', value_name = "FILE")]
     pub input: Option<PathBuf>,
+    /// Input form, as `openssl cms -inform` (DER, PEM or SMIME). Accepted for OpenSSL
+    /// habits only: the form is detected from the input either way.
+    #[arg(long, value_enum, ignore_case = true, value_name = "FORM")]
+    pub inform: Option<Form>,
     /// The signed content of a detached CMS signature (`-` for standard input). Not
     /// needed when the input carries its content.
     #[arg(long, short = 'c', value_name = "FILE")]
@@ -210,7 +323,7 @@ pub struct PathArgs {
     pub inhibit_any_policy: bool,
     /// Extra intermediate CA certificates (PEM or DER; repeatable), for messages that lack
     /// them.
-    #[arg(long = "certs", value_name = "FILE")]
+    #[arg(long = "certs", alias = "certfile", value_name = "FILE")]
     pub certs: Vec<PathBuf>,
     /// CRLs (DER or PEM file, or a directory of them; repeatable), besides those in the
     /// message.
@@ -313,6 +426,11 @@ pub struct EncryptArgs {
     /// Output raw CMS as PEM.
     #[arg(long)]
     pub pem: bool,
+    /// Output form, as `openssl cms -outform`: SMIME (--mime, the default), DER (--der) or
+    /// PEM (--pem).
+    #[arg(long, value_enum, ignore_case = true, value_name = "FORM",
+          conflicts_with_all = ["pem", "der", "mime"])]
+    pub outform: Option<Form>,
     /// Content encryption.
     #[arg(long, value_enum, default_value = "aes128-gcm")]
     pub cipher: Cipher,
@@ -340,6 +458,10 @@ pub struct DecryptArgs {
     /// The encrypted message (default: standard input): S/MIME, or CMS in DER, BER or PEM.
     #[arg(long = "in", short = 'i', value_name = "FILE")]
     pub input: Option<PathBuf>,
+    /// Input form, as `openssl cms -inform` (DER, PEM or SMIME). Accepted for OpenSSL
+    /// habits only: the form is detected from the input either way.
+    #[arg(long, value_enum, ignore_case = true, value_name = "FORM")]
+    pub inform: Option<Form>,
     /// Where to write the plaintext (default: standard output). Nothing is written unless
     /// decryption (and, with --verify, verification) succeeds.
     #[arg(long = "out", short = 'o', value_name = "FILE")]

@@ -3,8 +3,6 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
-    smime::commands::run(&smime::cli::Cli::parse())
+    smime::commands::run(&smime::cli::Cli::parse_args())
 }

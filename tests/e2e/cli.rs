@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use smime_tests::{assert_ok, bin_dir, built, root, run};
+use smime_tests::{Agent, Token, assert_ok, bin_dir, built, openssl_verify, root, run, s};
 
 /// The subcommands `smime help` lists (besides `help` itself), read from its output.
 fn subcommands() -> Vec<String> {
@@ -237,4 +237,294 @@ fn install_script_puts_everything_in_place() {
     // A relative PREFIX is a usage error.
     let bad = run(Command::new(root().join("scripts/install.sh")).args(["--no-build", "rel"]));
     assert_eq!(bad.status.code(), Some(2));
+}
+
+const MAIL: &str = "From: Alice Example <alice@example.org>\n\
+To: Bob Example <bob@example.org>\n\
+Subject: openssl habits\n\
+\n\
+Signed with -in, -out and -outform.\n";
+
+#[test]
+fn openssl_style_flags_work_and_openssl_agrees() {
+    let token = Token::new();
+    let agent = Agent::start(&token);
+    let dir = tempfile::tempdir().unwrap();
+    let d = |n: &str| dir.path().join(n);
+    let data = d("data");
+    std::fs::write(&data, b"content signed with openssl spellings\n").unwrap();
+    let ca = token.file("ca.pem");
+
+    // -in/-out/-outform PEM: a detached PEM signature that openssl cms checks.
+    let pem = d("sig.pem");
+    let out = agent.smime(&[
+        "sign",
+        "-k",
+        "alice-rsa",
+        "-in",
+        s(&data),
+        "-out",
+        s(&pem),
+        "-outform",
+        "PEM",
+    ]);
+    assert_ok(&out, "smime sign -in -out -outform PEM");
+    assert!(
+        std::fs::read(&pem)
+            .unwrap()
+            .starts_with(b"-----BEGIN CMS-----")
+    );
+    assert_ok(
+        &openssl_verify(&pem, &data, &ca, "PEM"),
+        "openssl cms -verify (PEM)",
+    );
+    // ... and smime verify with openssl's names: -inform, -content, -CAfile.
+    let out = agent.smime(&[
+        "verify",
+        "-in",
+        s(&pem),
+        "-inform",
+        "PEM",
+        "-content",
+        s(&data),
+        "-CAfile",
+        s(&ca),
+    ]);
+    assert_ok(&out, "smime verify -in -inform -content -CAfile");
+    // -in=FILE and -outform der (any case): DER, the default.
+    let der = d("sig.der");
+    let in_eq = format!("-in={}", s(&data));
+    let out = agent.smime(&[
+        "sign",
+        "-k",
+        "alice-ec",
+        &in_eq,
+        "-out",
+        s(&der),
+        "-outform",
+        "der",
+    ]);
+    assert_ok(&out, "smime sign -in=FILE -outform der");
+    assert_eq!(std::fs::read(&der).unwrap()[0], 0x30, "not DER");
+    assert_ok(
+        &openssl_verify(&der, &data, &ca, "DER"),
+        "openssl cms -verify (DER)",
+    );
+    // A tampered content fails with the same flags: exit 1.
+    let other = d("other");
+    std::fs::write(&other, b"something else\n").unwrap();
+    let out = agent.smime(&[
+        "verify",
+        "-in",
+        s(&der),
+        "-content",
+        s(&other),
+        "-CAfile",
+        s(&ca),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // -noverify: the signature only, like openssl cms -noverify (no trust anchor given).
+    let out = agent.smime(&["verify", "-in", s(&der), "-content", s(&data), "-noverify"]);
+    assert_ok(&out, "smime verify -noverify");
+
+    // -outform SMIME: a multipart/signed mail that openssl smime reads.
+    let mail = d("mail.eml");
+    std::fs::write(&mail, MAIL).unwrap();
+    let signed = d("signed.eml");
+    let out = agent.smime(&[
+        "sign",
+        "-k",
+        "alice-rsa",
+        "-in",
+        s(&mail),
+        "-out",
+        s(&signed),
+        "-outform",
+        "SMIME",
+    ]);
+    assert_ok(&out, "smime sign -outform SMIME");
+    assert!(String::from_utf8_lossy(&std::fs::read(&signed).unwrap()).contains("multipart/signed"));
+    let o = run(Command::new("openssl").args([
+        "cms",
+        "-verify",
+        "-in",
+        s(&signed),
+        "-CAfile",
+        s(&ca),
+        "-out",
+        "/dev/null",
+    ]));
+    assert_ok(&o, "openssl cms -verify of -outform SMIME");
+    // --opaque -outform DER: raw CMS with the content inside; openssl extracts it.
+    let opaque = d("opaque.der");
+    let out = agent.smime(&[
+        "sign",
+        "-k",
+        "alice-rsa",
+        "--opaque",
+        "-in",
+        s(&data),
+        "-out",
+        s(&opaque),
+        "-outform",
+        "DER",
+    ]);
+    assert_ok(&out, "smime sign --opaque -outform DER");
+    let got = d("got");
+    let o = run(Command::new("openssl").args([
+        "cms",
+        "-verify",
+        "-inform",
+        "DER",
+        "-in",
+        s(&opaque),
+        "-CAfile",
+        s(&ca),
+        "-purpose",
+        "smimesign",
+        "-out",
+        s(&got),
+    ]));
+    assert_ok(&o, "openssl cms -verify of --opaque -outform DER");
+    assert_eq!(std::fs::read(&got).unwrap(), std::fs::read(&data).unwrap());
+
+    // encrypt -outform PEM / DER, decrypt -inform: openssl parses the CMS, we decrypt it.
+    for (form, head) in [
+        ("PEM", b"-----BEGIN CMS-----".as_slice()),
+        ("DER", b"\x30".as_slice()),
+    ] {
+        let enc = d(&format!("enc.{form}"));
+        let out = agent.smime(&[
+            "encrypt",
+            "-in",
+            s(&data),
+            "-out",
+            s(&enc),
+            "-outform",
+            form,
+            "--to",
+            s(&token.file("alice-rsa.pem")),
+        ]);
+        assert_ok(&out, &format!("smime encrypt -outform {form}"));
+        assert!(std::fs::read(&enc).unwrap().starts_with(head), "{form}");
+        let o = run(Command::new("openssl").args([
+            "cms",
+            "-cmsout",
+            "-print",
+            "-noout",
+            "-inform",
+            form,
+            "-in",
+            s(&enc),
+        ]));
+        assert_ok(&o, &format!("openssl cms -cmsout -inform {form}"));
+        let plain = d(&format!("plain.{form}"));
+        let out = agent.smime(&[
+            "decrypt",
+            "-in",
+            s(&enc),
+            "-inform",
+            form,
+            "-out",
+            s(&plain),
+        ]);
+        assert_ok(&out, &format!("smime decrypt -inform {form}"));
+        assert_eq!(
+            std::fs::read(&plain).unwrap(),
+            std::fs::read(&data).unwrap()
+        );
+    }
+
+    // Usage errors: exit 2, nothing written.
+    let nothing = d("nothing");
+    for args in [
+        vec![
+            "sign",
+            "-k",
+            "alice-rsa",
+            "-in",
+            s(&data),
+            "-out",
+            s(&nothing),
+            "-outform",
+            "PEM",
+            "--mime",
+        ],
+        vec![
+            "sign",
+            "-k",
+            "alice-rsa",
+            "-in",
+            s(&data),
+            "-out",
+            s(&nothing),
+            "-outform",
+            "XML",
+        ],
+        vec![
+            "sign",
+            "-k",
+            "alice-rsa",
+            "-in",
+            s(&data),
+            "-out",
+            s(&nothing),
+            "-outform",
+            "PEM",
+            "--encrypt-to",
+            "x.pem",
+        ],
+        vec!["verify", "-in", s(&der), "-inform", "JSON"],
+    ] {
+        let out = agent.smime(&args);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!nothing.exists(), "{args:?} wrote a file");
+    }
+    let help = agent.smime(&["sign", "--help"]);
+    assert!(String::from_utf8_lossy(&help.stdout).contains("--outform <FORM>"));
+}
+
+#[test]
+fn openssl_spellings_are_rewritten_only_where_meant() {
+    use std::ffi::OsString;
+    let os = |v: &[&str]| v.iter().map(OsString::from).collect::<Vec<_>>();
+    assert_eq!(
+        smime::cli::openssl_args(os(&[
+            "smime",
+            "sign",
+            "-in",
+            "f",
+            "-outform=PEM",
+            "-k",
+            "-in"
+        ])),
+        os(&["smime", "sign", "--in", "f", "--outform=PEM", "-k", "--in"])
+    );
+    assert_eq!(
+        smime::cli::openssl_args(os(&[
+            "smime",
+            "verify",
+            "-i",
+            "f",
+            "-noverify",
+            "--",
+            "-in"
+        ])),
+        os(&["smime", "verify", "-i", "f", "--no-chain", "--", "-in"])
+    );
+    // The program name is never touched, nor unknown single-dash words.
+    assert_eq!(
+        smime::cli::openssl_args(os(&["-in", "-inx", "-noverify=1", "-CAfile"])),
+        os(&["-in", "-inx", "-noverify=1", "--trust"])
+    );
 }
