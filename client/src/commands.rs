@@ -53,19 +53,47 @@ fn unavailable(a: &AgentError) -> bool {
     }
 }
 
-fn hint(e: &anyhow::Error) -> Option<&'static str> {
+/// What to do when no agent answers.
+const NO_AGENT_FIX: &str = "start it with `smime-agent` or enable smime-agent.socket \
+                            (systemctl --user enable --now smime-agent.socket)";
+
+/// What to do about a locked PIN.
+const PIN_LOCKED_FIX: &str = "unblock it with your PUK or SO PIN (e.g. `pkcs11-tool \
+                              --unlock-pin`), then run `smime unlock`";
+
+/// [`PIN_LOCKED_FIX`] as a sentence of its own.
+const PIN_LOCKED_FIX_HINT: &str = "PIN locked: unblock it with your PUK or SO PIN (e.g. \
+                                   `pkcs11-tool --unlock-pin`), then run `smime unlock`";
+
+/// Whether the agent reports `token`'s user PIN as locked (blocked), on a new connection.
+fn pin_blocked(cli: &Cli, token: Option<&str>) -> bool {
+    let Some(token) = token else { return false };
+    let Some(path) = socket_path(cli.socket.as_deref()) else {
+        return false;
+    };
+    let Ok(mut client) = AgentClient::connect(&path) else {
+        return false;
+    };
+    matches!(
+        client.request(&Request::Status),
+        Ok(Response::Status { tokens, .. })
+            if tokens.iter().any(|t| t.label == token && t.pin_state == PinState::Locked)
+    )
+}
+
+fn hint(cli: &Cli, e: &anyhow::Error) -> Option<&'static str> {
     match e.downcast_ref::<AgentError>()? {
-        AgentError::Unreachable { .. } => {
-            Some("start the agent: eval \"$(smime-agent --module /path/to/pkcs11.so)\"")
-        }
+        AgentError::Unreachable { .. } => Some(NO_AGENT_FIX),
         AgentError::Agent(r) => match r.code {
+            // "Log in" cannot help if the PIN itself is blocked: ask the agent.
+            ErrorCode::PIN_REQUIRED if pin_blocked(cli, r.token.as_deref()) => {
+                Some(PIN_LOCKED_FIX_HINT)
+            }
             ErrorCode::PIN_REQUIRED => Some("log in first: smime unlock"),
             ErrorCode::PIN_INCORRECT => {
                 Some("check the PIN; the agent never retries a wrong PIN by itself")
             }
-            ErrorCode::PIN_LOCKED => {
-                Some("unblock the PIN with the PUK or SO PIN (e.g. pkcs11-tool --unlock-pin)")
-            }
+            ErrorCode::PIN_LOCKED => Some(PIN_LOCKED_FIX_HINT),
             ErrorCode::TOKEN_ABSENT => Some("insert the card"),
             _ => None,
         },
@@ -105,7 +133,7 @@ pub fn run(cli: &Cli) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     eprintln!("smime: {what}: {e:#}");
-    if let Some(h) = hint(&e) {
+    if let Some(h) = hint(cli, &e) {
         eprintln!("hint: {h}");
     }
     ExitCode::from(code)
@@ -124,6 +152,10 @@ fn connect(cli: &Cli) -> Result<AgentClient, Failure> {
             autostart(&path)?;
             AgentClient::connect(&path).map_err(|e| anyhow::Error::from(e).into())
         }
+        Err(AgentError::Unreachable { path, source }) => Err(Failure::Unavailable(anyhow!(
+            "no agent running on {} ({source}; SMIME_AGENT_NO_AUTOSTART is set): {NO_AGENT_FIX}",
+            path.display()
+        ))),
         r => r.map_err(|e| anyhow::Error::from(e).into()),
     }
 }
@@ -143,14 +175,14 @@ fn autostart(path: &Path) -> Result<(), Failure> {
         .stdin(std::process::Stdio::null())
         .output()
         .map_err(|e| {
-            Failure::Unavailable(anyhow!(e).context(format!(
-                "no agent is running and {} cannot be started",
+            Failure::Unavailable(anyhow!(
+                "no agent running, and {} cannot be run ({e}): install it and {NO_AGENT_FIX}",
                 program.display()
-            )))
+            ))
         })?;
     if !out.status.success() {
         return Err(Failure::Unavailable(anyhow!(
-            "no agent is running, and starting one failed: {}",
+            "no agent running, and starting one failed ({}): fix that and {NO_AGENT_FIX}",
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
@@ -309,7 +341,7 @@ fn unlock(
     match t.pin_state {
         PinState::Locked => {
             return Err(Failure::Unavailable(anyhow!(
-                "the PIN of token {} is locked; unblock it with the PUK or SO PIN",
+                "PIN locked on token {}: {PIN_LOCKED_FIX}",
                 t.label
             )));
         }

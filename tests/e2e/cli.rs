@@ -2,10 +2,13 @@
 //! clap definitions, the install script, OpenSSL-style flags, JSON output, and error
 //! messages that name the fix.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use smime_tests::{Agent, Token, assert_ok, bin_dir, built, openssl_verify, root, run, s};
+use smime_tests::{
+    Agent, AgentOptions, Token, assert_ok, bin_dir, built, openssl_verify, root, run, s,
+};
 
 /// The subcommands `smime help` lists (besides `help` itself), read from its output.
 fn subcommands() -> Vec<String> {
@@ -527,4 +530,98 @@ fn openssl_spellings_are_rewritten_only_where_meant() {
         smime::cli::openssl_args(os(&["-in", "-inx", "-noverify=1", "-CAfile"])),
         os(&["-in", "-inx", "-noverify=1", "--trust"])
     );
+}
+
+#[test]
+fn no_agent_errors_name_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let fix = "start it with `smime-agent` or enable smime-agent.socket";
+    // Autostart disabled: one line that says what is wrong and what to do.
+    let out = run(Command::new(built("smime"))
+        .arg("keys")
+        .env("SMIME_AGENT_SOCK", dir.path().join("none.sock"))
+        .env("SMIME_AGENT_NO_AUTOSTART", "1"));
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("smime: error: no agent running on "),
+        "{err}"
+    );
+    assert!(err.contains(fix), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    // Autostart fails (the agent refuses a socket directory others can enter): the
+    // agent's reason, then the fix.
+    let open = dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = run(Command::new(built("smime"))
+        .arg("keys")
+        .env("SMIME_AGENT_SOCK", open.join("agent.sock"))
+        .env("XDG_CONFIG_HOME", dir.path())
+        .env("SMIME_AGENT_MODULE", smime_tests::softhsm_module())
+        .env_remove("SMIME_AGENT_NO_AUTOSTART"));
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no agent running, and starting one failed"),
+        "{err}"
+    );
+    assert!(err.contains(fix), "{err}");
+}
+
+#[test]
+fn locked_pin_error_names_the_fix() {
+    let token = Token::new();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::write(&state, "3").unwrap(); // three wrong PINs on record: locked
+    let agent = Agent::start_with(
+        &token,
+        AgentOptions {
+            module: Some(built("libp11_count.so")),
+            pin_file: None,
+            env: vec![
+                (
+                    "P11_COUNT_MODULE".into(),
+                    smime_tests::softhsm_module().display().to_string(),
+                ),
+                ("P11_COUNT_LOCK_AFTER".into(), "3".into()),
+                ("P11_COUNT_STATE".into(), state.display().to_string()),
+            ],
+            ..Default::default()
+        },
+    );
+    let fix = "unblock it with your PUK or SO PIN";
+    let out = agent.smime_stdin(
+        &["unlock", "--pin-stdin"],
+        format!("{}\n", token.pin()).as_bytes(),
+    );
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("PIN locked on token smime-demo: "), "{err}");
+    assert!(err.contains(fix), "{err}");
+    // An operation on the locked token says the same.
+    let data = dir.path().join("data");
+    std::fs::write(&data, b"x").unwrap();
+    let sig = dir.path().join("sig");
+    let out = agent.sign("alice-rsa", &data, &sig, &[]);
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("hint: PIN locked: {fix}")), "{err}");
+    assert!(!sig.exists());
+    // A token that merely wants a login says so, and does not send anyone to the PUK.
+    let fresh = Token::new();
+    let agent = Agent::start_with(
+        &fresh,
+        AgentOptions {
+            pin_file: Some(None),
+            ..Default::default()
+        },
+    );
+    let out = agent.sign("alice-rsa", &data, &sig, &[]);
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("hint: log in first: smime unlock"), "{err}");
+    assert!(!err.contains("PUK"), "{err}");
 }
