@@ -625,3 +625,179 @@ fn locked_pin_error_names_the_fix() {
     assert!(err.contains("hint: log in first: smime unlock"), "{err}");
     assert!(!err.contains("PUK"), "{err}");
 }
+
+/// The SHA-256 fingerprint OpenSSL computes for a PEM certificate, lowercase hex.
+fn openssl_fingerprint(cert: &Path) -> String {
+    let out = run(Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+        .arg(cert));
+    assert_ok(&out, "openssl x509 -fingerprint");
+    String::from_utf8_lossy(&out.stdout)
+        .split('=')
+        .nth(1)
+        .unwrap()
+        .trim()
+        .replace(':', "")
+        .to_lowercase()
+}
+
+fn json(out: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(out)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(out)))
+}
+
+#[test]
+fn json_output_of_keys_status_and_verify() {
+    let token = Token::new();
+    let agent = Agent::start(&token);
+    // keys --json: every key, with the certificate's identity as OpenSSL sees it.
+    let out = agent.smime(&["keys", "--json"]);
+    assert_ok(&out, "smime keys --json");
+    let keys = json(&out.stdout);
+    let keys = keys.as_array().unwrap();
+    let mut labels: Vec<&str> = keys.iter().map(|k| k["label"].as_str().unwrap()).collect();
+    labels.sort_unstable();
+    assert_eq!(labels, ["alice-ec", "alice-rsa", "bob-rsa"]);
+    for k in keys {
+        let label = k["label"].as_str().unwrap();
+        let fp = openssl_fingerprint(&token.file(&format!("{label}.pem")));
+        assert_eq!(
+            k["sha256"]
+                .as_str()
+                .unwrap()
+                .replace(':', "")
+                .to_lowercase(),
+            fp,
+            "{label}"
+        );
+        assert_eq!(k["token"], "smime-demo");
+        assert!(k["id"].as_str().unwrap().contains(':'));
+        assert!(
+            k["operations"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|o| o == "sign")
+        );
+    }
+    let rsa = keys.iter().find(|k| k["label"] == "alice-rsa").unwrap();
+    assert_eq!(rsa["algorithm"], "rsa-2048");
+    assert_eq!(rsa["email"], "alice@example.org");
+    assert!(
+        rsa["operations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o == "decrypt")
+    );
+
+    // status --json: the agent and the token's login and PIN state, before and after lock.
+    let out = agent.smime(&["status", "--json"]);
+    assert_ok(&out, "smime status --json");
+    let st = json(&out.stdout);
+    assert!(
+        st["agent"]["version"]
+            .as_str()
+            .unwrap()
+            .starts_with("smime-agent")
+    );
+    let t = &st["tokens"][0];
+    assert_eq!(t["label"], "smime-demo");
+    assert_eq!(t["logged_in"], true);
+    assert_eq!(t["pin_state"], "ok");
+    assert_eq!(t["keys"], 3);
+    assert_ok(&agent.smime(&["lock"]), "smime lock");
+    let st = json(&agent.smime(&["status", "--json"]).stdout);
+    assert_eq!(st["tokens"][0]["logged_in"], false);
+    assert_ok(
+        &agent.smime_stdin(
+            &["unlock", "--pin-stdin"],
+            format!("{}\n", token.pin()).as_bytes(),
+        ),
+        "smime unlock",
+    );
+
+    // verify --json: a good signature, a tampered content, an unchained check.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::write(&data, b"json verdicts\n").unwrap();
+    let sig = dir.path().join("sig.p7s");
+    assert_ok(&agent.sign("alice-rsa", &data, &sig, &[]), "smime sign");
+    let ca = token.file("ca.pem");
+    let out = agent.smime(&[
+        "verify",
+        "--json",
+        "--in",
+        s(&sig),
+        "--content",
+        s(&data),
+        "--trust",
+        s(&ca),
+    ]);
+    assert_ok(&out, "smime verify --json");
+    let v = json(&out.stdout);
+    assert_eq!(v["valid"], true);
+    assert_eq!(v["trusted"], true);
+    assert_eq!(v["signer"]["email"], "alice@example.org");
+    assert_eq!(
+        v["signer"]["sha256"]
+            .as_str()
+            .unwrap()
+            .replace(':', "")
+            .to_lowercase(),
+        openssl_fingerprint(&token.file("alice-rsa.pem"))
+    );
+    assert_eq!(v["digest"], "sha256");
+    let other = dir.path().join("other");
+    std::fs::write(&other, b"json verdicts?\n").unwrap();
+    let out = agent.smime(&[
+        "verify",
+        "--json",
+        "--in",
+        s(&sig),
+        "--content",
+        s(&other),
+        "--trust",
+        s(&ca),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let v = json(&out.stdout);
+    assert_eq!(v["valid"], false);
+    assert!(!v["error"].as_str().unwrap().is_empty(), "{v}");
+    let out = agent.smime(&[
+        "verify",
+        "--json",
+        "--in",
+        s(&sig),
+        "--content",
+        s(&data),
+        "--no-chain",
+    ]);
+    assert_ok(&out, "smime verify --json --no-chain");
+    let v = json(&out.stdout);
+    assert_eq!(v["valid"], true);
+    assert_eq!(v["trusted"], false);
+    // With --out the content goes to the file and the JSON verdict to standard error.
+    let opaque = dir.path().join("opaque.der");
+    assert_ok(
+        &agent.sign("alice-ec", &data, &opaque, &["--opaque", "--der"]),
+        "sign --opaque",
+    );
+    let content = dir.path().join("content");
+    let out = agent.smime(&[
+        "verify",
+        "--json",
+        "--in",
+        s(&opaque),
+        "--trust",
+        s(&ca),
+        "--out",
+        s(&content),
+    ]);
+    assert_ok(&out, "smime verify --json --out");
+    assert_eq!(json(&out.stderr)["valid"], true);
+    assert_eq!(
+        std::fs::read(&content).unwrap(),
+        std::fs::read(&data).unwrap()
+    );
+}
