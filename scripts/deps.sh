@@ -20,6 +20,7 @@ APT_PACKAGES=(
     time              # /usr/bin/time -f %M: peak memory of the streaming tests
     systemd           # systemd-socket-activate, to test socket activation
     man-db            # man -l: the generated man pages render (tests/e2e/cli.rs)
+    neomutt           # neomutt -Q reads contrib/neomuttrc.smime (tests/e2e/neomutt.rs)
     ca-certificates curl  # rustup, if Rust is missing
 )
 

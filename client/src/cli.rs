@@ -118,12 +118,16 @@ impl Cli {
                 Some(Form::Der) => a.der = a.opaque,
                 Some(Form::Smime) => a.mime = !a.opaque,
             },
-            Command::Encrypt(a) => match a.outform {
-                None => {}
-                Some(Form::Pem) => a.pem = true,
-                Some(Form::Der) => a.der = true,
-                Some(Form::Smime) => a.mime = true,
-            },
+            Command::Encrypt(a) => {
+                let more = std::mem::take(&mut a.recipients);
+                a.to.extend(more);
+                match a.outform {
+                    None => {}
+                    Some(Form::Pem) => a.pem = true,
+                    Some(Form::Der) => a.der = true,
+                    Some(Form::Smime) => a.mime = true,
+                }
+            }
             _ => {}
         }
         Ok(())
@@ -168,6 +172,10 @@ pub enum Command {
         #[arg(required = true, value_name = "CERT")]
         certs: Vec<PathBuf>,
     },
+    /// Print the certificates of a signed message or CMS/PKCS#7 as PEM, or their e-mail
+    /// addresses, or the PKCS#7 itself: what mail clients ask `openssl` for (see
+    /// contrib/neomuttrc.smime). Only --signer checks anything (the signature).
+    Certs(CertsArgs),
     /// Show the agent's tokens and their login state.
     Status {
         /// Print JSON.
@@ -255,6 +263,11 @@ pub struct SignArgs {
     /// files or addresses in the store; repeatable). Implies --mime unless --opaque.
     #[arg(long = "encrypt-to", value_name = "CERT|EMAIL", conflicts_with_all = ["der", "pem"])]
     pub encrypt_to: Vec<String>,
+    /// Sign the content with CRLF line ends (bare LF becomes CRLF), as S/MIME requires of
+    /// a MIME entity and as `openssl smime -sign` does without -binary. For the detached
+    /// signature of a multipart/signed part that a mail client assembles itself.
+    #[arg(long, conflicts_with_all = ["mime", "opaque"])]
+    pub crlf: bool,
     /// Digest algorithm.
     #[arg(long, value_enum, default_value = "sha256")]
     pub digest: Digest,
@@ -303,6 +316,11 @@ pub struct VerifyArgs {
     /// Print the verdict as JSON (on failure too, with the reason; the exit code is the same).
     #[arg(long)]
     pub json: bool,
+    /// On success write `Verification successful` as the first line of standard error, and
+    /// the verdict after it there (never on standard output), as `openssl smime -verify`
+    /// does: mutt and neomutt look for that line.
+    #[arg(long)]
+    pub openssl_status: bool,
 }
 
 /// How the signer's certification path is validated (RFC 5280 §6.1.1 inputs and more).
@@ -362,9 +380,11 @@ pub enum Cipher {
     Aes128Gcm,
     /// AES-256-GCM AuthEnvelopedData.
     Aes256Gcm,
-    /// AES-128-CBC EnvelopedData, for S/MIME 3.x clients.
+    /// AES-128-CBC EnvelopedData, for S/MIME 3.x clients (OpenSSL's `aes128`).
+    #[value(alias = "aes128", alias = "aes-128-cbc")]
     Aes128Cbc,
-    /// AES-256-CBC EnvelopedData, for S/MIME 3.x clients.
+    /// AES-256-CBC EnvelopedData, for S/MIME 3.x clients (OpenSSL's `aes256`).
+    #[value(alias = "aes256", alias = "aes-256-cbc")]
     Aes256Cbc,
 }
 
@@ -400,9 +420,13 @@ pub struct EncryptArgs {
         long = "to",
         short = 't',
         value_name = "CERT|EMAIL",
-        required_unless_present = "self_"
+        required_unless_present_any = ["self_", "recipients"]
     )]
     pub to: Vec<String>,
+    /// More recipients, as `openssl cms -encrypt` takes them: certificate files or
+    /// addresses after the flags (the same as --to).
+    #[arg(value_name = "CERT|EMAIL")]
+    pub recipients: Vec<String>,
     /// Also encrypt to your own certificate (from the agent), so you can read what you sent.
     #[arg(long = "self", id = "self_")]
     pub self_: bool,
@@ -450,6 +474,35 @@ impl EncryptArgs {
             OutForm::Smime
         }
     }
+}
+
+/// `smime certs`.
+#[derive(Debug, Args)]
+pub struct CertsArgs {
+    /// Input (default: standard input): a signed S/MIME message (multipart/signed or
+    /// opaque), CMS/PKCS#7 in DER, BER or PEM, or certificates (PEM or DER).
+    #[arg(long = "in", short = 'i', value_name = "FILE")]
+    pub input: Option<PathBuf>,
+    /// Where to write (default: standard output). Written only on success.
+    #[arg(long = "out", short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Input form (DER, PEM or SMIME), as `openssl -inform`. Accepted for OpenSSL
+    /// habits only: the form is detected from the input either way.
+    #[arg(long, value_enum, ignore_case = true, value_name = "FORM")]
+    pub inform: Option<Form>,
+    /// Only the signer's certificate. The signature is verified first (not the chain),
+    /// like `openssl smime -verify -noverify -signer FILE`; a bad signature yields nothing
+    /// and exit status 1.
+    #[arg(long)]
+    pub signer: bool,
+    /// Print the e-mail addresses of the certificates (subjectAltName, then the subject's
+    /// emailAddress), one per line, like `openssl x509 -email`.
+    #[arg(long, conflicts_with = "pkcs7")]
+    pub emails: bool,
+    /// Write the message's SignedData as PEM (`-----BEGIN PKCS7-----`), like `openssl
+    /// smime -pk7out`.
+    #[arg(long, conflicts_with = "signer")]
+    pub pkcs7: bool,
 }
 
 /// `smime decrypt` and `smime open`.

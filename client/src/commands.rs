@@ -1,6 +1,8 @@
 //! The `smime` commands: each turns resolved flags into library calls, and every failure
 //! into one of the documented exit statuses. This is the binary's edge, hence `anyhow`.
 
+mod certs;
+mod crlf;
 mod decrypt;
 mod encrypt;
 mod sign;
@@ -118,6 +120,7 @@ pub fn run(cli: &Cli) -> ExitCode {
         Command::Decrypt(a) => decrypt::decrypt(cli, a, a.verify),
         Command::Open(a) => decrypt::decrypt(cli, a, true),
         Command::Import { certs } => encrypt::import(certs),
+        Command::Certs(a) => certs::certs(a),
     };
     let (code, e, what) = match result {
         Ok(()) => return ExitCode::SUCCESS,

@@ -6,6 +6,7 @@ mod agent;
 mod cli;
 mod envelope;
 mod gpgsm;
+mod neomutt;
 mod ops;
 mod python;
 mod sign;

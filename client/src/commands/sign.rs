@@ -194,7 +194,8 @@ pub(super) fn sign(cli: &Cli, a: &SignArgs) -> Result<(), Failure> {
                 .map_err(|e| Failure::Other(anyhow!(e)))?;
         }
     } else {
-        let der = signer.sign_reader(open_input(a.input.as_deref())?)?;
+        let der =
+            signer.sign_reader(super::crlf::maybe(a.crlf, open_input(a.input.as_deref())?))?;
         if a.pem {
             out.write_all(cms::sign::to_pem(&der).as_bytes())
                 .map_err(io_err)?;

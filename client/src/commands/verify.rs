@@ -313,7 +313,12 @@ fn verify_inner(a: &VerifyArgs) -> Result<(), Failure> {
         out.commit()
             .context("writing the output")
             .map_err(Failure::Other)?;
+        if a.openssl_status {
+            eprintln!("Verification successful");
+        }
         eprintln!("{}", describe(&verdict, a.json));
+    } else if a.openssl_status {
+        eprintln!("Verification successful\n{}", describe(&verdict, a.json));
     } else {
         println!("{}", describe(&verdict, a.json));
     }
