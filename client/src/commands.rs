@@ -237,14 +237,49 @@ fn keys(cli: &Cli, json: bool) -> Result<(), Failure> {
 
 fn open_input(path: Option<&Path>) -> Result<Box<dyn Read>, Failure> {
     Ok(match path {
-        Some(p) if p != Path::new("-") => Box::new(BufReader::with_capacity(
-            cms::DIGEST_CHUNK,
-            File::open(p)
+        Some(p) if p != Path::new("-") => {
+            let file = File::open(p)
                 .with_context(|| format!("opening {}", p.display()))
-                .map_err(Failure::Usage)?,
-        )),
+                .map_err(Failure::Usage)?;
+            Box::new(BufReader::with_capacity(
+                cms::DIGEST_CHUNK,
+                with_progress(file, p),
+            ))
+        }
         _ => Box::new(io::stdin().lock()),
     })
+}
+
+/// Inputs at least this big get a progress bar (on a terminal); `SMIME_PROGRESS_MIN`
+/// (bytes) overrides it.
+const PROGRESS_MIN: u64 = 64 << 20;
+
+/// `file` as is, or, when standard error is a terminal and the file is big, wrapped in a
+/// progress bar on standard error that disappears when the file has been read (or the
+/// command ends). Pipes and redirected stderr never see one.
+fn with_progress(file: File, path: &Path) -> Box<dyn Read> {
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let min = std::env::var("SMIME_PROGRESS_MIN")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(PROGRESS_MIN);
+    if len < min.max(1) || !io::stderr().is_terminal() {
+        return Box::new(file);
+    }
+    let style = indicatif::ProgressStyle::with_template(
+        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+    )
+    .map(|s| s.progress_chars("=> "))
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let bar = indicatif::ProgressBar::new(len)
+        .with_style(style)
+        .with_message(name)
+        .with_finish(indicatif::ProgressFinish::AndClear);
+    Box::new(bar.wrap_read(file))
 }
 
 fn load_certs(paths: &[PathBuf]) -> Result<Vec<Certificate>, Failure> {

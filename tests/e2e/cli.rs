@@ -801,3 +801,52 @@ fn json_output_of_keys_status_and_verify() {
         std::fs::read(&data).unwrap()
     );
 }
+
+#[test]
+fn progress_bar_on_a_terminal_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = Token::new(); // for its certificate; encrypt needs no agent
+    let big = dir.path().join("big.bin");
+    std::fs::write(&big, smime_tests::pseudo_random(3 << 20, 7)).unwrap();
+    let out_file = dir.path().join("big.p7m");
+    let args = format!(
+        "{} encrypt --to {} -in {} -out {}",
+        s(&built("smime")),
+        s(&token.file("alice-rsa.pem")),
+        s(&big),
+        s(&out_file)
+    );
+    // On a terminal (script(1) gives it a pty), past the threshold: a bar on stderr.
+    let tty = run(Command::new("script")
+        .args(["-qfec", &args, "/dev/null"])
+        .env("SMIME_PROGRESS_MIN", "1000000"));
+    assert_ok(&tty, "smime encrypt on a pty");
+    let text = String::from_utf8_lossy(&tty.stdout);
+    assert!(
+        text.contains("big.bin [") && text.contains("MiB"),
+        "no progress bar: {text:?}"
+    );
+    assert!(out_file.exists());
+    // The same on a terminal below the threshold, and on a pipe: silent.
+    std::fs::remove_file(&out_file).unwrap();
+    let small = run(Command::new("script")
+        .args(["-qfec", &args, "/dev/null"])
+        .env("SMIME_PROGRESS_MIN", "100000000"));
+    assert_ok(&small, "smime encrypt on a pty, small input");
+    assert!(
+        small.stdout.is_empty(),
+        "{:?}",
+        String::from_utf8_lossy(&small.stdout)
+    );
+    std::fs::remove_file(&out_file).unwrap();
+    let piped = run(Command::new("sh")
+        .args(["-c", &args])
+        .env("SMIME_PROGRESS_MIN", "1"));
+    assert_ok(&piped, "smime encrypt on a pipe");
+    assert!(
+        piped.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&piped.stderr)
+    );
+    assert!(out_file.exists());
+}

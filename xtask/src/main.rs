@@ -56,6 +56,11 @@ const ENV_SMIME: &[(&str, &str)] = &[
         "If set, smime does not start smime-agent when none answers.",
     ),
     (
+        "SMIME_PROGRESS_MIN",
+        "Input files of at least this many bytes get a progress bar when standard error \
+         is a terminal (default 64 MiB). Pipes and redirected output never get one.",
+    ),
+    (
         "SMIME_CERT_STORE",
         "Directory of correspondents' certificates (smime import, verify \
          --store-signers). Default: ~/.local/share/smime/certs.",
