@@ -22,6 +22,7 @@ APT_PACKAGES=(
     man-db            # man -l: the generated man pages render (tests/e2e/cli.rs)
     neomutt           # neomutt -Q reads contrib/neomuttrc.smime (tests/e2e/neomutt.rs)
     bsdutils          # script(1): a pty for the progress-bar test (tests/e2e/cli.rs)
+    zsh fish          # the generated completions parse and complete (tests/e2e/cli.rs)
     ca-certificates curl  # rustup, if Rust is missing
 )
 

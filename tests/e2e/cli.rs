@@ -169,7 +169,7 @@ fn complete(file: &Path, func: &str, words: &[&str]) -> Vec<String> {
 }
 
 #[test]
-fn bash_completion_completes_subcommands_and_flags() {
+fn shell_completions_complete_subcommands_and_flags() {
     let dir = tempfile::tempdir().unwrap();
     xtask(&["completions"], dir.path());
     for f in [
@@ -202,6 +202,27 @@ fn bash_completion_completes_subcommands_and_flags() {
     let mut pin = complete(&agent, "_smime__agent", &["smime-agent", "--pin"]);
     pin.sort();
     assert_eq!(pin, ["--pin-file", "--pin-token", "--pinentry"]);
+    // zsh parses its functions; fish completes as bash does.
+    for f in ["zsh/_smime", "zsh/_smime-agent"] {
+        let out = run(Command::new("zsh").arg("-n").arg(dir.path().join(f)));
+        assert_ok(&out, &format!("zsh -n {f}"));
+    }
+    let fish = |line: &str| {
+        let out = run(Command::new("fish")
+            .arg("--no-config")
+            .arg("-c")
+            .arg(format!(
+                "source '{}'; complete -C '{line}'",
+                s(&dir.path().join("fish/smime.fish"))
+            )));
+        assert_ok(&out, &format!("fish completion of {line}"));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.split('\t').next().unwrap_or_default().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(fish("smime si"), ["sign"]);
+    assert!(fish("smime verify --no-c").contains(&"--no-chain".to_owned()));
 }
 
 #[test]
