@@ -598,35 +598,46 @@ fn neomutt_commands_sign_verify_encrypt_decrypt_and_extract_certificates() {
         fingerprint(&token.file("alice-rsa.pem"))
     );
 
-    // --- get_signer_cert: the signer's certificate into %c.
-    let signer = d("signer.pem");
-    let e = Expandos {
-        f: Some(msg),
-        c: Some(s(&signer).to_owned()),
-        ..Default::default()
+    // --- get_signer_cert: the signer's certificate into %c. neomutt creates %c first and
+    // reads it through the handle it already holds, so the data must land in that file.
+    let signer_cert = |msg: &Path, name: &str| -> (Output, Vec<u8>) {
+        use std::io::Read;
+        let path = d(name);
+        let mut held = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        let e = Expandos {
+            f: Some(msg),
+            c: Some(s(&path).to_owned()),
+            ..Default::default()
+        };
+        let out = neomutt_runs(&rc, "smime_get_signer_cert_command", &e, &env);
+        let mut got = Vec::new();
+        held.read_to_end(&mut got).unwrap();
+        (out, got)
     };
-    let out = neomutt_runs(&rc, "smime_get_signer_cert_command", &e, &env);
+    let (out, got) = signer_cert(msg, "signer.pem");
     assert_ok(&out, "smime_get_signer_cert_command");
+    let signer = d("signer-copy.pem");
+    std::fs::write(&signer, &got).unwrap();
     assert_eq!(
         fingerprint(&signer),
         fingerprint(&token.file("alice-rsa.pem"))
     );
     let (_, ec_msg, _, _) = &messages[1];
-    let ec_signer = d("ec-signer.pem");
-    let e = Expandos {
-        f: Some(ec_msg),
-        c: Some(s(&ec_signer).to_owned()),
-        ..Default::default()
-    };
-    assert_ok(
-        &neomutt_runs(&rc, "smime_get_signer_cert_command", &e, &env),
-        "signer (EC)",
-    );
+    let (out, got) = signer_cert(ec_msg, "ec-signer.pem");
+    assert_ok(&out, "signer (EC)");
+    let ec_signer = d("ec-signer-copy.pem");
+    std::fs::write(&ec_signer, &got).unwrap();
     assert_eq!(
         fingerprint(&ec_signer),
         fingerprint(&token.file("alice-ec.pem"))
     );
-    // A tampered message yields no certificate file (neomutt: "no certfile").
+    // A tampered message yields an empty certificate file (neomutt: "no certfile").
     let forged = d("forged.eml");
     let text = String::from_utf8(std::fs::read(msg).unwrap()).unwrap();
     std::fs::write(
@@ -634,15 +645,9 @@ fn neomutt_commands_sign_verify_encrypt_decrypt_and_extract_certificates() {
         text.replace("Hello from neomutt.", "Hello from mallory."),
     )
     .unwrap();
-    let nothing = d("nothing.pem");
-    let e = Expandos {
-        f: Some(&forged),
-        c: Some(s(&nothing).to_owned()),
-        ..Default::default()
-    };
-    let out = neomutt_runs(&rc, "smime_get_signer_cert_command", &e, &env);
+    let (out, got) = signer_cert(&forged, "nothing.pem");
     assert_eq!(out.status.code(), Some(1));
-    assert!(!nothing.exists());
+    assert!(got.is_empty());
 
     // --- get_cert_email: one address per line, as openssl x509 -email prints them.
     let out = neomutt_runs(
@@ -688,4 +693,180 @@ fn neomutt_commands_sign_verify_encrypt_decrypt_and_extract_certificates() {
         b"",
     );
     assert_ok(&by_addr, "smime encrypt --to an imported address");
+}
+
+/// neomutt itself, on a pty (script(1)), driven by keystrokes sent when the screen shows
+/// what it waits for: `steps` are (text to wait for, keys to send). Returns the screen
+/// output. Panics with the screen if a text does not appear within 30 s.
+fn drive_neomutt(home: &Path, rc: &Path, env: &Env, steps: &[(&str, &[u8])]) -> String {
+    use std::io::{Read, Write};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+    let cmd = format!("neomutt -n -F '{}' -f '{}'", s(rc), s(&home.join("mbox")));
+    let mut child = Command::new("script")
+        .args(["-qfec", &cmd, "/dev/null"])
+        .env("HOME", home)
+        .env("TERM", "xterm")
+        .env("PATH", &env.path)
+        .env("SMIME_AGENT_SOCK", &env.socket)
+        .env("SMIME_CERT_STORE", &env.store)
+        .env("SMIME_AGENT_NO_AUTOSTART", "1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let screen = Arc::new(Mutex::new(Vec::<u8>::new()));
+    let mut stdout = child.stdout.take().unwrap();
+    let sink = Arc::clone(&screen);
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    let mut stdin = child.stdin.take().unwrap();
+    let mut seen = 0;
+    for (wait, keys) in steps {
+        let start = Instant::now();
+        loop {
+            let text = String::from_utf8_lossy(&screen.lock().unwrap()[seen..]).into_owned();
+            if let Some(i) = text.find(wait) {
+                seen += text[..i + wait.len()].len();
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                let _ = child.kill();
+                panic!(
+                    "neomutt never showed {wait:?}; screen:\n{}",
+                    String::from_utf8_lossy(&screen.lock().unwrap())
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(200)); // let it finish drawing
+        stdin.write_all(keys).unwrap();
+        stdin.flush().unwrap();
+    }
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!(
+                "neomutt did not quit; screen:\n{}",
+                String::from_utf8_lossy(&screen.lock().unwrap())
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(stdin);
+    reader.join().unwrap();
+    let out = String::from_utf8_lossy(&screen.lock().unwrap()).into_owned();
+    out
+}
+
+#[test]
+fn neomutt_itself_decrypts_and_verifies_through_the_agent() {
+    settings(); // the rc parses cleanly
+    let token = Token::new();
+    let agent = Agent::start(&token);
+    let home = tempfile::tempdir().unwrap();
+    let h = |n: &str| home.path().join(n);
+    let env = Env {
+        path: format!(
+            "{}:{}",
+            bin_dir().display(),
+            std::env::var("PATH").unwrap_or_default()
+        ),
+        socket: agent.socket.clone(),
+        store: h("store"),
+    };
+    let rc = h("neomuttrc");
+    std::fs::write(
+        &rc,
+        format!(
+            "source '{}'\nset smime_default_key=\"alice-rsa\"\nset folder='{}'\n\
+             set smime_ca_location='{}'\nset pipe_decode=yes\nset wait_key=no\nset quit=yes\n\
+             set crypt_verify_sig=yes\n",
+            s(&root().join("contrib/neomuttrc.smime")),
+            s(home.path()),
+            s(&token.file("ca.pem")),
+        ),
+    )
+    .unwrap();
+    let plain = h("plain.eml");
+    std::fs::write(
+        &plain,
+        "From: Bob <bob@example.org>\nTo: Alice <alice@example.org>\nSubject: secret\n\n\
+         the secret for neomutt\n",
+    )
+    .unwrap();
+
+    // An encrypted mail (made by OpenSSL for Alice's token certificate): neomutt pipes
+    // the decrypted message, through smime_decrypt_command and the agent.
+    let enc = run(Command::new("openssl").args([
+        "smime",
+        "-encrypt",
+        "-aes256",
+        "-from",
+        "bob@example.org",
+        "-to",
+        "alice@example.org",
+        "-subject",
+        "secret",
+        "-in",
+        s(&plain),
+        s(&token.file("alice-rsa.pem")),
+    ]));
+    assert_ok(&enc, "openssl smime -encrypt");
+    let mut mbox = b"From bob@example.org Mon Nov 23 10:00:00 2026\n".to_vec();
+    mbox.extend_from_slice(&enc.stdout);
+    mbox.push(b'\n');
+    std::fs::write(h("mbox"), &mbox).unwrap();
+    let out = h("decrypted");
+    drive_neomutt(
+        home.path(),
+        &rc,
+        &env,
+        &[
+            ("NeoMutt: ", b"|"),
+            (
+                "Pipe to command:",
+                format!("cat > '{}'\r", s(&out)).as_bytes(),
+            ),
+            ("Enter S/MIME passphrase:", b"\r"),
+            ("NeoMutt: ", b"q"),
+        ],
+    );
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(text.contains("the secret for neomutt"), "{text}");
+
+    // A clear-signed mail from Alice (made by smime with the token key): neomutt shows it
+    // with our verdict, through smime_verify_command.
+    let signed = agent.smime(&["sign", "--key", "alice-rsa", "--mime", "--in", s(&plain)]);
+    assert_ok(&signed, "smime sign --mime");
+    let signed_text = String::from_utf8_lossy(&signed.stdout).replace(
+        "From: Bob <bob@example.org>",
+        "From: Alice <alice@example.org>",
+    );
+    // (Signing covers the body, not these headers: the From: line is ours to choose.)
+    let mut mbox = b"From alice@example.org Mon Nov 23 10:00:00 2026\n".to_vec();
+    mbox.extend_from_slice(signed_text.replace("\r\n", "\n").as_bytes());
+    mbox.push(b'\n');
+    std::fs::write(h("mbox"), &mbox).unwrap();
+    let screen = drive_neomutt(
+        home.path(),
+        &rc,
+        &env,
+        &[
+            ("NeoMutt: ", b"\r"),
+            ("Good signature from", b"q"),
+            ("NeoMutt: ", b"q"),
+        ],
+    );
+    let _ = std::fs::copy(h("debug.log0"), "/tmp/nm-debug.log");
+    assert!(screen.contains("Verification successful"), "{screen}");
 }
