@@ -764,8 +764,7 @@ fn drive_neomutt(home: &Path, rc: &Path, env: &Env, steps: &[(&str, &[u8])]) -> 
     }
     drop(stdin);
     reader.join().unwrap();
-    let out = String::from_utf8_lossy(&screen.lock().unwrap()).into_owned();
-    out
+    String::from_utf8_lossy(&screen.lock().unwrap()).into_owned()
 }
 
 #[test]
