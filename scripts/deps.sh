@@ -21,6 +21,10 @@ APT_PACKAGES=(
     time              # /usr/bin/time -f %M: peak memory of the streaming tests
     faketime          # a signingTime in the past (tests/e2e/trust.rs)
     systemd           # systemd-socket-activate, to test socket activation
+    man-db            # man -l: the generated man pages render (tests/e2e/cli.rs)
+    neomutt           # neomutt -Q reads contrib/neomuttrc.smime (tests/e2e/neomutt.rs)
+    bsdutils          # script(1): a pty for the progress-bar test (tests/e2e/cli.rs)
+    zsh fish          # the generated completions parse and complete (tests/e2e/cli.rs)
     ca-certificates curl  # rustup, if Rust is missing
 )
 

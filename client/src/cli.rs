@@ -1,20 +1,16 @@
 //! Command-line definitions (clap only). `main` turns them into actions.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 /// S/MIME and CMS with keys that never leave the smart card or HSM.
 ///
 /// `smime` does all message work (hashing, CMS, certificates) itself and asks
 /// `smime-agent` only for the private-key operation.
 #[derive(Debug, Parser)]
-#[command(
-    name = "smime",
-    version,
-    after_help = "Exit status: 0 success; 1 bad signature or \
-    verification failure; 2 usage error; 3 agent or token unavailable; 4 other errors."
-)]
+#[command(name = "smime", version, after_help = exit_status_help())]
 pub struct Cli {
     /// Agent socket. Default: $SMIME_AGENT_SOCK, else $XDG_RUNTIME_DIR/smime-agent/agent.sock.
     #[arg(long, global = true, value_name = "PATH")]
@@ -22,6 +18,132 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// The exit statuses of `smime`, as `run` returns them: the single source for `--help`
+/// and the man page.
+pub const EXIT_STATUS: [(u8, &str); 5] = [
+    (
+        0,
+        "success (for verify: a good signature from a trusted signer)",
+    ),
+    (
+        1,
+        "bad signature or verification failure, or a message that does not decrypt intact",
+    ),
+    (2, "usage error, or input that cannot be used as given"),
+    (
+        3,
+        "the agent or the token is unavailable: no agent, token absent, PIN required, \
+         wrong or locked",
+    ),
+    (
+        4,
+        "any other error, e.g. a message encrypted for none of the agent's keys",
+    ),
+];
+
+/// OpenSSL's single-dash spellings that `smime` accepts, and the flag each stands for.
+pub const OPENSSL_FLAGS: [(&str, &str); 8] = [
+    ("-in", "--in"),
+    ("-out", "--out"),
+    ("-inform", "--inform"),
+    ("-outform", "--outform"),
+    ("-content", "--content"),
+    ("-CAfile", "--trust"),
+    ("-certfile", "--certfile"),
+    ("-noverify", "--no-chain"),
+];
+
+/// Rewrites OpenSSL's single-dash long flags (`-in FILE`, `-outform PEM`, `-in=FILE`) to
+/// `smime`'s (`--in FILE`, ...), so that `openssl cms` habits work. Only the names in
+/// [`OPENSSL_FLAGS`] are rewritten, and nothing after a `--`. clap alone cannot do this:
+/// it reads `-in` as `-i n`.
+pub fn openssl_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    let mut out = Vec::new();
+    let mut rest = false;
+    for arg in args {
+        if rest || out.is_empty() {
+            out.push(arg);
+            continue;
+        }
+        if arg == "--" {
+            rest = true;
+            out.push(arg);
+            continue;
+        }
+        let rewritten = arg.to_str().and_then(|a| {
+            let (name, value) = match a.split_once('=') {
+                Some((n, v)) => (n, Some(v)),
+                None => (a, None),
+            };
+            let (_, long) = OPENSSL_FLAGS.iter().find(|(o, _)| *o == name)?;
+            Some(match value {
+                Some(v) if *long != "--no-chain" => OsString::from(format!("{long}={v}")),
+                Some(_) => return None,
+                None => OsString::from(*long),
+            })
+        });
+        out.push(rewritten.unwrap_or(arg));
+    }
+    out
+}
+
+impl Cli {
+    /// Parses the process's arguments, OpenSSL spellings included; exits 2 on a usage
+    /// error, as clap does.
+    pub fn parse_args() -> Self {
+        let mut cli = Self::parse_from(openssl_args(std::env::args_os()));
+        if let Err(e) = cli.apply_forms() {
+            e.exit();
+        }
+        cli
+    }
+
+    /// Folds `--inform`/`--outform` into the flags the commands read (`--pem`, `--der`,
+    /// `--mime`).
+    pub fn apply_forms(&mut self) -> Result<(), clap::Error> {
+        let conflict =
+            |msg: String| Cli::command().error(clap::error::ErrorKind::ArgumentConflict, msg);
+        match &mut self.command {
+            Command::Sign(a) => match a.outform {
+                None => {}
+                Some(Form::Der | Form::Pem) if !a.encrypt_to.is_empty() => {
+                    return Err(conflict(
+                        "--outform DER|PEM cannot be used with --encrypt-to (it makes S/MIME)"
+                            .into(),
+                    ));
+                }
+                Some(Form::Pem) => a.pem = true,
+                Some(Form::Der) => a.der = a.opaque,
+                Some(Form::Smime) => a.mime = !a.opaque,
+            },
+            Command::Encrypt(a) => {
+                let more = std::mem::take(&mut a.recipients);
+                a.to.extend(more);
+                match a.outform {
+                    None => {}
+                    Some(Form::Pem) => a.pem = true,
+                    Some(Form::Der) => a.der = true,
+                    Some(Form::Smime) => a.mime = true,
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+fn exit_status_help() -> String {
+    let mut s = String::from(
+        "OpenSSL spellings work too: -in, -out, -inform, -outform, -content, -CAfile \
+         (--trust), -certfile, -noverify (--no-chain).\n\n",
+    );
+    s.push_str("Exit status:");
+    for (c, what) in EXIT_STATUS {
+        s.push_str(&format!("\n  {c}  {what}"));
+    }
+    s
 }
 
 /// Subcommands.
@@ -50,6 +172,10 @@ pub enum Command {
         #[arg(required = true, value_name = "CERT")]
         certs: Vec<PathBuf>,
     },
+    /// Print the certificates of a signed message or CMS/PKCS#7 as PEM, or their e-mail
+    /// addresses, or the PKCS#7 itself: what mail clients ask `openssl` for (see
+    /// contrib/neomuttrc.smime). Only --signer checks anything (the signature).
+    Certs(CertsArgs),
     /// Show the agent's tokens and their login state.
     Status {
         /// Print JSON.
@@ -75,6 +201,18 @@ pub enum Command {
         #[arg(long)]
         token: Option<String>,
     },
+}
+
+/// `--inform`/`--outform` values, as `openssl cms` spells them (case does not matter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[value(rename_all = "UPPER")]
+pub enum Form {
+    /// Raw CMS, DER (BER on input).
+    Der,
+    /// Raw CMS, PEM.
+    Pem,
+    /// An S/MIME entity.
+    Smime,
 }
 
 /// Digest algorithms.
@@ -107,6 +245,11 @@ pub struct SignArgs {
     /// With --opaque: raw CMS (BER) instead of an S/MIME entity.
     #[arg(long, requires = "opaque", conflicts_with = "pem")]
     pub der: bool,
+    /// Output form, as `openssl cms -outform`: DER (the default: detached DER, or raw CMS
+    /// with --opaque), PEM (--pem) or SMIME (--mime, or the entity with --opaque).
+    #[arg(long, value_enum, ignore_case = true, value_name = "FORM",
+          conflicts_with_all = ["pem", "der", "mime"])]
+    pub outform: Option<Form>,
     /// Output a clear-signed `multipart/signed` S/MIME entity. A whole RFC 5322 message
     /// keeps its From/To/Subject/Date headers outside; the body is canonicalized to CRLF
     /// and a 7-bit-safe transfer encoding before signing.
@@ -120,6 +263,11 @@ pub struct SignArgs {
     /// files or addresses in the store; repeatable). Implies --mime unless --opaque.
     #[arg(long = "encrypt-to", value_name = "CERT|EMAIL", conflicts_with_all = ["der", "pem"])]
     pub encrypt_to: Vec<String>,
+    /// Sign the content with CRLF line ends (bare LF becomes CRLF), as S/MIME requires of
+    /// a MIME entity and as `openssl smime -sign` does without -binary. For the detached
+    /// signature of a multipart/signed part that a mail client assembles itself.
+    #[arg(long, conflicts_with_all = ["mime", "opaque"])]
+    pub crlf: bool,
     /// Digest algorithm.
     #[arg(long, value_enum, default_value = "sha256")]
     pub digest: Digest,
@@ -138,6 +286,10 @@ pub struct VerifyArgs {
     /// (multipart/signed or opaque pkcs7-mime), or CMS in DER, BER or PEM.
     #[arg(long = "in", short = 'i', value_name = "FILE")]
     pub input: Option<PathBuf>,
+    /// Input form, as `openssl cms -inform` (DER, PEM or SMIME). Accepted for OpenSSL
+    /// habits only: the form is detected from the input either way.
+    #[arg(long, value_enum, ignore_case = true, value_name = "FORM")]
+    pub inform: Option<Form>,
     /// The signed content of a detached CMS signature (`-` for standard input). Not
     /// needed when the input carries its content.
     #[arg(long, short = 'c', value_name = "FILE")]
@@ -167,6 +319,11 @@ pub struct VerifyArgs {
     /// Print the verdict as JSON (on failure too, with the reason; the exit code is the same).
     #[arg(long)]
     pub json: bool,
+    /// On success write `Verification successful` as the first line of standard error, and
+    /// the verdict after it there (never on standard output), as `openssl smime -verify`
+    /// does: mutt and neomutt look for that line.
+    #[arg(long)]
+    pub openssl_status: bool,
 }
 
 /// How the signer's certification path is validated (RFC 5280 §6.1.1 inputs and more).
@@ -188,7 +345,7 @@ pub struct PathArgs {
     /// Extra intermediate CA certificates (PEM or DER file, or a directory of them;
     /// repeatable), for messages that lack them. The CA certificates of the certificate
     /// store are used too.
-    #[arg(long = "certs", value_name = "FILE|DIR")]
+    #[arg(long = "certs", alias = "certfile", value_name = "FILE|DIR")]
     pub certs: Vec<PathBuf>,
     /// CRLs (DER or PEM file, or a directory of them; repeatable), besides those in the
     /// message.
@@ -240,9 +397,11 @@ pub enum Cipher {
     Aes128Gcm,
     /// AES-256-GCM AuthEnvelopedData.
     Aes256Gcm,
-    /// AES-128-CBC EnvelopedData, for S/MIME 3.x clients.
+    /// AES-128-CBC EnvelopedData, for S/MIME 3.x clients (OpenSSL's `aes128`).
+    #[value(alias = "aes128", alias = "aes-128-cbc")]
     Aes128Cbc,
-    /// AES-256-CBC EnvelopedData, for S/MIME 3.x clients.
+    /// AES-256-CBC EnvelopedData, for S/MIME 3.x clients (OpenSSL's `aes256`).
+    #[value(alias = "aes256", alias = "aes-256-cbc")]
     Aes256Cbc,
 }
 
@@ -278,9 +437,13 @@ pub struct EncryptArgs {
         long = "to",
         short = 't',
         value_name = "CERT|EMAIL",
-        required_unless_present = "self_"
+        required_unless_present_any = ["self_", "recipients"]
     )]
     pub to: Vec<String>,
+    /// More recipients, as `openssl cms -encrypt` takes them: certificate files or
+    /// addresses after the flags (the same as --to).
+    #[arg(value_name = "CERT|EMAIL")]
+    pub recipients: Vec<String>,
     /// Also encrypt to your own certificate (from the agent), so you can read what you sent.
     #[arg(long = "self", id = "self_")]
     pub self_: bool,
@@ -304,6 +467,11 @@ pub struct EncryptArgs {
     /// Output raw CMS as PEM.
     #[arg(long)]
     pub pem: bool,
+    /// Output form, as `openssl cms -outform`: SMIME (--mime, the default), DER (--der) or
+    /// PEM (--pem).
+    #[arg(long, value_enum, ignore_case = true, value_name = "FORM",
+          conflicts_with_all = ["pem", "der", "mime"])]
+    pub outform: Option<Form>,
     /// Content encryption.
     #[arg(long, value_enum, default_value = "aes128-gcm")]
     pub cipher: Cipher,
@@ -325,12 +493,45 @@ impl EncryptArgs {
     }
 }
 
+/// `smime certs`.
+#[derive(Debug, Args)]
+pub struct CertsArgs {
+    /// Input (default: standard input): a signed S/MIME message (multipart/signed or
+    /// opaque), CMS/PKCS#7 in DER, BER or PEM, or certificates (PEM or DER).
+    #[arg(long = "in", short = 'i', value_name = "FILE")]
+    pub input: Option<PathBuf>,
+    /// Where to write (default: standard output). Written only on success.
+    #[arg(long = "out", short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Input form (DER, PEM or SMIME), as `openssl -inform`. Accepted for OpenSSL
+    /// habits only: the form is detected from the input either way.
+    #[arg(long, value_enum, ignore_case = true, value_name = "FORM")]
+    pub inform: Option<Form>,
+    /// Only the signer's certificate. The signature is verified first (not the chain),
+    /// like `openssl smime -verify -noverify -signer FILE`; a bad signature yields nothing
+    /// and exit status 1.
+    #[arg(long)]
+    pub signer: bool,
+    /// Print the e-mail addresses of the certificates (subjectAltName, then the subject's
+    /// emailAddress), one per line, like `openssl x509 -email`.
+    #[arg(long, conflicts_with = "pkcs7")]
+    pub emails: bool,
+    /// Write the message's SignedData as PEM (`-----BEGIN PKCS7-----`), like `openssl
+    /// smime -pk7out`.
+    #[arg(long, conflicts_with = "signer")]
+    pub pkcs7: bool,
+}
+
 /// `smime decrypt` and `smime open`.
 #[derive(Debug, Args)]
 pub struct DecryptArgs {
     /// The encrypted message (default: standard input): S/MIME, or CMS in DER, BER or PEM.
     #[arg(long = "in", short = 'i', value_name = "FILE")]
     pub input: Option<PathBuf>,
+    /// Input form, as `openssl cms -inform` (DER, PEM or SMIME). Accepted for OpenSSL
+    /// habits only: the form is detected from the input either way.
+    #[arg(long, value_enum, ignore_case = true, value_name = "FORM")]
+    pub inform: Option<Form>,
     /// Where to write the plaintext (default: standard output). Nothing is written unless
     /// decryption (and, with --verify, verification) succeeds.
     #[arg(long = "out", short = 'o', value_name = "FILE")]

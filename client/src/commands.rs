@@ -1,6 +1,8 @@
 //! The `smime` commands: each turns resolved flags into library calls, and every failure
 //! into one of the documented exit statuses. This is the binary's edge, hence `anyhow`.
 
+mod certs;
+mod crlf;
 mod decrypt;
 mod encrypt;
 pub(crate) mod sign;
@@ -53,19 +55,49 @@ fn unavailable(a: &AgentError) -> bool {
     }
 }
 
-pub(crate) fn hint(e: &anyhow::Error) -> Option<&'static str> {
+/// What to do when no agent answers.
+const NO_AGENT_FIX: &str = "start it with `smime-agent` or enable smime-agent.socket \
+                            (systemctl --user enable --now smime-agent.socket)";
+
+/// What to do about a locked PIN.
+const PIN_LOCKED_FIX: &str = "unblock it with your PUK or SO PIN (e.g. `pkcs11-tool \
+                              --unlock-pin`), then run `smime unlock`";
+
+/// [`PIN_LOCKED_FIX`] as a sentence of its own.
+const PIN_LOCKED_FIX_HINT: &str = "PIN locked: unblock it with your PUK or SO PIN (e.g. \
+                                   `pkcs11-tool --unlock-pin`), then run `smime unlock`";
+
+/// Whether the agent reports `token`'s user PIN as locked (blocked), on a new connection.
+fn pin_blocked(socket: Option<&Path>, token: Option<&str>) -> bool {
+    let Some(token) = token else { return false };
+    let Some(path) = socket_path(socket) else {
+        return false;
+    };
+    let Ok(mut client) = AgentClient::connect(&path) else {
+        return false;
+    };
+    matches!(
+        client.request(&Request::Status),
+        Ok(Response::Status { tokens, .. })
+            if tokens.iter().any(|t| t.label == token && t.pin_state == PinState::Locked)
+    )
+}
+
+/// What to do about an error, if we know; `socket` is the agent's, as given (`None`: the
+/// default).
+pub(crate) fn hint(socket: Option<&Path>, e: &anyhow::Error) -> Option<&'static str> {
     match e.downcast_ref::<AgentError>()? {
-        AgentError::Unreachable { .. } => {
-            Some("start the agent: eval \"$(smime-agent --module /path/to/pkcs11.so)\"")
-        }
+        AgentError::Unreachable { .. } => Some(NO_AGENT_FIX),
         AgentError::Agent(r) => match r.code {
+            // "Log in" cannot help if the PIN itself is blocked: ask the agent.
+            ErrorCode::PIN_REQUIRED if pin_blocked(socket, r.token.as_deref()) => {
+                Some(PIN_LOCKED_FIX_HINT)
+            }
             ErrorCode::PIN_REQUIRED => Some("log in first: smime unlock"),
             ErrorCode::PIN_INCORRECT => {
                 Some("check the PIN; the agent never retries a wrong PIN by itself")
             }
-            ErrorCode::PIN_LOCKED => {
-                Some("unblock the PIN with the PUK or SO PIN (e.g. pkcs11-tool --unlock-pin)")
-            }
+            ErrorCode::PIN_LOCKED => Some(PIN_LOCKED_FIX_HINT),
             ErrorCode::TOKEN_ABSENT => Some("insert the card"),
             ErrorCode::CONFIRMATION_DECLINED => {
                 Some("the key asks for a confirmation of each signature (confirm_sign)")
@@ -93,6 +125,7 @@ pub fn run(cli: &Cli) -> ExitCode {
         Command::Decrypt(a) => decrypt::decrypt(cli, a, a.verify),
         Command::Open(a) => decrypt::decrypt(cli, a, true),
         Command::Import { certs } => encrypt::import(certs),
+        Command::Certs(a) => certs::certs(a),
     };
     let (code, e, what) = match result {
         Ok(()) => return ExitCode::SUCCESS,
@@ -108,7 +141,7 @@ pub fn run(cli: &Cli) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     eprintln!("smime: {what}: {e:#}");
-    if let Some(h) = hint(&e) {
+    if let Some(h) = hint(cli.socket.as_deref(), &e) {
         eprintln!("hint: {h}");
     }
     ExitCode::from(code)
@@ -133,6 +166,10 @@ pub(crate) fn connect_socket(socket: Option<&Path>) -> Result<AgentClient, Failu
             autostart(&path)?;
             AgentClient::connect(&path).map_err(|e| anyhow::Error::from(e).into())
         }
+        Err(AgentError::Unreachable { path, source }) => Err(Failure::Unavailable(anyhow!(
+            "no agent running on {} ({source}; SMIME_AGENT_NO_AUTOSTART is set): {NO_AGENT_FIX}",
+            path.display()
+        ))),
         r => r.map_err(|e| anyhow::Error::from(e).into()),
     }
 }
@@ -152,14 +189,14 @@ fn autostart(path: &Path) -> Result<(), Failure> {
         .stdin(std::process::Stdio::null())
         .output()
         .map_err(|e| {
-            Failure::Unavailable(anyhow!(e).context(format!(
-                "no agent is running and {} cannot be started",
+            Failure::Unavailable(anyhow!(
+                "no agent running, and {} cannot be run ({e}): install it and {NO_AGENT_FIX}",
                 program.display()
-            )))
+            ))
         })?;
     if !out.status.success() {
         return Err(Failure::Unavailable(anyhow!(
-            "no agent is running, and starting one failed: {}",
+            "no agent running, and starting one failed ({}): fix that and {NO_AGENT_FIX}",
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
@@ -211,32 +248,91 @@ fn keys(cli: &Cli, json: bool) -> Result<(), Failure> {
 
 fn open_input(path: Option<&Path>) -> Result<Box<dyn Read>, Failure> {
     Ok(match path {
-        Some(p) if p != Path::new("-") => Box::new(BufReader::with_capacity(
-            cms::DIGEST_CHUNK,
-            File::open(p)
+        Some(p) if p != Path::new("-") => {
+            let file = File::open(p)
                 .with_context(|| format!("opening {}", p.display()))
-                .map_err(Failure::Usage)?,
-        )),
+                .map_err(Failure::Usage)?;
+            Box::new(BufReader::with_capacity(
+                cms::DIGEST_CHUNK,
+                with_progress(
+                    file,
+                    &p.file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                ),
+            ))
+        }
         _ => Box::new(io::stdin().lock()),
     })
 }
 
-/// Content that can be read twice (hash, then embed): the file itself, or standard input
-/// spooled to an anonymous temporary file.
-pub(super) fn rereadable(path: Option<&Path>) -> Result<File, Failure> {
+/// Input that can be read several times (hash, then embed): the file itself, or standard
+/// input spooled to an anonymous temporary file; with a name for progress bars.
+pub(super) struct Rereadable {
+    pub(super) file: File,
+    pub(super) name: String,
+}
+
+impl Rereadable {
+    /// `file` (another handle on the same file, or a prepared copy of it) as a reader
+    /// with a progress bar named like this input (see [`with_progress`]).
+    pub(super) fn progress(&self, file: &File) -> Result<Box<dyn Read>, Failure> {
+        let f = file.try_clone().map_err(|e| Failure::Other(e.into()))?;
+        Ok(with_progress(f, &self.name))
+    }
+}
+
+pub(super) fn rereadable(path: Option<&Path>) -> Result<Rereadable, Failure> {
     match path {
-        Some(p) if p != Path::new("-") => File::open(p)
-            .with_context(|| format!("opening {}", p.display()))
-            .map_err(Failure::Usage),
+        Some(p) if p != Path::new("-") => Ok(Rereadable {
+            file: File::open(p)
+                .with_context(|| format!("opening {}", p.display()))
+                .map_err(Failure::Usage)?,
+            name: p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        }),
         _ => {
             let mut spool = tempfile::tempfile().map_err(|e| Failure::Other(e.into()))?;
             io::copy(&mut io::stdin().lock(), &mut spool)
                 .context("reading standard input")
                 .map_err(Failure::Usage)?;
             io::Seek::rewind(&mut spool).map_err(|e| Failure::Other(e.into()))?;
-            Ok(spool)
+            Ok(Rereadable {
+                file: spool,
+                name: "standard input".to_owned(),
+            })
         }
     }
+}
+
+/// Inputs at least this big get a progress bar (on a terminal); `SMIME_PROGRESS_MIN`
+/// (bytes) overrides it.
+const PROGRESS_MIN: u64 = 64 << 20;
+
+/// `file` as is, or, when standard error is a terminal and the file is big, wrapped in a
+/// progress bar on standard error that disappears when the file has been read (or the
+/// command ends). Pipes and redirected stderr never see one.
+fn with_progress(file: File, name: &str) -> Box<dyn Read> {
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let min = std::env::var("SMIME_PROGRESS_MIN")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(PROGRESS_MIN);
+    if len < min.max(1) || !io::stderr().is_terminal() {
+        return Box::new(file);
+    }
+    let style = indicatif::ProgressStyle::with_template(
+        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+    )
+    .map(|s| s.progress_chars("=> "))
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    let bar = indicatif::ProgressBar::new(len)
+        .with_style(style)
+        .with_message(name.to_owned())
+        .with_finish(indicatif::ProgressFinish::AndClear);
+    Box::new(bar.wrap_read(file))
 }
 
 pub(crate) fn load_certs(paths: &[PathBuf]) -> Result<Vec<Certificate>, Failure> {
@@ -355,7 +451,7 @@ fn unlock(
     match t.pin_state {
         PinState::Locked => {
             return Err(Failure::Unavailable(anyhow!(
-                "the PIN of token {} is locked; unblock it with the PUK or SO PIN",
+                "PIN locked on token {}: {PIN_LOCKED_FIX}",
                 t.label
             )));
         }

@@ -154,7 +154,7 @@ where
         Err(Failure::Other(e)) => (4, e),
     };
     eprintln!("smime-git: error: {e:#}");
-    if let Some(h) = hint(&e) {
+    if let Some(h) = hint(None, &e) {
         eprintln!("hint: {h}");
     }
     ExitCode::from(code)

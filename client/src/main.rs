@@ -3,8 +3,6 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
     // Run as git's gpg.x509.program (git passes `--status-fd=N` first, then gpgsm's
     // options): the same interface as `smime-git`.
@@ -14,5 +12,5 @@ fn main() -> ExitCode {
     {
         return smime::git::run(std::env::args_os());
     }
-    smime::commands::run(&smime::cli::Cli::parse())
+    smime::commands::run(&smime::cli::Cli::parse_args())
 }

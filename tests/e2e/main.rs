@@ -3,9 +3,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: fail loudly
 
 mod agent;
+mod cli;
 mod envelope;
 mod git;
 mod gpgsm;
+mod neomutt;
 mod ops;
 mod pin;
 mod python;

@@ -167,6 +167,20 @@ pub fn encapsulated_content(cms: &[u8]) -> Result<Option<Vec<u8>>, Error> {
 pub const SIGNATURE_PEM_LABELS: &[&str] =
     &["CMS", "PKCS7", "PKCS #7 SIGNED DATA", "SIGNED MESSAGE"];
 
+/// The X.509 certificates a SignedData carries (its `certificates` field), in encoded
+/// order, unverified: for extracting them (`smime certs`), not for trusting them.
+///
+/// # Errors
+/// When `cms` is not a SignedData.
+pub fn message_certificates(cms: &[u8]) -> Result<Vec<Certificate>, Error> {
+    let bin = parse_cms_input(cms)?;
+    Ok(parse_signed_data(&bin)?
+        .certs
+        .into_iter()
+        .map(|c| c.cert)
+        .collect())
+}
+
 /// Turns what a user hands in into the binary encoding: DER or BER as is (checked to be one
 /// well-formed element; trailing whitespace/NULs allowed), PEM with the labels `CMS`,
 /// `PKCS7`, `PKCS #7 SIGNED DATA` or `SIGNED MESSAGE` (gpgsm), or bare base64 (an S/MIME

@@ -109,7 +109,7 @@ pub(super) fn encrypt(cli: &Cli, a: &EncryptArgs) -> Result<(), Failure> {
 pub(super) fn encrypt_to(
     cli: &Cli,
     a: &EncryptArgs,
-    input: std::fs::File,
+    input: super::Rereadable,
     out: &mut Output,
 ) -> Result<(), Failure> {
     let store = CertStore::default_location().ok();
@@ -149,10 +149,16 @@ pub(super) fn encrypt_to(
             })
         };
     match a.outform() {
-        OutForm::Der => encrypt(&mut std::io::BufReader::new(input), out)?,
+        OutForm::Der => encrypt(
+            &mut std::io::BufReader::new(input.progress(&input.file)?),
+            out,
+        )?,
         OutForm::Pem => {
             let mut der = tempfile::tempfile().map_err(|e| Failure::Other(e.into()))?;
-            encrypt(&mut std::io::BufReader::new(input), &mut der)?;
+            encrypt(
+                &mut std::io::BufReader::new(input.progress(&input.file)?),
+                &mut der,
+            )?;
             der.rewind().map_err(|e| Failure::Other(e.into()))?;
             crate::cms::write_pem(&mut der, out).map_err(|e| Failure::Other(e.into()))?;
         }

@@ -168,6 +168,10 @@ pub(super) fn sign(cli: &Cli, a: &SignArgs) -> Result<(), Failure> {
             to: a.encrypt_to.clone(),
             ..Default::default()
         };
+        let signed = super::Rereadable {
+            file: signed,
+            name: "signed message".to_owned(),
+        };
         super::encrypt::encrypt_to(cli, &enc, signed, &mut out)?;
     } else if a.mime || (a.opaque && !a.der && !a.pem) {
         super::smime_entity::sign_entity(
@@ -177,8 +181,9 @@ pub(super) fn sign(cli: &Cli, a: &SignArgs) -> Result<(), Failure> {
             a.mime,
         )?;
     } else if a.opaque {
-        let mut content = rereadable(a.input.as_deref())?;
-        let detached = signer.sign_reader(BufReader::new(&mut content))?;
+        let input = rereadable(a.input.as_deref())?;
+        let detached = signer.sign_reader(BufReader::new(input.progress(&input.file)?))?;
+        let mut content = input.file;
         content.rewind().map_err(|e| Failure::Other(e.into()))?;
         if a.pem {
             let mut der = tempfile::tempfile().map_err(|e| Failure::Other(e.into()))?;
@@ -191,7 +196,8 @@ pub(super) fn sign(cli: &Cli, a: &SignArgs) -> Result<(), Failure> {
                 .map_err(|e| Failure::Other(anyhow!(e)))?;
         }
     } else {
-        let der = signer.sign_reader(open_input(a.input.as_deref())?)?;
+        let der =
+            signer.sign_reader(super::crlf::maybe(a.crlf, open_input(a.input.as_deref())?))?;
         if a.pem {
             out.write_all(cms::sign::to_pem(&der).as_bytes())
                 .map_err(io_err)?;

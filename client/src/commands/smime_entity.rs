@@ -1,6 +1,5 @@
 //! S/MIME entities on the command line: the MIME side of encrypt, sign and verify.
 
-use std::fs::File;
 use std::io::{BufReader, Read, Seek, Write};
 
 use anyhow::anyhow;
@@ -12,8 +11,8 @@ use crate::mime;
 /// The encryption step, as `smime encrypt` configured it.
 pub(super) type EncryptFn<'a> = dyn Fn(&mut dyn Read, &mut dyn Write) -> Result<(), Failure> + 'a;
 
-fn read_message(mut input: File) -> Result<mime::PreparedFile, Failure> {
-    mime::prepare_file(&mut input)
+fn read_message(input: &mut super::Rereadable) -> Result<mime::PreparedFile, Failure> {
+    mime::prepare_file(&mut input.file)
         .map_err(|e| Failure::Usage(anyhow!(e).context("the input is not a well-formed message")))
 }
 
@@ -24,14 +23,14 @@ fn write_err(e: std::io::Error) -> Failure {
 /// Encrypts a message as `application/pkcs7-mime`: its mail headers (From, To, Subject,
 /// …) stay outside, the MIME entity (Content-* headers and body) goes inside.
 pub(super) fn encrypt_entity(
-    input: File,
+    mut input: super::Rereadable,
     out: &mut dyn Write,
     cipher: ContentCipher,
     encrypt: &EncryptFn<'_>,
 ) -> Result<(), Failure> {
-    let prep = read_message(input)?;
+    let prep = read_message(&mut input)?;
     let mut der = tempfile::tempfile().map_err(|e| Failure::Other(e.into()))?;
-    encrypt(&mut BufReader::new(prep.inner), &mut der)?;
+    encrypt(&mut BufReader::new(input.progress(&prep.inner)?), &mut der)?;
     der.rewind().map_err(|e| Failure::Other(e.into()))?;
     mime::write_pkcs7_mime(&prep.outer_headers, cipher.smime_type(), der, out).map_err(write_err)
 }
@@ -39,12 +38,12 @@ pub(super) fn encrypt_entity(
 /// Signs a message as `multipart/signed` (`clear`) or opaque `application/pkcs7-mime`.
 pub(super) fn sign_entity(
     signer: &mut super::sign::Signer,
-    input: File,
+    mut input: super::Rereadable,
     out: &mut dyn Write,
     clear: bool,
 ) -> Result<(), Failure> {
-    let mut prep = read_message(input)?;
-    let detached = signer.sign_reader(BufReader::new(&prep.inner))?;
+    let mut prep = read_message(&mut input)?;
+    let detached = signer.sign_reader(BufReader::new(input.progress(&prep.inner)?))?;
     prep.inner.rewind().map_err(|e| Failure::Other(e.into()))?;
     if clear {
         return mime::write_multipart_signed(

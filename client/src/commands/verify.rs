@@ -502,6 +502,12 @@ pub(super) fn verify(a: &VerifyArgs) -> Result<(), Failure> {
 fn verify_inner(a: &VerifyArgs) -> Result<(), Failure> {
     let trust = trust_policy(trust_anchors(&a.trust, a.no_chain)?, a.no_chain, &a.path)?;
     let signed = split_input(open_input(a.input.as_deref())?)?;
+    if a.output.is_some() && (signed.content.is_none() || a.content.is_some() && !signed.mime) {
+        return Err(Failure::Usage(anyhow!(
+            "--out: the signature is detached, so it carries no content to write (the signed \
+             data is the --content file)"
+        )));
+    }
     let detached = a
         .content
         .as_deref()
@@ -524,7 +530,12 @@ fn verify_inner(a: &VerifyArgs) -> Result<(), Failure> {
         out.commit()
             .context("writing the output")
             .map_err(Failure::Other)?;
+        if a.openssl_status {
+            eprintln!("Verification successful");
+        }
         eprintln!("{}", describe(&verdict, a.json));
+    } else if a.openssl_status {
+        eprintln!("Verification successful\n{}", describe(&verdict, a.json));
     } else {
         println!("{}", describe(&verdict, a.json));
     }
