@@ -6,6 +6,7 @@ mod agent;
 mod envelope;
 mod gpgsm;
 mod ops;
+mod piv;
 mod python;
 mod sign;
 mod smime_mail;

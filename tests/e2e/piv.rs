@@ -1,0 +1,330 @@
+//! A PIV smart card through OpenSC's PKCS#11 module: the agent on the virtual card of
+//! `tests/pivemu` (see `smime_tests::pcsc`), provisioned with `yubico-piv-tool`, with
+//! OpenSSL as the judge. One card at a time: every test holds the card lock.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use smime_tests::pcsc::{CARD_PIN, OPENSC_MODULE, VIRTUAL_READER};
+use smime_tests::{Agent, AgentOptions, SoftCa, Token, VirtualCard, assert_ok, openssl_in, run, s};
+
+/// The card's S/MIME identities (slot, algorithm, CN, e-mail).
+const SIGNER: (&str, &str, &str, &str) = ("9a", "ECCP256", "Card Signer", "card-sign@example.org");
+const RSA_KM: (&str, &str, &str, &str) = ("9d", "RSA2048", "Card RSA", "card-rsa@example.org");
+/// A retired key-management slot: OpenSC gives its EC key CKA_DERIVE (9a's only signs).
+const EC_KM: (&str, &str, &str, &str) = ("82", "ECCP256", "Card ECDH", "card-ecdh@example.org");
+
+struct Setup {
+    // Field order is drop order: the agent goes before the card.
+    agent: Agent,
+    ca: SoftCa,
+    certs: Vec<PathBuf>,
+    card: VirtualCard,
+    _token: Token,
+}
+
+impl Setup {
+    fn p(&self, name: &str) -> PathBuf {
+        self.card.file(name)
+    }
+}
+
+/// A fresh card with the three keys and certificates, and an agent on OpenSC's module
+/// with the card's PIN.
+fn setup() -> Setup {
+    let card = VirtualCard::new();
+    let ca = SoftCa::new(card.dir.path(), "piv");
+    let certs = [SIGNER, RSA_KM, EC_KM]
+        .iter()
+        .map(|(slot, alg, cn, email)| card.provision(&ca, slot, alg, cn, email))
+        .collect();
+    // The agent needs a SoftHSM token only for its SOFTHSM2_CONF; it loads OpenSC alone.
+    let token = Token::new();
+    let agent = Agent::start_with(
+        &token,
+        AgentOptions {
+            module: Some(OPENSC_MODULE.into()),
+            pin_file: Some(Some(card.pin_file())),
+            ..Default::default()
+        },
+    );
+    Setup {
+        agent,
+        ca,
+        certs,
+        card,
+        _token: token,
+    }
+}
+
+const MAIL: &str = "From: Card Signer <card-sign@example.org>\r\nTo: bob@example.org\r\n\
+Subject: signed on a card\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n\
+Signed by a PIV card through OpenSC.\r\n";
+
+/// `smime sign --mime` with the card's EC key; `openssl smime -verify` must accept it.
+fn sign_and_verify(t: &Setup, name: &str) {
+    let mail = t.p("mail.eml");
+    std::fs::write(&mail, MAIL).unwrap();
+    let signed = t.p(&format!("{name}.eml"));
+    assert_ok(
+        &t.agent.sign(SIGNER.3, &mail, &signed, &["--mime"]),
+        &format!("smime sign --mime ({name})"),
+    );
+    let out = t.p(&format!("{name}.out"));
+    let r = run(Command::new("openssl").args([
+        "smime",
+        "-verify",
+        "-in",
+        s(&signed),
+        "-CAfile",
+        s(&t.ca.cert),
+        "-purpose",
+        "smimesign",
+        "-out",
+        s(&out),
+    ]));
+    assert_ok(&r, &format!("openssl smime -verify ({name})"));
+    assert!(
+        String::from_utf8_lossy(&std::fs::read(&out).unwrap())
+            .contains("Signed by a PIV card through OpenSC."),
+        "{name}: the verified content is not the message"
+    );
+    // Signed by the card's key: the signer certificate is the one in slot 9a.
+    let signer = t.p(&format!("{name}.signer.pem"));
+    openssl_in(
+        t.card.dir.path(),
+        &[
+            "smime",
+            "-verify",
+            "-noverify",
+            "-in",
+            s(&signed),
+            "-signer",
+            s(&signer),
+            "-out",
+            "/dev/null",
+        ],
+    );
+    assert_eq!(
+        pem_der(&signer),
+        pem_der(&t.certs[0]),
+        "{name}: signed with another key"
+    );
+}
+
+fn pem_der(p: &Path) -> Vec<u8> {
+    let out = run(Command::new("openssl").args(["x509", "-in", s(p), "-outform", "DER"]));
+    assert_ok(&out, "openssl x509");
+    out.stdout
+}
+
+#[test]
+fn card_keys_are_listed_with_their_certificates() {
+    let t = setup();
+    let out = t.agent.smime(&["keys", "--json"]);
+    assert_ok(&out, "smime keys --json");
+    let keys: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let by_email = |email: &str| {
+        keys.iter()
+            .find(|k| k["emails"].as_array().unwrap().iter().any(|e| e == email))
+            .unwrap_or_else(|| panic!("no key for {email} in {keys:#?}"))
+    };
+    let cases = [
+        (SIGNER, "ec-p256", "PIV AUTH key", "sign"),
+        (RSA_KM, "rsa-2048", "KEY MAN key", "decrypt"),
+        (EC_KM, "ec-p256", "Retired KEY MAN 1", "ecdh"),
+    ];
+    for ((_, _, cn, email), alg, label, op) in cases {
+        let k = by_email(email);
+        assert_eq!(k["algorithm"], alg, "{email}");
+        assert_eq!(k["label"], label, "{email}");
+        assert_eq!(k["subject"], format!("CN={cn}"), "{email}");
+        assert!(
+            k["operations"].as_array().unwrap().iter().any(|o| o == op),
+            "{email}: want {op} in {}",
+            k["operations"]
+        );
+    }
+    // The certificates are the ones imported, byte for byte.
+    for (cert, (_, _, _, email)) in t.certs.iter().zip([SIGNER, RSA_KM, EC_KM]) {
+        let k = by_email(email);
+        let want = hex::encode(sha2_256(&pem_der(cert)));
+        assert_eq!(k["sha256"], want, "{email}: certificate fingerprint");
+    }
+    // The human-readable listing names them too.
+    let out = t.agent.smime(&["keys"]);
+    assert_ok(&out, "smime keys");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for (_, _, cn, email) in [SIGNER, RSA_KM, EC_KM] {
+        assert!(text.contains(email) && text.contains(cn), "{text}");
+    }
+}
+
+fn sha2_256(data: &[u8]) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(data).to_vec()
+}
+
+#[test]
+fn the_card_signs_smime_mail_that_openssl_verifies() {
+    let t = setup();
+    sign_and_verify(&t, "first");
+    // And again, on the same logged-in session.
+    sign_and_verify(&t, "second");
+}
+
+#[test]
+fn openssl_envelopes_to_the_card_decrypt_through_the_agent() {
+    let t = setup();
+    let entity = "Content-Type: text/plain; charset=us-ascii\r\n\r\nfor the card only\r\n";
+    std::fs::write(t.p("entity.txt"), entity).unwrap();
+    // (name, recipient certificate, extra openssl options)
+    let oaep = [
+        "-keyopt",
+        "rsa_padding_mode:oaep",
+        "-keyopt",
+        "rsa_oaep_md:sha256",
+        "-keyopt",
+        "rsa_mgf1_md:sha256",
+    ];
+    let cases: [(&str, &Path, &[&str]); 4] = [
+        ("rsa-pkcs1", &t.certs[1], &["-aes-256-cbc"]),
+        ("rsa-oaep", &t.certs[1], &["-aes-128-gcm"]),
+        ("ec-ecdh", &t.certs[2], &["-aes-256-cbc"]),
+        ("ec-ecdh-gcm", &t.certs[2], &["-aes-128-gcm"]),
+    ];
+    for (name, cert, opts) in cases {
+        let enc = format!("{name}.p7m");
+        let mut args = vec!["cms", "-encrypt", "-in", "entity.txt", "-out", &enc];
+        args.extend_from_slice(opts);
+        args.extend(["-recip", s(cert)]);
+        if name == "rsa-oaep" {
+            args.extend(oaep);
+        }
+        openssl_in(t.card.dir.path(), &args);
+        let out = t.p(&format!("{name}.dec"));
+        let r = t
+            .agent
+            .smime(&["decrypt", "--in", s(&t.p(&enc)), "--out", s(&out)]);
+        assert_ok(&r, &format!("smime decrypt ({name})"));
+        let text = String::from_utf8(std::fs::read(&out).unwrap()).unwrap();
+        assert!(
+            text.contains("for the card only"),
+            "{name}: decrypted to {text:?}"
+        );
+    }
+}
+
+#[test]
+fn other_pcsc_clients_share_the_card_with_the_agent() {
+    let t = setup();
+    sign_and_verify(&t, "before");
+    // OpenSC's tools open the card themselves in between (the agent keeps its session).
+    let name = run(Command::new("opensc-tool").args(["-r", VIRTUAL_READER, "-n"]));
+    assert_ok(&name, "opensc-tool -n");
+    assert!(
+        String::from_utf8_lossy(&name.stdout).contains("Personal Identity Verification Card"),
+        "{}",
+        String::from_utf8_lossy(&name.stdout)
+    );
+    let list = run(Command::new("pkcs11-tool").args(["--module", OPENSC_MODULE, "-L"]));
+    assert_ok(&list, "pkcs11-tool -L");
+    assert!(
+        String::from_utf8_lossy(&list.stdout).contains("piv_II"),
+        "{}",
+        String::from_utf8_lossy(&list.stdout)
+    );
+    // A second PKCS#11 user logs in and signs with the same key.
+    std::fs::write(t.p("digest.bin"), [7u8; 32]).unwrap();
+    let sig = run(Command::new("pkcs11-tool").args([
+        "--module",
+        OPENSC_MODULE,
+        "--login",
+        "--pin",
+        CARD_PIN,
+        "--sign",
+        "--id",
+        "01",
+        "-m",
+        "ECDSA",
+        "-i",
+        s(&t.p("digest.bin")),
+        "-o",
+        s(&t.p("other.sig")),
+        "--signature-format",
+        "openssl",
+    ]));
+    assert_ok(&sig, "pkcs11-tool --sign");
+    let pubkey = t.p("9a.pub.pem");
+    openssl_in(
+        t.card.dir.path(),
+        &[
+            "pkeyutl",
+            "-verify",
+            "-pubin",
+            "-inkey",
+            s(&pubkey),
+            "-in",
+            "digest.bin",
+            "-sigfile",
+            "other.sig",
+        ],
+    );
+    sign_and_verify(&t, "after");
+}
+
+/// Signs with the card's key; the `smime` output.
+fn sign_once(t: &Setup, out: &Path) -> std::process::Output {
+    let data = t.p("data.txt");
+    std::fs::write(&data, b"card data").unwrap();
+    t.agent.sign(SIGNER.3, &data, out, &[])
+}
+
+#[test]
+fn a_removed_card_fails_cleanly_and_the_agent_stays_up() {
+    let mut t = setup();
+    let sig = t.p("sig.p7s");
+    assert_ok(&sign_once(&t, &sig), "sign before removal");
+    std::fs::remove_file(&sig).unwrap();
+    t.card.remove();
+    for _ in 0..2 {
+        let out = sign_once(&t, &sig);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{err}");
+        assert!(err.contains("is not present"), "{err}");
+        assert!(
+            out.stdout.is_empty() && !sig.exists(),
+            "output despite the failure"
+        );
+    }
+    assert!(t.agent.is_running(), "{}", t.agent.log_text());
+    let status = t.agent.smime(&["status"]);
+    assert!(t.agent.is_running());
+    assert!(
+        !String::from_utf8_lossy(&status.stdout).is_empty(),
+        "status answers with the card removed: {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+}
+
+#[test]
+#[ignore = "agent: OpenSC re-binds a reinserted card only in C_GetSlotList/C_GetSlotInfo, \
+            which the agent does not call before reopening sessions (see tests/e2e/piv.rs)"]
+fn a_reinserted_card_works_again_without_an_agent_restart() {
+    let mut t = setup();
+    let sig = t.p("sig.p7s");
+    assert_ok(&sign_once(&t, &sig), "sign before removal");
+    t.card.remove();
+    std::fs::remove_file(&sig).unwrap();
+    assert_eq!(sign_once(&t, &sig).status.code(), Some(3));
+    // Same PIVEMU_STATE: the same card, with its keys, comes back.
+    t.card.insert();
+    let agent_pid = t.agent.pid();
+    for n in 0..3 {
+        let out = sign_once(&t, &sig);
+        assert_ok(&out, &format!("sign #{n} after reinsertion"));
+    }
+    assert_eq!(t.agent.pid(), agent_pid);
+    assert!(t.agent.is_running());
+    sign_and_verify(&t, "reinserted");
+}
