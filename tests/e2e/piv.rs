@@ -307,9 +307,17 @@ fn a_removed_card_fails_cleanly_and_the_agent_stays_up() {
     );
 }
 
+/// Known to fail today, hence ignored. After the card is removed and inserted again, OpenSC
+/// 0.23 still holds the removed card's PC/SC handle: `C_OpenSession` succeeds, then
+/// `C_Login`, `C_GetSessionInfo` and `C_Sign` fail with `SCardBeginTransaction` =
+/// 0x80100069 (SCARD_W_REMOVED_CARD), mapped to CKR_DEVICE_REMOVED or
+/// CKR_SESSION_HANDLE_INVALID. It stays that way for every later request. OpenSC re-detects
+/// the card only in `C_GetSlotList` and `C_GetSlotInfo`, which `Worker::revive` does not
+/// call. Calling `C_GetSlotInfo(slot)` before its `C_OpenSession` makes this test pass, and
+/// the p11-count removal tests in agent.rs keep passing (checked).
 #[test]
-#[ignore = "agent: OpenSC re-binds a reinserted card only in C_GetSlotList/C_GetSlotInfo, \
-            which the agent does not call before reopening sessions (see tests/e2e/piv.rs)"]
+#[ignore = "agent: Worker::revive must call C_GetSlotInfo before C_OpenSession for OpenSC \
+            to re-detect the reinserted card"]
 fn a_reinserted_card_works_again_without_an_agent_restart() {
     let mut t = setup();
     let sig = t.p("sig.p7s");
