@@ -56,6 +56,23 @@ pub struct VirtualCard {
 impl VirtualCard {
     /// Starts pcscd (or reuses a running one) and inserts a factory-fresh card.
     pub fn new() -> Self {
+        Self::with_flash(None)
+    }
+
+    /// As [`VirtualCard::new`], but the card starts with a copy of the flash directory
+    /// `from` (see [`VirtualCard::save_flash`]): a provisioned card in no time.
+    pub fn from_flash(from: &Path) -> Self {
+        Self::with_flash(Some(from))
+    }
+
+    /// Copies the card's flash to `to` (the card is removed first, then inserted again).
+    pub fn save_flash(&mut self, to: &Path) {
+        self.remove();
+        copy_dir(&self.file("flash"), to);
+        self.insert();
+    }
+
+    fn with_flash(from: Option<&Path>) -> Self {
         let lock = CARD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         let host_lock = std::fs::OpenOptions::new()
             .create(true)
@@ -68,6 +85,9 @@ impl VirtualCard {
             .prefix("smime-piv-")
             .tempdir()
             .unwrap();
+        if let Some(from) = from {
+            copy_dir(from, &dir.path().join("flash"));
+        }
         let pcscd = start_pcscd(dir.path());
         let mut card = Self {
             pivemu: None,
@@ -99,6 +119,9 @@ impl VirtualCard {
     /// Inserts the card: starts pivemu on the card's flash and waits until PC/SC shows it.
     pub fn insert(&mut self) {
         assert!(self.pivemu.is_none(), "the card is already inserted");
+        // A card killed a moment ago may still be listed: wait until pcscd has seen it go,
+        // or the new card would be taken for the old one.
+        self.wait_for(false);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -213,6 +236,11 @@ impl Drop for VirtualCard {
         if let Some(mut child) = self.pivemu.take() {
             let _ = child.kill();
             let _ = child.wait();
+            // A reused pcscd outlives this card: leave its reader empty for the next one.
+            let start = Instant::now();
+            while Self::present() && start.elapsed() < Duration::from_secs(10) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
         if let Some(mut child) = self.pcscd.take() {
             // SIGTERM: pcscd removes its socket and pid file on the way out.
@@ -230,6 +258,14 @@ impl Drop for VirtualCard {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
     }
 }
 
