@@ -398,4 +398,44 @@ fn the_virtual_card_looks_like_a_yubikey_and_keeps_its_keys() {
     assert!(!VirtualCard::present());
     card.insert();
     assert_eq!(status(&card), before, "the reinserted card changed");
+    // The shims at the APDU level, in one PC/SC connection: SELECT by the 5-byte RID
+    // without Le answers the application template at once; GET VERSION says 5.4.3; GET
+    // METADATA is "not supported" (6D00) rather than an empty success; GET SERIAL.
+    let out = run(Command::new("opensc-tool").args([
+        "-r",
+        VIRTUAL_READER,
+        "-s",
+        "00 A4 04 00 05 A0 00 00 03 08",
+        "-s",
+        "00 FD 00 00",
+        "-s",
+        "00 F7 00 00 9A",
+        "-s",
+        "00 F8 00 00",
+    ]));
+    assert_ok(&out, "opensc-tool -s");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let answers: Vec<&str> = text.split("Sending: ").skip(1).collect();
+    assert_eq!(answers.len(), 4, "{text}");
+    let sw_ok = "Received (SW1=0x90, SW2=0x00):\n";
+    assert!(
+        answers[0].contains(&format!("{sw_ok}61 ")),
+        "{}",
+        answers[0]
+    );
+    assert!(
+        answers[1].contains(&format!("{sw_ok}05 04 03 ")),
+        "{}",
+        answers[1]
+    );
+    assert!(
+        answers[2].contains("Received (SW1=0x6D, SW2=0x00)"),
+        "{}",
+        answers[2]
+    );
+    assert!(
+        answers[3].contains(&format!("{sw_ok}00 52 F7 43 ")),
+        "{}",
+        answers[3]
+    );
 }
