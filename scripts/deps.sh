@@ -26,6 +26,13 @@ APT_PACKAGES=(
     bsdutils          # script(1): a pty for the progress-bar test (tests/e2e/cli.rs)
     zsh fish          # the generated completions parse and complete (tests/e2e/cli.rs)
     ca-certificates curl  # rustup, if Rust is missing
+    # The virtual PIV card (tests/pivemu, tests/support/pcsc.rs, tests/e2e/piv.rs):
+    vsmartcard-vpcd   # vpcd reader driver the card plugs into (install before pcscd starts)
+    pcscd             # PC/SC daemon
+    opensc-pkcs11     # opensc-pkcs11.so, the agent's module for the card; opensc-tool
+    yubico-piv-tool   # provisions the card (key generation, certificate import)
+    libpcsclite-dev   # PC/SC headers and pkg-config file for Rust pcsc-sys builds
+    libclang-dev      # bindgen, for littlefs2-sys in pivemu's build
 )
 
 # install_apt [EXTRA_PACKAGE...]: the packages above plus any given.

@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 install_all
 echo "==> building"
 cargo build --workspace --all-targets --locked
+# The virtual PIV card, its own workspace (tests/pivemu/Cargo.lock); tests/e2e/piv.rs runs it.
+cargo build --release --locked --manifest-path tests/pivemu/Cargo.toml
 echo "==> testing"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

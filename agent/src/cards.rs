@@ -1,11 +1,13 @@
 //! PC/SC card events (the `pcsc` crate): a monitor thread with its own PC/SC context
-//! watches the readers and their cards and tells the agent when a card comes or goes, so
-//! that the PKCS#11 slots are looked at again at once. Card modules such as OpenSC notice a
-//! new card only when asked; without this a reinserted card stayed invisible until a
-//! SIGHUP or a restart.
+//! watches the readers and their cards and tells the agent when a card comes or goes.
 //!
 //! ```text
-//!  pcscd ──SCardGetStatusChange──► monitor thread ──CardEvent──► agent: rescan slots
+//!  pcscd ──SCardGetStatusChange──► monitor thread ──CardEvent──► agent (lib.rs):
+//!                                       │                 removed: drop login + PIN of the
+//!                                       │                          tokens in that reader
+//!                                       │                 inserted: new sessions on the next
+//!                                       │                          request; unknown reader:
+//!                                       │                          rescan the slots
 //!                                       └──► Snapshot (readers, cards) ──► `smime status`
 //! ```
 //!

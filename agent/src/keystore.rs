@@ -95,14 +95,35 @@ impl Keystore {
             .iter()
         {
             let module = m.path().display().to_string();
-            for (slot, serial) in m.present_tokens() {
+            let Some(_alone) = m.exclusive() else {
+                // Busy: keep this module's tokens as they are.
+                keep.extend(current.iter().filter(|t| t.module() == module).cloned());
+                continue;
+            };
+            // Known tokens are matched by slot, with no call to the card: OpenSC 0.23
+            // deadlocks in C_GetTokenInfo on a card that has just come back. (A different
+            // card in the same reader keeps the token's label and serial until SIGHUP; its
+            // keys are read anew.)
+            let present = m.token_slots();
+            for slot in &present {
                 match current
                     .iter()
-                    .find(|t| t.module() == module && t.serial == serial)
+                    .find(|t| t.module() == module && t.slot() == *slot)
                 {
                     Some(t) => keep.push(t.clone()),
-                    None => added.extend(m.open_token(slot, &config)),
+                    None => added.extend(m.open_token(*slot, &config)),
                 }
+            }
+            // A card pulled out of a reader that is still there: keep the token (its keys
+            // stay listed, requests say "insert the card"), without sessions or login; it
+            // works again when the card is back. Tokens whose slot went away are gone.
+            let slots = m.slots();
+            for t in current.iter().filter(|t| {
+                t.module() == module && !present.contains(&t.slot()) && slots.contains(&t.slot())
+            }) {
+                tracing::info!(token = %t.label, serial = %t.serial, "card removed: sessions and login dropped");
+                t.card_removed();
+                keep.push(t.clone());
             }
         }
         for gone in current

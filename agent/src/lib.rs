@@ -87,21 +87,42 @@ async fn rescan(keystore: &Arc<keystore::Keystore>, reload: bool) {
     );
 }
 
-/// Card events: a card inserted or removed makes the agent look at its tokens again
-/// (a burst of events, such as a reader coming with its card, makes one rescan).
-async fn rescan_on_card_events(
+/// Card events. A card pulled out drops the login and cached PIN of the tokens in that
+/// reader at once (no call to the module: OpenSC 0.23 deadlocks when asked about slots
+/// while a card comes and goes; the sessions are reopened by the next request once the
+/// card is back). A card in a reader that holds no known token makes the agent look at
+/// the slots, so a card inserted after the agent started is found without a restart; a
+/// card back in its reader gets new sessions on the next request.
+async fn on_card_events(
     keystore: Arc<keystore::Keystore>,
     mut events: tokio::sync::mpsc::UnboundedReceiver<cards::CardEvent>,
     cancel: CancellationToken,
 ) {
     loop {
-        tokio::select! {
+        let event = tokio::select! {
             _ = cancel.cancelled() => return,
-            e = events.recv() => if e.is_none() { return },
+            e = events.recv() => match e { Some(e) => e, None => return },
+        };
+        match event {
+            cards::CardEvent::Removed { reader } => {
+                for t in keystore.tokens().iter().filter(|t| t.in_reader(&reader)) {
+                    tracing::info!(token = %t.label, %reader, "card removed: login and PIN dropped");
+                    t.card_removed();
+                }
+            }
+            cards::CardEvent::Inserted { reader } => {
+                let tokens = keystore.tokens();
+                let known: Vec<_> = tokens.iter().filter(|t| t.in_reader(&reader)).collect();
+                for t in &known {
+                    t.card_inserted();
+                }
+                if known.is_empty() {
+                    // Let the card settle before the module looks at it.
+                    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                    rescan(&keystore, false).await;
+                }
+            }
         }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        while events.try_recv().is_ok() {}
-        rescan(&keystore, false).await;
     }
 }
 
@@ -163,7 +184,7 @@ pub async fn run(
         }) {
             Ok(monitor) => {
                 keystore.set_card_monitor(monitor);
-                tokio::spawn(rescan_on_card_events(keystore.clone(), rx, cancel.clone()));
+                tokio::spawn(on_card_events(keystore.clone(), rx, cancel.clone()));
             }
             Err(e) => tracing::warn!(error = %e, "card events off: cannot start the monitor"),
         }

@@ -31,16 +31,17 @@ pub const EXIT_STATUS: [(u8, &str); 5] = [
         1,
         "bad signature or verification failure, or a message that does not decrypt intact",
     ),
-    (2, "usage error, or input that cannot be used as given"),
+    (
+        2,
+        "usage error, or input that cannot be used as given (including a message \
+         encrypted for none of the agent's keys)",
+    ),
     (
         3,
         "the agent or the token is unavailable: no agent, token absent, PIN required, \
          wrong or locked",
     ),
-    (
-        4,
-        "any other error, e.g. a message encrypted for none of the agent's keys",
-    ),
+    (4, "any other error (I/O, internal)"),
 ];
 
 /// OpenSSL's single-dash spellings that `smime` accepts, and the flag each stands for.

@@ -96,7 +96,7 @@ fn man_pages_cover_every_subcommand_and_the_exit_codes() {
         ("1", "bad signature or verification failure"),
         ("2", "usage error"),
         ("3", "agent or the token is unavailable"),
-        ("4", "none of the agent's keys"),
+        ("4", "any other error"),
     ] {
         assert!(
             exit.lines()

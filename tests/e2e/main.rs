@@ -10,6 +10,7 @@ mod gpgsm;
 mod neomutt;
 mod ops;
 mod pin;
+mod piv;
 mod python;
 mod sign;
 mod smime_mail;

@@ -9,6 +9,8 @@
 
 mod gpgsm_card;
 pub use gpgsm_card::sha1_fingerprint;
+pub mod pcsc;
+pub use pcsc::{VirtualCard, pivemu_bin};
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;

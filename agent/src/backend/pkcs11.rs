@@ -28,7 +28,7 @@ mod worker;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -52,7 +52,16 @@ pub struct Module {
     p11: Pkcs11,
     /// The same module's C_Sign/C_Decrypt, for always-authenticate keys.
     raw: Option<Arc<raw::RawModule>>,
+    /// Token jobs hold it shared; a slot rescan holds it alone. Card modules (OpenSC)
+    /// deadlock when C_GetTokenInfo for a rescan meets an operation on a card that was just
+    /// pulled out or put back (seen with OpenSC 0.23: its global and card locks taken in
+    /// opposite orders), so the two never overlap.
+    ops: Arc<RwLock<()>>,
 }
+
+/// How long a rescan waits for running token jobs before it gives up on a module (a card
+/// waiting for a touch must not hold the rescan of every other token).
+const RESCAN_WAIT: Duration = Duration::from_secs(3);
 
 impl Module {
     /// Loads the library and calls `C_Initialize`. Blocking.
@@ -77,12 +86,49 @@ impl Module {
             path: path.to_owned(),
             p11,
             raw,
+            ops: Arc::new(RwLock::new(())),
         })
     }
 
     /// The library path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The slots that hold an initialized token now (C_GetSlotList only: no call that
+    /// touches the card). Blocking.
+    pub fn token_slots(&self) -> Vec<Slot> {
+        self.p11
+            .get_slots_with_initialized_token()
+            .unwrap_or_else(|e| {
+                tracing::error!(module = %self.path.display(), error = %e, "cannot list slots");
+                vec![]
+            })
+    }
+
+    /// Every slot of the module, with or without a token (a card reader is a slot). Blocking.
+    pub fn slots(&self) -> Vec<Slot> {
+        self.p11.get_all_slots().unwrap_or_default()
+    }
+
+    /// Waits (up to a few seconds) until no token job of this module runs and returns a
+    /// guard that keeps new ones waiting: for looking at the slots. `None` when jobs kept
+    /// running (the rescan of this module is skipped).
+    pub fn exclusive(&self) -> Option<std::sync::RwLockWriteGuard<'_, ()>> {
+        let start = Instant::now();
+        loop {
+            match self.ops.try_write() {
+                Ok(g) => return Some(g),
+                Err(std::sync::TryLockError::Poisoned(p)) => return Some(p.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) if start.elapsed() < RESCAN_WAIT => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    tracing::warn!(module = %self.path.display(), "tokens busy: slots not rescanned");
+                    return None;
+                }
+            }
+        }
     }
 
     /// The slots that hold an initialized token now, with the token serials. Blocking.
@@ -159,6 +205,12 @@ pub struct Token {
     module: String,
     p11: Pkcs11,
     slot: Slot,
+    /// The module's [`Module::ops`] lock.
+    ops: Arc<RwLock<()>>,
+    /// The slot description: for a card module, the name of the reader the card is in.
+    reader: String,
+    /// The workers' session generation: bumped when the token's sessions are dead.
+    epoch: Arc<AtomicU64>,
     jobs: Mutex<Option<crossbeam_channel::Sender<Job>>>,
     /// Serializes logins, so two clients cannot spend two PIN tries at once.
     login_lock: tokio::sync::Mutex<()>,
@@ -188,6 +240,11 @@ impl Token {
     fn open(module: &Module, slot: Slot, config: &Config) -> Result<Self, CkError> {
         let sessions = config.sessions;
         let info = module.p11.get_token_info(slot)?;
+        let reader = module
+            .p11
+            .get_slot_info(slot)
+            .map(|i| i.slot_description().trim().to_owned())
+            .unwrap_or_default();
         let policy = config.policy_for(info.label().trim(), info.serial_number().trim());
         let protected_path = info.protected_authentication_path();
         let (tx, rx) = crossbeam_channel::bounded::<Job>(QUEUE_DEPTH);
@@ -198,6 +255,7 @@ impl Token {
         for n in 0..sessions.max(1) {
             let session = module.p11.open_ro_session(slot)?;
             let rx = rx.clone();
+            let ops = module.ops.clone();
             let mut w = Worker::new(
                 session,
                 module.p11.clone(),
@@ -210,6 +268,7 @@ impl Token {
                 .name(format!("p11-{label}-{n}"))
                 .spawn(move || {
                     while let Ok(job) = rx.recv() {
+                        let _shared = ops.read().unwrap_or_else(|e| e.into_inner());
                         w.revive();
                         job(&mut w);
                     }
@@ -229,6 +288,9 @@ impl Token {
             module: module.path.display().to_string(),
             p11: module.p11.clone(),
             slot,
+            ops: module.ops.clone(),
+            reader,
+            epoch,
             jobs: Mutex::new(Some(tx)),
             login_lock: tokio::sync::Mutex::new(()),
             prompt_lock: tokio::sync::Mutex::new(()),
@@ -805,12 +867,39 @@ impl Token {
         .await
     }
 
+    /// The slot the token is in.
+    pub fn slot(&self) -> Slot {
+        self.slot
+    }
+
+    /// A card came back into the token's reader: the sessions the workers hold belong to
+    /// the card that left, so the next request opens new ones.
+    pub fn card_inserted(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Whether the token sits in the PC/SC reader `name` (its slot description names it).
+    pub fn in_reader(&self, name: &str) -> bool {
+        !self.reader.is_empty() && (self.reader == name || self.reader.starts_with(name))
+    }
+
+    /// The card left its reader: the login and any cached PIN go with it. (The sessions
+    /// are found dead by the next request, which reopens them once the card is back:
+    /// reopening them here, while the card is out, leaves OpenSC 0.23 with a card lock
+    /// held that deadlocks the next operation.)
+    pub fn card_removed(&self) {
+        let mut s = self.state();
+        s.logged_in = false;
+        s.cached_pin = None;
+    }
+
     /// The token's status. Reads the PIN flags from the token.
     pub async fn status(&self) -> TokenStatus {
         // Read beside the workers, which may all be stuck in a slow call, and bounded:
         // status must answer while a token hangs.
-        let (p11, slot) = (self.p11.clone(), self.slot);
+        let (p11, slot, ops) = (self.p11.clone(), self.slot, self.ops.clone());
         let read = tokio::task::spawn_blocking(move || {
+            let _shared = ops.read().unwrap_or_else(|e| e.into_inner());
             p11.get_token_info(slot)
                 .map(|i| worker::pin_state(&i))
                 .unwrap_or(PinState::Unknown)
