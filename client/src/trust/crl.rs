@@ -546,6 +546,17 @@ fn deltas<'c>(env: &'c Env<'_>, base: &Crl) -> Vec<&'c Crl> {
     out
 }
 
+/// Whether one of the certificate's distribution points names the certificate's own
+/// subject as its cRLIssuer: its status is on a CRL it signs itself.
+pub(super) fn names_itself_as_crl_issuer(cert: &CertificateInner<Raw>) -> bool {
+    let subject = cert.tbs_certificate().subject();
+    distribution_points(cert).iter().any(|dp| {
+        dp.crl_issuer
+            .as_ref()
+            .is_some_and(|ci| directory_names(ci).any(|n| compare_names(n, subject)))
+    })
+}
+
 /// Whether a delta CRL of the certificate's issuer is among `crls`: certval ignores delta
 /// CRLs, so such certificates are judged here.
 pub(super) fn has_delta_for(crls: &[Crl], cert: &CertificateInner<Raw>) -> bool {

@@ -52,8 +52,9 @@ pub(super) struct Issuers<'a> {
     /// extendedKeyUsage and policy requirements.
     pub cps: &'a CertificationPathSettings,
     /// The CRL issuers' certificates whose paths are being checked, outermost first: one
-    /// of them may sign the CRL that covers itself (PKITS 4.14.30), and is then accepted
-    /// as the signer (its path is validated by the check in progress).
+    /// of them may sign the CRL that covers itself when its distribution point names it as
+    /// the cRLIssuer (PKITS 4.14.30), and is then accepted as the signer (its path is
+    /// validated by the check in progress).
     pub validating: Vec<Vec<u8>>,
 }
 
@@ -240,7 +241,9 @@ impl Checker<'_> {
     /// of this path, and a good revocation status.
     fn crl_issuer_ok(&self, c: &PDVCertificate) -> bool {
         if self.issuers.validating.iter().any(|v| v == c.as_bytes()) {
-            return true;
+            // Its status is being checked and depends on a CRL it signed: acceptable only
+            // when it says so itself, by a distribution point naming it as the cRLIssuer.
+            return crl::names_itself_as_crl_issuer(c.decoded());
         }
         if self.issuers.validating.len() >= MAX_CRL_ISSUER_DEPTH {
             return false;

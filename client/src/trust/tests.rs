@@ -243,3 +243,210 @@ fn unknown_anchor_is_no_path() {
     assert_eq!(f.check, Check::Signature, "{v}");
     assert!(f.detail.contains("did not sign"), "{v}");
 }
+
+// ---- CRL processing beyond certval (crl.rs): edges PKITS does not cover ----
+
+/// Issues a certificate for `subj` with a fresh P-256 key `{name}.key`, signed by
+/// `ca_cert`/`ca_key` (files in the PKI's directory), with `ext` (extfile lines).
+fn issue(pki: &Pki, name: &str, subj: &str, ca_cert: &str, ca_key: &str, ext: &str) -> Vec<u8> {
+    let d = pki.dir.path();
+    std::fs::write(d.join(format!("{name}.ext")), ext).unwrap();
+    openssl(
+        d,
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-subj",
+            subj,
+            "-out",
+            &format!("{name}.csr"),
+        ],
+    );
+    let mut args = vec!["x509", "-req", "-in"];
+    let csr = format!("{name}.csr");
+    let out = format!("{name}.pem");
+    let extfile = format!("{name}.ext");
+    args.push(&csr);
+    if ca_cert.is_empty() {
+        args.extend(["-signkey", ca_key]);
+    } else {
+        args.extend(["-CA", ca_cert, "-CAkey", ca_key]);
+    }
+    args.extend(["-days", "10", "-extfile", &extfile, "-out", &out]);
+    openssl(d, &args);
+    pem(d, &out).to_der().unwrap()
+}
+
+/// A CRL signed with `key`, naming `cert`'s subject as its issuer, listing `revoked`
+/// certificates, with cRLNumber `number` and the extension lines `exts` (an
+/// `openssl ca -crlexts` section).
+fn crl(
+    pki: &Pki,
+    cert: &str,
+    key: &str,
+    revoked: &[&Certificate],
+    number: u32,
+    exts: &str,
+) -> Vec<u8> {
+    let d = pki.dir.path();
+    let mut index = String::new();
+    for c in revoked {
+        let serial = hex::encode_upper(c.tbs_certificate().serial_number().as_bytes());
+        index.push_str(&format!(
+            "R\t301231000000Z\t250101000000Z\t{serial}\tunknown\t/CN=x\n"
+        ));
+    }
+    std::fs::write(d.join("index.txt"), index).unwrap();
+    std::fs::write(d.join("crlnumber"), format!("{number:02X}\n")).unwrap();
+    std::fs::write(
+        d.join("crl.cnf"),
+        format!(
+            "[ca]\ndefault_ca = ca_default\n[ca_default]\ndatabase = index.txt\n\
+             crlnumber = crlnumber\ndefault_md = sha256\ndefault_crl_days = 1\n\
+             [crl_ext]\n{exts}\n"
+        ),
+    )
+    .unwrap();
+    openssl(
+        d,
+        &[
+            "ca", "-gencrl", "-config", "crl.cnf", "-cert", cert, "-keyfile", key, "-crlexts",
+            "crl_ext", "-out", "crl.pem",
+        ],
+    );
+    let p = std::fs::read_to_string(d.join("crl.pem")).unwrap();
+    let b64: String = p.lines().filter(|l| !l.starts_with("-----")).collect();
+    crate::cms::pem::decode(b64.as_bytes()).unwrap()
+}
+
+fn hard(pki: &Pki, extra_anchors: &[Vec<u8>]) -> TrustPolicy {
+    let mut p = policy(pki);
+    for a in extra_anchors {
+        p.anchors.push(Certificate::from_der(a).unwrap());
+    }
+    p.revocation = super::RevocationMode::Hard;
+    p
+}
+
+/// A CRL signer certificate, whose status is on the root's CRL of [`SIGNERS_ONLY`].
+const CRL_SIGNER: &str = "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,cRLSign\n\
+     subjectKeyIdentifier=hash\ncrlDistributionPoints=URI:http://crl.test/signers.crl\n";
+/// The root's own CRL covers only its distribution point (so the CRL signer certificate),
+/// not the leaf: the leaf's status must come from the separate CRL signer.
+const SIGNERS_ONLY: &str =
+    "issuingDistributionPoint=critical,@idp\n[idp]\nfullname=URI:http://crl.test/signers.crl";
+
+#[test]
+fn a_separate_crl_signer_must_chain_to_the_same_anchor() {
+    let pki = Pki::new();
+    let now = soon();
+    let (leaf, der) = pki.leaf("l", "keyUsage=digitalSignature");
+    let root_crl = crl(&pki, "ca.pem", "ca.key", &[], 1, SIGNERS_ONLY);
+    // A CRL signer named as the root, certified by the root: accepted.
+    let signer = issue(
+        &pki,
+        "s",
+        "/CN=Trust Test Root",
+        "ca.pem",
+        "ca.key",
+        CRL_SIGNER,
+    );
+    let good = crl(&pki, "s.pem", "s.key", &[], 2, "");
+    let p = hard(&pki, &[]);
+    let v = p.validate(&leaf, &der, &[&signer], &[&root_crl, &good], now, None);
+    assert!(v.is_valid(), "{v}");
+    assert_eq!(v.revocation, super::RevocationStatus::Good);
+    let revoked = crl(&pki, "s.pem", "s.key", &[&leaf], 3, "");
+    let v = p.validate(&leaf, &der, &[&signer], &[&root_crl, &revoked], now, None);
+    assert_eq!(v.failure().unwrap().1.check, Check::Revoked, "{v}");
+    // Without the root's CRL the signer's own status is unknown: not usable (its own CRL
+    // does not vouch for it).
+    let v = p.validate(&leaf, &der, &[&signer], &[&good], now, None);
+    assert_eq!(
+        v.failure().unwrap().1.check,
+        Check::RevocationUnknown,
+        "{v}"
+    );
+
+    // The same name and usage, certified by another trusted root: not this path's anchor.
+    let other = issue(
+        &pki,
+        "o",
+        "/CN=Other Root",
+        "",
+        "o.key",
+        "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n",
+    );
+    let foreign = issue(
+        &pki,
+        "f",
+        "/CN=Trust Test Root",
+        "o.pem",
+        "o.key",
+        CRL_SIGNER,
+    );
+    let other_crl = crl(&pki, "o.pem", "o.key", &[], 1, "");
+    let forged = crl(&pki, "f.pem", "f.key", &[], 4, "");
+    let p = hard(&pki, &[other]);
+    let v = p.validate(
+        &leaf,
+        &der,
+        &[&foreign],
+        &[&root_crl, &other_crl, &forged],
+        now,
+        None,
+    );
+    assert_eq!(
+        v.failure().unwrap().1.check,
+        Check::RevocationUnknown,
+        "{v}"
+    );
+}
+
+#[test]
+fn delta_crls_apply_only_to_the_complete_crl_they_follow() {
+    let pki = Pki::new();
+    let now = soon();
+    let (leaf, der) = pki.leaf("l", "keyUsage=digitalSignature");
+    let (other, _) = pki.leaf("m", "keyUsage=digitalSignature");
+    let p = hard(&pki, &[]);
+    let complete = crl(&pki, "ca.pem", "ca.key", &[&other], 5, "");
+    let delta = |base: u8, number: u32| {
+        crl(
+            &pki,
+            "ca.pem",
+            "ca.key",
+            &[&leaf],
+            number,
+            &format!("2.5.29.27=critical,DER:02:01:{base:02X}"),
+        )
+    };
+    // The complete CRL alone: good (certval).
+    let v = p.validate(&leaf, &der, &[], &[&complete], now, None);
+    assert!(v.is_valid(), "{v}");
+    // A delta CRL following it (base 5 <= 5 < 6) revokes the leaf.
+    let v = p.validate(&leaf, &der, &[], &[&complete, &delta(5, 6)], now, None);
+    assert_eq!(v.failure().unwrap().1.check, Check::Revoked, "{v}");
+    let v = p.validate(&leaf, &der, &[], &[&complete, &delta(3, 6)], now, None);
+    assert_eq!(v.failure().unwrap().1.check, Check::Revoked, "{v}");
+    // A delta CRL for a later base than this complete CRL does not apply to it...
+    let v = p.validate(&leaf, &der, &[], &[&complete, &delta(6, 7)], now, None);
+    assert!(v.is_valid(), "{v}");
+    // ... nor does one older than it (its number is not above the complete CRL's).
+    let v = p.validate(&leaf, &der, &[], &[&complete, &delta(4, 5)], now, None);
+    assert!(v.is_valid(), "{v}");
+    // A delta CRL alone settles nothing.
+    let v = p.validate(&leaf, &der, &[], &[&delta(5, 6)], now, None);
+    assert_eq!(
+        v.failure().unwrap().1.check,
+        Check::RevocationUnknown,
+        "{v}"
+    );
+}
