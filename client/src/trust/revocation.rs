@@ -145,6 +145,20 @@ impl Checker<'_> {
         let mut cpr = CertificationPathResults::new();
         let r = check_revocation_local(self.pe, self.cps, &self.path, &mut cpr);
         let sources = cpr.get_revocation_source().unwrap_or_default();
+        // certval's CRL-based answers for the owned positions are set aside (its OCSP
+        // answers stand).
+        let owned: Vec<bool> = owned
+            .iter()
+            .enumerate()
+            .map(|(pos, o)| {
+                *o && !matches!(
+                    sources.get(pos),
+                    Some(
+                        CvSource::StapledOcsp | CvSource::OcspFromAia | CvSource::NoCheckExtension
+                    )
+                )
+            })
+            .collect();
         let record = |pos: usize, settled: &mut Vec<Option<String>>| {
             if settled[pos].is_none() {
                 settled[pos] = source(pos).or_else(|| Some("crl (message or --crl)".to_owned()));
