@@ -14,12 +14,12 @@
 //!   anyExtendedKeyUsage;
 //! * name constraints (directoryName, rfc822Name, dNSName, URI), path length, critical
 //!   extensions, signatures: all certval's;
-//! * revocation ([`revocation`]), for the path valid *now*: the message's CRLs,
+//! * revocation (`trust/revocation.rs`), for the path valid *now*: the message's CRLs,
 //!   [`TrustPolicy::crls`] (`--crl`), the CRL cache, OCSP and CRL distribution points.
 //!   certval checks CRLs first; what its CRL handling lacks (delta CRLs, indirect CRLs,
 //!   CRLs signed with another key than the certificate's: key rollover, separate CRL
 //!   signing keys; onlySomeReasons; nameRelativeToCRLIssuer) is RFC 5280 §6.3 processing
-//!   of our own, in [`crl`], with the CRL issuers' paths validated by certval.
+//!   of our own, in `trust/crl.rs`, with the CRL issuers' paths validated by certval.
 //!
 //! Paths are those certval's builder finds, plus candidates found by following issuer names
 //! through the available certificates (self-issued key-rollover certificates included),
@@ -50,6 +50,7 @@ use x509_cert::ext::pkix::{ExtendedKeyUsage, KeyUsage};
 use crate::cms::{CheckedAt, fmt_time};
 
 mod crl;
+pub(crate) mod dsa;
 pub mod fetch;
 mod revocation;
 
@@ -789,6 +790,20 @@ impl Inputs<'_> {
     ) -> Result<(PkiEnvironment, MemoryCrlSource), String> {
         let mut pe = PkiEnvironment::new();
         pe.populate_5280_pki_environment();
+        // DSA certificates and CRLs (certval verifies no DSA signatures).
+        let parsed: Vec<Certificate> = self
+            .anchors
+            .iter()
+            .chain(&self.certs)
+            .filter_map(|d| {
+                use der::Decode as _;
+                Certificate::from_der(d).ok()
+            })
+            .collect();
+        let refs: Vec<&Certificate> = parsed.iter().collect();
+        pe.add_verify_signature_message_callback(dsa::CertvalDsa {
+            inherited: dsa::inherited_parameters(&refs),
+        });
         let mut ta = TaSource::new();
         for (i, der) in self.anchors.iter().enumerate() {
             ta.push(CertFile {

@@ -450,3 +450,87 @@ fn delta_crls_apply_only_to_the_complete_crl_they_follow() {
         "{v}"
     );
 }
+
+// ---- DSA (dsa.rs) ----
+
+/// A DSA key made and used by OpenSSL: its signatures verify (SHA-1 and SHA-256); a
+/// changed message does not.
+#[test]
+fn dsa_signatures_made_by_openssl_verify() {
+    use der::DecodePem as _;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    openssl(
+        d,
+        &[
+            "genpkey",
+            "-genparam",
+            "-algorithm",
+            "DSA",
+            "-pkeyopt",
+            "dsa_paramgen_bits:2048",
+            "-pkeyopt",
+            "dsa_paramgen_q_bits:256",
+            "-out",
+            "p.pem",
+        ],
+    );
+    openssl(d, &["genpkey", "-paramfile", "p.pem", "-out", "k.pem"]);
+    openssl(d, &["pkey", "-in", "k.pem", "-pubout", "-out", "pub.pem"]);
+    std::fs::write(d.join("m"), b"hello DSA").unwrap();
+    let spki = spki::SubjectPublicKeyInfoOwned::from_pem(std::fs::read(d.join("pub.pem")).unwrap())
+        .unwrap();
+    assert!(super::dsa::is_dsa(&spki));
+    let key = super::dsa::verifying_key(&spki, None).unwrap();
+    for (md, digest) in [
+        ("-sha1", {
+            use sha1::Digest as _;
+            sha1::Sha1::digest(b"hello DSA").to_vec()
+        }),
+        ("-sha256", {
+            use sha2::Digest as _;
+            sha2::Sha256::digest(b"hello DSA").to_vec()
+        }),
+    ] {
+        openssl(d, &["dgst", md, "-sign", "k.pem", "-out", "sig", "m"]);
+        let sig = std::fs::read(d.join("sig")).unwrap();
+        assert!(super::dsa::verify_prehash(&key, &digest, &sig), "{md}");
+        let mut other = digest.clone();
+        other[0] ^= 1;
+        assert!(!super::dsa::verify_prehash(&key, &other, &sig), "{md}");
+    }
+    // Without parameters, and none inherited: no key.
+    let mut bare = spki.clone();
+    bare.algorithm.parameters = None;
+    assert!(super::dsa::verifying_key(&bare, None).is_err());
+}
+
+/// SHA-1 is accepted for DSA signatures only: an RSA signature over SHA-1 stays
+/// unsupported.
+#[test]
+fn sha1_is_not_accepted_for_rsa_signatures() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    openssl(
+        d,
+        &[
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "k.pem", "-subj",
+            "/CN=sha1", "-days", "2", "-out", "c.pem",
+        ],
+    );
+    std::fs::write(d.join("m"), b"hello").unwrap();
+    openssl(
+        d,
+        &[
+            "cms", "-sign", "-binary", "-md", "sha1", "-signer", "c.pem", "-inkey", "k.pem", "-in",
+            "m", "-outform", "DER", "-out", "s.der",
+        ],
+    );
+    let cms = std::fs::read(d.join("s.der")).unwrap();
+    let e = crate::cms::verify::verify_detached(&cms, Some(&b"hello"[..]), None, SystemTime::now())
+        .unwrap_err();
+    assert!(
+        matches!(e, crate::cms::Error::UnsupportedAlgorithm(o) if o == const_oid::db::rfc5912::ID_SHA_1),
+        "{e}"
+    );
+}
