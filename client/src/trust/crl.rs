@@ -557,6 +557,13 @@ pub(super) fn names_itself_as_crl_issuer(cert: &CertificateInner<Raw>) -> bool {
     })
 }
 
+/// Whether the DER of a CRL may hold a deltaCRLIndicator (its OID's encoding occurs):
+/// a cheap test before decoding.
+pub(super) fn may_be_delta(der: &[u8]) -> bool {
+    const OID: [u8; 5] = [0x06, 0x03, 0x55, 0x1d, 0x1b];
+    der.windows(OID.len()).any(|w| w == OID)
+}
+
 /// Whether a delta CRL of the certificate's issuer is among `crls`: certval ignores delta
 /// CRLs, so such certificates are judged here.
 pub(super) fn has_delta_for(crls: &[Crl], cert: &CertificateInner<Raw>) -> bool {
@@ -575,5 +582,17 @@ mod tests {
         assert!(cmp_num(&trim(&[1, 0]), &trim(&[0xff])).is_gt());
         assert!(cmp_num(&trim(&[5]), &trim(&[0, 0, 5])).is_eq());
         assert!(cmp_num(&trim(&[]), &trim(&[1])).is_lt());
+    }
+
+    #[test]
+    fn delta_indicator_is_spotted_in_the_der() {
+        let ext = x509_cert::ext::Extension {
+            extn_id: ID_CE_DELTA_CRL_INDICATOR,
+            critical: true,
+            extn_value: der::asn1::OctetString::new(vec![2, 1, 5]).unwrap(),
+        };
+        use der::Encode as _;
+        assert!(may_be_delta(&ext.to_der().unwrap()));
+        assert!(!may_be_delta(&[0x06, 0x03, 0x55, 0x1d, 0x14, 0x1b]));
     }
 }

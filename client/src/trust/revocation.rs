@@ -130,18 +130,23 @@ impl Checker<'_> {
     /// issuer has a delta CRL (which certval would judge on the base CRL alone); positions
     /// settled that were not settled before get `source(pos)`.
     fn run(&mut self, source: &dyn Fn(usize) -> Option<String>) -> Run {
-        let crls: Vec<Crl> = self
-            .crls
-            .get_all_crls()
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|d| Crl::parse(d))
-            .collect();
-        let owned: Vec<bool> = self
-            .certs()
-            .iter()
-            .map(|c| crl::has_delta_for(&crls, c))
-            .collect();
+        // Our CRL decoding is only needed for positions certval leaves open, or when a
+        // delta CRL may be among the CRLs (certval ignores them).
+        let raw = self.crls.get_all_crls().unwrap_or_default();
+        let parse = || -> Vec<Crl> { raw.iter().filter_map(|d| Crl::parse(d)).collect() };
+        let mut parsed: Option<Vec<Crl>> = None;
+        let owned: Vec<bool> = if raw.iter().any(|d| crl::may_be_delta(d)) {
+            let p = parse();
+            let o = self
+                .certs()
+                .iter()
+                .map(|c| crl::has_delta_for(&p, c))
+                .collect();
+            parsed = Some(p);
+            o
+        } else {
+            vec![false; self.settled.len()]
+        };
         let mut cpr = CertificationPathResults::new();
         let r = check_revocation_local(self.pe, self.cps, &self.path, &mut cpr);
         let sources = cpr.get_revocation_source().unwrap_or_default();
@@ -199,6 +204,10 @@ impl Checker<'_> {
                 }
             }
         }
+        if self.open().is_empty() {
+            return Run::Good;
+        }
+        let crls = parsed.unwrap_or_else(parse);
         let toi = self.cps.get_time_of_interest().as_unix_secs();
         let certs: Vec<CertificateInner<Raw>> = self.certs().into_iter().cloned().collect();
         let issuer_ok = |c: &PDVCertificate| self.crl_issuer_ok(c);
