@@ -534,3 +534,78 @@ fn sha1_is_not_accepted_for_rsa_signatures() {
         "{e}"
     );
 }
+
+/// A certificate `subject` issued by `issuer` with the key `spki`, signed with a fixed
+/// P-256 key (only names and keys matter to parameter inheritance).
+fn bare_cert(subject: &str, issuer: &str, spki: spki::SubjectPublicKeyInfoOwned) -> Certificate {
+    use std::str::FromStr as _;
+    use x509_cert::builder::profile::BuilderProfile;
+    use x509_cert::builder::{Builder as _, CertificateBuilder};
+    use x509_cert::name::Name;
+    struct Plain(Name, Name);
+    impl BuilderProfile for Plain {
+        fn get_issuer(&self, _: &Name) -> Name {
+            self.1.clone()
+        }
+        fn get_subject(&self) -> Name {
+            self.0.clone()
+        }
+        fn build_extensions(
+            &self,
+            _: spki::SubjectPublicKeyInfoRef<'_>,
+            _: spki::SubjectPublicKeyInfoRef<'_>,
+            _: &x509_cert::certificate::TbsCertificate,
+        ) -> x509_cert::builder::Result<Vec<x509_cert::ext::Extension>> {
+            Ok(Vec::new())
+        }
+    }
+    let key = p256::ecdsa::SigningKey::from_slice(&[7u8; 32]).unwrap();
+    let profile = Plain(
+        Name::from_str(subject).unwrap(),
+        Name::from_str(issuer).unwrap(),
+    );
+    CertificateBuilder::new(
+        profile,
+        x509_cert::serial_number::SerialNumber::from(1u32),
+        x509_cert::time::Validity::from_now(Duration::from_secs(60)).unwrap(),
+        spki,
+    )
+    .unwrap()
+    .build::<_, p256::ecdsa::DerSignature>(&key)
+    .unwrap()
+}
+
+fn dsa_spki(y: u8, params: Option<u8>) -> spki::SubjectPublicKeyInfoOwned {
+    spki::SubjectPublicKeyInfoOwned {
+        algorithm: spki::AlgorithmIdentifierOwned {
+            oid: const_oid::db::rfc5912::ID_DSA,
+            parameters: params.map(|p| {
+                der::Any::encode_from(&der::asn1::OctetString::new(vec![p]).unwrap()).unwrap()
+            }),
+        },
+        subject_public_key: der::asn1::BitString::from_bytes(&[2, 1, y]).unwrap(),
+    }
+}
+
+/// A DSA key without parameters inherits its issuer's, through a parameter-less issuer
+/// too, and only when every certificate carrying the issuer's name agrees.
+#[test]
+fn dsa_parameters_are_inherited_only_when_unambiguous() {
+    let ca = bare_cert("CN=DSA CA", "CN=Root", dsa_spki(1, Some(0xaa)));
+    let sub = bare_cert("CN=Sub", "CN=DSA CA", dsa_spki(2, None));
+    let ee = bare_cert("CN=EE", "CN=Sub", dsa_spki(3, None));
+    let got = super::dsa::inherited_parameters(&[&ca, &sub, &ee]);
+    assert_eq!(got.len(), 2);
+    let want = dsa_spki(1, Some(0xaa)).algorithm.parameters.unwrap();
+    assert!(got.iter().all(|(_, p)| *p == want));
+    assert!(got.iter().any(|(b, _)| b == &[2, 1, 3]));
+    // Another "CN=DSA CA" with other parameters: neither is believed.
+    let rogue = bare_cert("CN=DSA CA", "CN=Elsewhere", dsa_spki(4, Some(0xbb)));
+    assert!(super::dsa::inherited_parameters(&[&ca, &rogue, &sub, &ee]).is_empty());
+    // The same parameters twice are no ambiguity.
+    let twin = bare_cert("CN=DSA CA", "CN=Elsewhere", dsa_spki(5, Some(0xaa)));
+    assert_eq!(
+        super::dsa::inherited_parameters(&[&ca, &twin, &sub, &ee]).len(),
+        2
+    );
+}
