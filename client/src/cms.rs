@@ -48,6 +48,9 @@ pub enum HashAlg {
     Sha384,
     /// SHA-512.
     Sha512,
+    /// SHA-1: only to verify legacy DSA signatures (dsaWithSHA1). [`HashAlg::from_oid`] does
+    /// not return it, and nothing signs with it.
+    Sha1,
 }
 
 impl HashAlg {
@@ -57,6 +60,7 @@ impl HashAlg {
             HashAlg::Sha256 => rfc5912::ID_SHA_256,
             HashAlg::Sha384 => rfc5912::ID_SHA_384,
             HashAlg::Sha512 => rfc5912::ID_SHA_512,
+            HashAlg::Sha1 => rfc5912::ID_SHA_1,
         }
     }
 
@@ -73,6 +77,7 @@ impl HashAlg {
             HashAlg::Sha256 => "sha256",
             HashAlg::Sha384 => "sha384",
             HashAlg::Sha512 => "sha512",
+            HashAlg::Sha1 => "sha1",
         }
     }
 
@@ -83,6 +88,7 @@ impl HashAlg {
             HashAlg::Sha256 => "sha-256",
             HashAlg::Sha384 => "sha-384",
             HashAlg::Sha512 => "sha-512",
+            HashAlg::Sha1 => "sha-1",
         }
     }
 
@@ -92,6 +98,7 @@ impl HashAlg {
             HashAlg::Sha256 => 32,
             HashAlg::Sha384 => 48,
             HashAlg::Sha512 => 64,
+            HashAlg::Sha1 => 20,
         }
     }
 
@@ -132,6 +139,7 @@ enum HasherInner {
     Sha256(sha2::Sha256),
     Sha384(sha2::Sha384),
     Sha512(sha2::Sha512),
+    Sha1(sha1::Sha1),
 }
 
 impl Hasher {
@@ -141,6 +149,7 @@ impl Hasher {
             HashAlg::Sha256 => HasherInner::Sha256(sha2::Sha256::new()),
             HashAlg::Sha384 => HasherInner::Sha384(sha2::Sha384::new()),
             HashAlg::Sha512 => HasherInner::Sha512(sha2::Sha512::new()),
+            HashAlg::Sha1 => HasherInner::Sha1(sha1::Sha1::new()),
         })
     }
 
@@ -150,6 +159,7 @@ impl Hasher {
             HasherInner::Sha256(_) => HashAlg::Sha256,
             HasherInner::Sha384(_) => HashAlg::Sha384,
             HasherInner::Sha512(_) => HashAlg::Sha512,
+            HasherInner::Sha1(_) => HashAlg::Sha1,
         }
     }
 
@@ -159,6 +169,7 @@ impl Hasher {
             HasherInner::Sha256(h) => h.update(data),
             HasherInner::Sha384(h) => h.update(data),
             HasherInner::Sha512(h) => h.update(data),
+            HasherInner::Sha1(h) => h.update(data),
         }
     }
 
@@ -168,6 +179,7 @@ impl Hasher {
             HasherInner::Sha256(h) => h.finalize().to_vec(),
             HasherInner::Sha384(h) => h.finalize().to_vec(),
             HasherInner::Sha512(h) => h.finalize().to_vec(),
+            HasherInner::Sha1(h) => h.finalize().to_vec(),
         }
     }
 }

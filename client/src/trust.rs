@@ -14,12 +14,12 @@
 //!   anyExtendedKeyUsage;
 //! * name constraints (directoryName, rfc822Name, dNSName, URI), path length, critical
 //!   extensions, signatures: all certval's;
-//! * revocation: CRLs only, from the message and [`TrustPolicy::crls`] (`--crl`), checked
-//!   for the path valid *now*; nothing is fetched (no CRL distribution points, no OCSP yet).
-//!   Not supported by certval, so the status stays unknown: delta CRLs (a delta CRL for an
-//!   issuer of the path makes the status unknown rather than trusting the base CRL alone),
-//!   indirect CRLs, CRLs signed with another key than the certificate's (key rollover,
-//!   separate CRL signing keys), onlySomeReasons, nameRelativeToCRLIssuer.
+//! * revocation (`trust/revocation.rs`), for the path valid *now*: the message's CRLs,
+//!   [`TrustPolicy::crls`] (`--crl`), the CRL cache, OCSP and CRL distribution points.
+//!   certval checks CRLs first; what its CRL handling lacks (delta CRLs, indirect CRLs,
+//!   CRLs signed with another key than the certificate's: key rollover, separate CRL
+//!   signing keys; onlySomeReasons; nameRelativeToCRLIssuer) is RFC 5280 §6.3 processing
+//!   of our own, in `trust/crl.rs`, with the CRL issuers' paths validated by certval.
 //!
 //! Paths are those certval's builder finds, plus candidates found by following issuer names
 //! through the available certificates (self-issued key-rollover certificates included),
@@ -49,6 +49,8 @@ use x509_cert::ext::pkix::{ExtendedKeyUsage, KeyUsage};
 
 use crate::cms::{CheckedAt, fmt_time};
 
+mod crl;
+pub(crate) mod dsa;
 pub mod fetch;
 mod revocation;
 
@@ -623,7 +625,7 @@ fn failure_from(
         S::RevocationStatusNotDetermined => (
             Check::RevocationUnknown,
             format!(
-                "the revocation status of {who} could not be determined (no CRL or OCSP response settled it; delta CRLs, indirect CRLs, CRLs signed with another key than the certificate and reason-partitioned CRLs are not supported)"
+                "the revocation status of {who} could not be determined (no CRL or OCSP response settled it)"
             ),
         ),
         S::NoPathsFound | S::MissingTrustAnchor => {
@@ -770,12 +772,38 @@ impl Inputs<'_> {
         Ok(cps)
     }
 
+    /// The settings for a CRL issuer's path: those of the signer's, without the signer's
+    /// extendedKeyUsage and with the default policy inputs (anyPolicy, no inhibitors).
+    fn crl_issuer_settings(&self, cps: &CertificationPathSettings) -> CertificationPathSettings {
+        let mut out = cps.clone();
+        out.0.remove(certval::PS_EXTENDED_KEY_USAGE);
+        out.set_initial_policy_set(vec![ANY_POLICY.to_string()]);
+        out.set_initial_explicit_policy_indicator(false);
+        out.set_initial_policy_mapping_inhibit_indicator(false);
+        out.set_initial_inhibit_any_policy_indicator(false);
+        out
+    }
+
     fn environment(
         &self,
         cps: &CertificationPathSettings,
     ) -> Result<(PkiEnvironment, MemoryCrlSource), String> {
         let mut pe = PkiEnvironment::new();
         pe.populate_5280_pki_environment();
+        // DSA certificates and CRLs (certval verifies no DSA signatures).
+        let parsed: Vec<Certificate> = self
+            .anchors
+            .iter()
+            .chain(&self.certs)
+            .filter_map(|d| {
+                use der::Decode as _;
+                Certificate::from_der(d).ok()
+            })
+            .collect();
+        let refs: Vec<&Certificate> = parsed.iter().collect();
+        pe.add_verify_signature_message_callback(dsa::CertvalDsa {
+            inherited: dsa::inherited_parameters(&refs),
+        });
         let mut ta = TaSource::new();
         for (i, der) in self.anchors.iter().enumerate() {
             ta.push(CertFile {
@@ -858,6 +886,32 @@ impl Inputs<'_> {
                 None,
             );
         }
+        // CRL issuers other than the certificates' issuers (crl.rs) are looked for among the
+        // same certificates, and validated to the same anchor with the same settings, less
+        // the signer's extendedKeyUsage and policy requirements.
+        let pool: Vec<PDVCertificate> = self
+            .certs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, der)| parse_cert(der, &format!("certificate #{i}")).ok())
+            .collect();
+        let issuer_cps = self.crl_issuer_settings(&cps);
+        let issuer_paths = |c: &PDVCertificate| {
+            let mut out = Vec::new();
+            let _ = pe.get_paths_for_target(c, &mut out, 0, cps.get_time_of_interest());
+            for cand in self.candidate_paths(&pe, c) {
+                if !out.iter().any(|p| same_path(p, &cand)) {
+                    out.push(cand);
+                }
+            }
+            out
+        };
+        let issuers = revocation::Issuers {
+            pool: &pool,
+            paths: &issuer_paths,
+            cps: &issuer_cps,
+            validating: Vec::new(),
+        };
         // The failure reported is that of the path that got furthest: one that failed only
         // its revocation check beats one that failed validation; otherwise the first.
         let mut first_failure: Option<AtResult> = None;
@@ -895,27 +949,15 @@ impl Inputs<'_> {
                     Some((RevocationStatus::NotChecked, Vec::new())),
                 );
             }
-            let mut outcome =
-                revocation::check(&pe, &cps, &crls, path, &self.policy.retrieval, time);
-            if outcome.status == RevocationStatus::Good
-                && let Some(index) = self.delta_crl_for(path)
-            {
-                // Delta CRLs are not processed: the base CRL alone does not settle it.
-                outcome.status = RevocationStatus::Unknown;
-                outcome.failure =
-                    Some((index, PathValidationStatus::RevocationStatusNotDetermined));
-                let n = outcome.certs.len();
-                if let Some(r) = outcome
-                    .certs
-                    .iter_mut()
-                    .find(|r| r.index + index as usize == n)
-                {
-                    r.status = RevocationStatus::Unknown;
-                    r.source = None;
-                    r.notes
-                        .push("a delta CRL applies (not supported)".to_owned());
-                }
-            }
+            let outcome = revocation::check(
+                &pe,
+                &cps,
+                &crls,
+                path,
+                &self.policy.retrieval,
+                time,
+                &issuers,
+            );
             let rev = Some((outcome.status, outcome.certs.clone()));
             match outcome.failure {
                 None => return (None, Some(chain), rev),
@@ -990,34 +1032,6 @@ impl Inputs<'_> {
         let mut stack: Vec<usize> = Vec::new();
         extend(target, target, &certs, &anchors, &mut stack, &mut out);
         out
-    }
-
-    /// The certval index (anchor first) of a certificate of `path` whose issuer has a delta
-    /// CRL among the available CRLs: delta CRLs are not processed, so its status is unknown.
-    fn delta_crl_for(&self, path: &CertificationPath) -> Option<u32> {
-        use der::Decode as _;
-        const DELTA_CRL_INDICATOR: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.27");
-        let deltas: Vec<x509_cert::name::Name> = self
-            .crls
-            .iter()
-            .filter_map(|c| x509_cert::crl::CertificateList::<Raw>::from_der(c).ok())
-            .filter(|c| {
-                c.tbs_cert_list
-                    .crl_extensions
-                    .iter()
-                    .flatten()
-                    .any(|e| e.extn_id == DELTA_CRL_INDICATOR)
-            })
-            .map(|c| c.tbs_cert_list.issuer)
-            .collect();
-        path.intermediates
-            .iter()
-            .chain(std::iter::once(&path.target))
-            .position(|c| {
-                let issuer = c.decoded().tbs_certificate().issuer();
-                deltas.iter().any(|d| compare_names(d, issuer))
-            })
-            .map(|i| i as u32 + 1)
     }
 }
 

@@ -133,6 +133,9 @@ impl PublicKey {
                         &sig,
                     ),
                     (Scheme::Ecdsa, _) => return Err(Error::BadSignature),
+                    (_, HashAlg::Sha1) => {
+                        return Err(Error::UnsupportedAlgorithm(rfc5912::ID_SHA_1));
+                    }
                 };
                 res.map_err(|_| Error::BadSignature)
             }
@@ -253,6 +256,7 @@ pub(crate) fn signature_algorithm_identifier(
         (Scheme::Pkcs1, HashAlg::Sha256) => rsa_null(rfc5912::SHA_256_WITH_RSA_ENCRYPTION),
         (Scheme::Pkcs1, HashAlg::Sha384) => rsa_null(rfc5912::SHA_384_WITH_RSA_ENCRYPTION),
         (Scheme::Pkcs1, HashAlg::Sha512) => rsa_null(rfc5912::SHA_512_WITH_RSA_ENCRYPTION),
+        (_, HashAlg::Sha1) => return Err(Error::UnsupportedAlgorithm(rfc5912::ID_SHA_1)),
         (Scheme::Pss { salt_len }, hash) => {
             let salt = u8::try_from(salt_len)
                 .map_err(|_| Error::InvalidRequest(format!("PSS salt length {salt_len}")))?;
@@ -260,6 +264,7 @@ pub(crate) fn signature_algorithm_identifier(
                 HashAlg::Sha256 => RsaPssParamsRef::new::<sha2::Sha256>(salt),
                 HashAlg::Sha384 => RsaPssParamsRef::new::<sha2::Sha384>(salt),
                 HashAlg::Sha512 => RsaPssParamsRef::new::<sha2::Sha512>(salt),
+                HashAlg::Sha1 => return Err(Error::UnsupportedAlgorithm(rfc5912::ID_SHA_1)),
             };
             AlgorithmIdentifierOwned {
                 oid: rfc5912::ID_RSASSA_PSS,
@@ -273,6 +278,7 @@ pub(crate) fn signature_algorithm_identifier(
                 HashAlg::Sha256 => rfc5912::ECDSA_WITH_SHA_256,
                 HashAlg::Sha384 => rfc5912::ECDSA_WITH_SHA_384,
                 HashAlg::Sha512 => rfc5912::ECDSA_WITH_SHA_512,
+                HashAlg::Sha1 => return Err(Error::UnsupportedAlgorithm(rfc5912::ID_SHA_1)),
             },
             parameters: None,
         },

@@ -107,7 +107,8 @@ pub fn sign_detached<S: DigestSigner>(req: &SignRequest<'_>, signer: &S) -> Resu
     };
     let remote = RemoteSigner {
         signer,
-        algorithm: sign_algorithm(scheme, req.hash),
+        algorithm: sign_algorithm(scheme, req.hash)
+            .ok_or(Error::UnsupportedAlgorithm(req.hash.oid()))?,
         hash: req.hash,
         scheme,
         alg_id: signature_algorithm_identifier(scheme, req.hash)?,
@@ -174,9 +175,9 @@ fn build_err(e: impl std::fmt::Display) -> Error {
     Error::Build(e.to_string())
 }
 
-/// The agent operation for a scheme and hash.
-fn sign_algorithm(scheme: Scheme, hash: HashAlg) -> SignAlgorithm {
-    match (scheme, hash) {
+/// The agent operation for a scheme and hash (none with SHA-1: verification only).
+fn sign_algorithm(scheme: Scheme, hash: HashAlg) -> Option<SignAlgorithm> {
+    Some(match (scheme, hash) {
         (Scheme::Pkcs1, HashAlg::Sha256) => SignAlgorithm::RsaPkcs1Sha256,
         (Scheme::Pkcs1, HashAlg::Sha384) => SignAlgorithm::RsaPkcs1Sha384,
         (Scheme::Pkcs1, HashAlg::Sha512) => SignAlgorithm::RsaPkcs1Sha512,
@@ -186,7 +187,8 @@ fn sign_algorithm(scheme: Scheme, hash: HashAlg) -> SignAlgorithm {
         (Scheme::Ecdsa, HashAlg::Sha256) => SignAlgorithm::EcdsaSha256,
         (Scheme::Ecdsa, HashAlg::Sha384) => SignAlgorithm::EcdsaSha384,
         (Scheme::Ecdsa, HashAlg::Sha512) => SignAlgorithm::EcdsaSha512,
-    }
+        (_, HashAlg::Sha1) => return None,
+    })
 }
 
 // ESS signingCertificateV2 (RFC 5035 §3):

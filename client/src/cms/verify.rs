@@ -31,7 +31,7 @@ use x509_cert::time::Time;
 use super::alg::{self, PublicKey};
 use super::ber::{self, Tlv};
 use super::{CheckedAt, Error, HashAlg, digest_reader_multi, malformed, oid_name, pem};
-use crate::trust::{PathVerdict, TrustPolicy};
+use crate::trust::{PathVerdict, TrustPolicy, dsa};
 
 /// What a successful verification found out about one signer.
 #[derive(Debug, Clone)]
@@ -60,7 +60,8 @@ pub struct Verified {
 ///
 /// Signature algorithms: RSA PKCS#1 v1.5 (`signatureAlgorithm` `rsaEncryption` or
 /// `sha{256,384,512}WithRSAEncryption`), RSASSA-PSS (parameters parsed; MGF1 with the
-/// same hash), ECDSA on P-256 and P-384; digests SHA-256/384/512.
+/// same hash), ECDSA on P-256 and P-384, DSA (legacy: `trust/dsa.rs`); digests
+/// SHA-256/384/512, and SHA-1 with DSA only.
 ///
 /// The signer certificate must be within its validity period at `now` and, if a
 /// `signingTime` attribute is present, at that time too ([`Error::CertExpired`] /
@@ -121,8 +122,7 @@ pub fn verify_detached_report<R: Read>(
     // One pass over the content for all digest algorithms in use.
     let mut algs: Vec<HashAlg> = Vec::new();
     for s in &sd.signers {
-        let h = HashAlg::from_oid(&s.info.digest_alg.oid)
-            .ok_or(Error::UnsupportedAlgorithm(s.info.digest_alg.oid))?;
+        let h = signer_digest_alg(&s.info)?;
         if !algs.contains(&h) {
             algs.push(h);
         }
@@ -393,8 +393,7 @@ fn verify_signer(
     now: SystemTime,
 ) -> Result<Verified, Error> {
     let info = &signer.info;
-    let hash = HashAlg::from_oid(&info.digest_alg.oid)
-        .ok_or(Error::UnsupportedAlgorithm(info.digest_alg.oid))?;
+    let hash = signer_digest_alg(info)?;
     let content_digest = digests
         .get(&hash)
         .ok_or_else(|| malformed("internal: digest not computed"))?;
@@ -410,8 +409,7 @@ fn verify_signer(
         )
         .find(|c| matches_sid(c, &info.sid))
         .ok_or(Error::SignerCertNotFound)?;
-    let key = PublicKey::from_spki(cert.tbs_certificate().subject_public_key_info())?;
-    let (scheme, sig_hash) = alg::resolve(&info.signature_algorithm, Some(hash))?;
+    let key = SignerKey::new(sd, cert, &info.signature_algorithm, hash, trust)?;
     let sig = info.signature.as_bytes();
 
     let mut signing_time = None;
@@ -440,8 +438,8 @@ fn verify_signer(
                     .map_err(|e| malformed(format!("signingTime: {e}")))?;
                 signing_time = Some(t.to_system_time());
             }
-            let d = sig_hash.digest(attrs_der);
-            key.verify_prehash(scheme, sig_hash, &d, sig)?;
+            let d = key.hash.digest(attrs_der);
+            key.verify_prehash(&d, sig)?;
         }
         None => {
             // RFC 5652 §5.4: without signed attributes the signature covers the content
@@ -451,7 +449,7 @@ fn verify_signer(
                     "no signed attributes but eContentType is not id-data",
                 ));
             }
-            key.verify_prehash(scheme, sig_hash, content_digest, sig)?;
+            key.verify_prehash(content_digest, sig)?;
         }
     }
 
@@ -476,6 +474,96 @@ fn verify_signer(
         trusted: path.as_ref().is_some_and(PathVerdict::is_valid),
         path,
     })
+}
+
+/// A SignerInfo's digest algorithm: SHA-256/384/512, or SHA-1 for a DSA signature only
+/// (dsaWithSHA1 or id-dsa; see [`crate::trust::dsa`]).
+fn signer_digest_alg(info: &SignerInfo) -> Result<HashAlg, Error> {
+    let oid = info.digest_alg.oid;
+    if let Some(h) = HashAlg::from_oid(&oid) {
+        return Ok(h);
+    }
+    let sig = &info.signature_algorithm.oid;
+    if oid == HashAlg::Sha1.oid()
+        && (*sig == const_oid::db::rfc5912::ID_DSA
+            || dsa::DsaHash::from_signature_oid(sig) == Some(dsa::DsaHash::Sha1))
+    {
+        return Ok(HashAlg::Sha1);
+    }
+    Err(Error::UnsupportedAlgorithm(oid))
+}
+
+/// The signer's key with the scheme and hash its signature uses.
+struct SignerKey {
+    key: KeyKind,
+    /// The hash the signature is over (that of the digest algorithm).
+    hash: HashAlg,
+}
+
+enum KeyKind {
+    Other(PublicKey, alg::Scheme),
+    Dsa(Box<::dsa::VerifyingKey>),
+}
+
+impl SignerKey {
+    fn new(
+        sd: &ParsedSignedData<'_>,
+        cert: &Certificate,
+        sig_alg: &spki::AlgorithmIdentifierOwned,
+        hash: HashAlg,
+        trust: Option<&TrustPolicy>,
+    ) -> Result<Self, Error> {
+        let spki = cert.tbs_certificate().subject_public_key_info();
+        if !dsa::is_dsa(spki) {
+            let key = PublicKey::from_spki(spki)?;
+            let (scheme, sig_hash) = alg::resolve(sig_alg, Some(hash))?;
+            return Ok(SignerKey {
+                key: KeyKind::Other(key, scheme),
+                hash: sig_hash,
+            });
+        }
+        // DSA: dsaWithSHA1, dsa-with-sha256 or id-dsa, with the digest algorithm's hash.
+        let named = match dsa::DsaHash::from_signature_oid(&sig_alg.oid) {
+            Some(dsa::DsaHash::Sha1) => Some(HashAlg::Sha1),
+            Some(dsa::DsaHash::Sha256) => Some(HashAlg::Sha256),
+            Some(dsa::DsaHash::Sha224) => return Err(Error::UnsupportedAlgorithm(sig_alg.oid)),
+            None if sig_alg.oid == const_oid::db::rfc5912::ID_DSA => None,
+            None => return Err(Error::UnsupportedAlgorithm(sig_alg.oid)),
+        };
+        if named.is_some_and(|n| n != hash) {
+            return Err(malformed(format!(
+                "signatureAlgorithm {} does not use digestAlgorithm {hash}",
+                oid_name(&sig_alg.oid)
+            )));
+        }
+        // A key without parameters inherits its issuer's (RFC 3279 §2.3.2).
+        let pool: Vec<&Certificate> = sd
+            .certs
+            .iter()
+            .map(|m| &m.cert)
+            .chain(
+                trust
+                    .into_iter()
+                    .flat_map(|t| t.anchors.iter().chain(&t.intermediates)),
+            )
+            .collect();
+        let inherited = dsa::inherited_for(spki, &pool);
+        let key = dsa::verifying_key(spki, inherited.as_ref())
+            .map_err(|e| malformed(format!("signer key: {e}")))?;
+        Ok(SignerKey {
+            key: KeyKind::Dsa(Box::new(key)),
+            hash,
+        })
+    }
+
+    fn verify_prehash(&self, digest: &[u8], sig: &[u8]) -> Result<(), Error> {
+        match &self.key {
+            KeyKind::Other(key, scheme) => key.verify_prehash(*scheme, self.hash, digest, sig),
+            KeyKind::Dsa(key) => dsa::verify_prehash(key, digest, sig)
+                .then_some(())
+                .ok_or(Error::BadSignature),
+        }
+    }
 }
 
 fn matches_sid(cert: &Certificate, sid: &SignerIdentifier) -> bool {

@@ -11,14 +11,21 @@
 //!
 //! Each stage only runs for the certificates whose status is still undetermined, and the
 //! source of each determination is recorded for the verdict.
+//!
+//! After certval, each stage runs our RFC 5280 §6.3 CRL processing ([`super::crl`]) for
+//! the certificates certval left undetermined and for those whose issuer has a delta CRL:
+//! that covers what certval's CRL handling lacks (delta and indirect CRLs, CRLs signed by a
+//! CRL issuer other than the certificate's issuer key, reason-partitioned CRLs, distribution
+//! points named relative to the CRL issuer). A CRL issuer's own path is validated by
+//! certval to the same trust anchor, and its revocation status checked the same way.
 
 use std::time::SystemTime;
 
 use certval::ocsp::{BasicOcspResponse, OcspResponse};
 use certval::{
-    CertificationPath, CertificationPathResults, CertificationPathSettings, MemoryCrlSource,
-    PathValidationStatus, PkiEnvironment, RevocationSource as CvSource, SubjectNameAndKey,
-    build_ocsp_request, check_revocation_local,
+    CertificationPath, CertificationPathResults, CertificationPathSettings, CrlSource as _,
+    MemoryCrlSource, PDVCertificate, PathValidationStatus, PkiEnvironment,
+    RevocationSource as CvSource, SubjectNameAndKey, build_ocsp_request, check_revocation_local,
 };
 use const_oid::db::rfc5280::ID_AD_OCSP;
 use der::Decode as _;
@@ -27,7 +34,29 @@ use x509_cert::ext::pkix::name::{DistributionPointName, GeneralName};
 use x509_cert::ext::pkix::{AuthorityInfoAccessSyntax, CrlDistributionPoints};
 
 use super::RevocationStatus;
+use super::crl::{self, Crl};
 use super::fetch::{self, CrlCache};
+
+/// How deep CRL issuers' own paths are checked (a CRL issuer whose CRL is signed by another
+/// CRL issuer, ...).
+const MAX_CRL_ISSUER_DEPTH: usize = 3;
+
+/// What the CRL processing of [`crl`] needs to judge CRL issuers other than the
+/// certificate's issuer.
+pub(super) struct Issuers<'a> {
+    /// Certificates that may belong to CRL issuers (the message's, `--certs`).
+    pub pool: &'a [PDVCertificate],
+    /// Candidate certification paths for a certificate.
+    pub paths: &'a dyn Fn(&PDVCertificate) -> Vec<CertificationPath>,
+    /// Settings for validating a CRL issuer's path: the signer's, without its
+    /// extendedKeyUsage and policy requirements.
+    pub cps: &'a CertificationPathSettings,
+    /// The CRL issuers' certificates whose paths are being checked, outermost first: one
+    /// of them may sign the CRL that covers itself when its distribution point names it as
+    /// the cRLIssuer (PKITS 4.14.30), and is then accepted as the signer (its path is
+    /// validated by the check in progress).
+    pub validating: Vec<Vec<u8>>,
+}
 
 /// Where revocation data may come from besides the local CRLs.
 #[derive(Debug, Clone, Default)]
@@ -81,6 +110,9 @@ struct Checker<'a> {
     /// Per position (anchor-side first, target last): the source that settled it.
     settled: Vec<Option<String>>,
     notes: Vec<Vec<String>>,
+    retrieval: &'a Retrieval,
+    now: SystemTime,
+    issuers: &'a Issuers<'a>,
 }
 
 impl Checker<'_> {
@@ -93,12 +125,45 @@ impl Checker<'_> {
             .collect()
     }
 
-    /// Runs certval over the current CRLs and stapled responses; positions it settled that
-    /// were not settled before get `source(pos)`.
+    /// Runs certval over the current CRLs and stapled responses, then this module's CRL
+    /// processing ([`crl::status`]) for the positions certval left open and for those whose
+    /// issuer has a delta CRL (which certval would judge on the base CRL alone); positions
+    /// settled that were not settled before get `source(pos)`.
     fn run(&mut self, source: &dyn Fn(usize) -> Option<String>) -> Run {
+        // Our CRL decoding is only needed for positions certval leaves open, or when a
+        // delta CRL may be among the CRLs (certval ignores them).
+        let raw = self.crls.get_all_crls().unwrap_or_default();
+        let parse = || -> Vec<Crl> { raw.iter().filter_map(|d| Crl::parse(d)).collect() };
+        let mut parsed: Option<Vec<Crl>> = None;
+        let owned: Vec<bool> = if raw.iter().any(|d| crl::may_be_delta(d)) {
+            let p = parse();
+            let o = self
+                .certs()
+                .iter()
+                .map(|c| crl::has_delta_for(&p, c))
+                .collect();
+            parsed = Some(p);
+            o
+        } else {
+            vec![false; self.settled.len()]
+        };
         let mut cpr = CertificationPathResults::new();
         let r = check_revocation_local(self.pe, self.cps, &self.path, &mut cpr);
         let sources = cpr.get_revocation_source().unwrap_or_default();
+        // certval's CRL-based answers for the owned positions are set aside (its OCSP
+        // answers stand).
+        let owned: Vec<bool> = owned
+            .iter()
+            .enumerate()
+            .map(|(pos, o)| {
+                *o && !matches!(
+                    sources.get(pos),
+                    Some(
+                        CvSource::StapledOcsp | CvSource::OcspFromAia | CvSource::NoCheckExtension
+                    )
+                )
+            })
+            .collect();
         let record = |pos: usize, settled: &mut Vec<Option<String>>| {
             if settled[pos].is_none() {
                 settled[pos] = source(pos).or_else(|| Some("crl (message or --crl)".to_owned()));
@@ -106,10 +171,9 @@ impl Checker<'_> {
         };
         match r {
             Ok(()) => {
-                for pos in 0..self.settled.len() {
+                for (pos, _) in owned.iter().enumerate().filter(|(_, o)| !**o) {
                     record(pos, &mut self.settled);
                 }
-                Run::Good
             }
             Err(certval::Error::PathValidation(
                 PathValidationStatus::CertificateRevoked
@@ -121,19 +185,121 @@ impl Checker<'_> {
                     .map(|i| (i as usize).saturating_sub(1))
                     .unwrap_or(self.settled.len() - 1)
                     .min(self.settled.len() - 1);
-                self.settled[pos] = None;
-                record(pos, &mut self.settled);
-                Run::Revoked(pos)
+                if !owned[pos] {
+                    self.settled[pos] = None;
+                    record(pos, &mut self.settled);
+                    return Run::Revoked(pos);
+                }
+                // certval stopped at an entry that a delta CRL may release: the positions
+                // before it were settled, the rest are this module's.
+                for (p, _) in owned.iter().enumerate().take(pos).filter(|(_, o)| !**o) {
+                    record(p, &mut self.settled);
+                }
             }
             Err(_) => {
                 for (pos, s) in sources.iter().enumerate().take(self.settled.len()) {
-                    if !matches!(s, CvSource::None) {
+                    if !matches!(s, CvSource::None) && !owned[pos] {
                         record(pos, &mut self.settled);
                     }
                 }
-                Run::Undetermined
             }
         }
+        if self.open().is_empty() {
+            return Run::Good;
+        }
+        let crls = parsed.unwrap_or_else(parse);
+        let toi = self.cps.get_time_of_interest().as_unix_secs();
+        let certs: Vec<CertificateInner<Raw>> = self.certs().into_iter().cloned().collect();
+        let issuer_ok = |c: &PDVCertificate| self.crl_issuer_ok(c);
+        let env = crl::Env {
+            pe: self.pe,
+            toi,
+            crls: &crls,
+            anchor: self.path.trust_anchor.decoded(),
+            pool: self.issuers.pool,
+            issuer_ok: &issuer_ok,
+        };
+        let mut found: Vec<(usize, Option<String>)> = Vec::new();
+        for pos in 0..certs.len() {
+            if self.settled[pos].is_some() {
+                continue;
+            }
+            let issuer: &dyn SubjectNameAndKey = if pos == 0 {
+                self.path.trust_anchor.decoded()
+            } else {
+                &certs[pos - 1]
+            };
+            match crl::status(&env, &certs[pos], issuer) {
+                crl::Status::Good => found.push((pos, None)),
+                crl::Status::Revoked(_) => {
+                    for (p, why) in &found {
+                        if why.is_none() {
+                            record(*p, &mut self.settled);
+                        }
+                    }
+                    record(pos, &mut self.settled);
+                    return Run::Revoked(pos);
+                }
+                crl::Status::Unknown(why) => found.push((pos, Some(why))),
+            }
+        }
+        for (pos, why) in found {
+            match why {
+                None => record(pos, &mut self.settled),
+                Some(w) => {
+                    if !self.notes[pos].contains(&w) {
+                        self.notes[pos].push(w);
+                    }
+                }
+            }
+        }
+        if self.open().is_empty() {
+            Run::Good
+        } else {
+            Run::Undetermined
+        }
+    }
+
+    /// Whether a CRL issuer's certificate has a valid path (by certval) to the trust anchor
+    /// of this path, and a good revocation status.
+    fn crl_issuer_ok(&self, c: &PDVCertificate) -> bool {
+        if self.issuers.validating.iter().any(|v| v == c.as_bytes()) {
+            // Its status is being checked and depends on a CRL it signed: acceptable only
+            // when it says so itself, by a distribution point naming it as the cRLIssuer.
+            return crl::names_itself_as_crl_issuer(c.decoded());
+        }
+        if self.issuers.validating.len() >= MAX_CRL_ISSUER_DEPTH {
+            return false;
+        }
+        let anchor = self.path.trust_anchor.as_bytes();
+        let mut validating = self.issuers.validating.clone();
+        validating.push(c.as_bytes().to_vec());
+        let deeper = Issuers {
+            pool: self.issuers.pool,
+            paths: self.issuers.paths,
+            cps: self.issuers.cps,
+            validating,
+        };
+        (self.issuers.paths)(c)
+            .iter()
+            .filter(|p| p.trust_anchor.as_bytes() == anchor)
+            .any(|p| {
+                let mut cpr = CertificationPathResults::new();
+                self.pe
+                    .validate_path(self.pe, self.issuers.cps, p, &mut cpr)
+                    .is_ok()
+                    && check(
+                        self.pe,
+                        self.issuers.cps,
+                        self.crls,
+                        p,
+                        self.retrieval,
+                        self.now,
+                        &deeper,
+                    )
+                    .status
+                        == RevocationStatus::Good
+            })
     }
 
     fn open(&self) -> Vec<usize> {
@@ -152,6 +318,7 @@ pub(super) fn check(
     path: &CertificationPath,
     retrieval: &Retrieval,
     now: SystemTime,
+    issuers: &Issuers<'_>,
 ) -> Outcome {
     let n = path.intermediates.len() + 1;
     let mut ck = Checker {
@@ -161,6 +328,9 @@ pub(super) fn check(
         path: path.clone(),
         settled: vec![None; n],
         notes: vec![Vec::new(); n],
+        retrieval,
+        now,
+        issuers,
     };
     // 1. The message's CRLs and --crl.
     let mut run = ck.run(&|_| Some("crl (message or --crl)".to_owned()));
