@@ -224,6 +224,7 @@ fn hash_algo(h: HashAlg) -> u8 {
         HashAlg::Sha256 => 8,
         HashAlg::Sha384 => 9,
         HashAlg::Sha512 => 10,
+        HashAlg::Sha1 => 2,
     }
 }
 
