@@ -233,6 +233,15 @@ const WAITING_AFTER: Duration = Duration::from_secs(1);
 const WAIT_TOKEN: &str = "waiting for the token (touch it, or check the card)";
 const WAIT_PINPAD: &str = "waiting for the PIN on the reader's keypad";
 
+/// What a key operation waits for: a context login on a PIN pad waits for the user at the
+/// keypad, anything else for the token.
+fn wait_reason<P, S>(ctx: &Option<(Option<P>, S)>) -> &'static str {
+    match ctx {
+        Some((None, _)) => WAIT_PINPAD,
+        _ => WAIT_TOKEN,
+    }
+}
+
 /// Queue depth per token: beyond it requests get `BUSY` instead of piling up.
 const QUEUE_DEPTH: usize = 4096;
 
@@ -779,11 +788,7 @@ impl Token {
             false => None,
         };
         let (id, kalg, c) = (key.cka_id.clone(), key.info.algorithm, ctx.clone());
-        // A context login on a PIN pad waits for the user at the keypad.
-        let what = match &ctx {
-            Some((None, _)) => WAIT_PINPAD,
-            _ => WAIT_TOKEN,
-        };
+        let what = wait_reason(&ctx);
         let r = self
             .run_as(what, move |w| {
                 let c = c.as_ref().map(|(p, s)| (p.as_deref(), *s));
@@ -812,11 +817,7 @@ impl Token {
             false => None,
         };
         let (id, c) = (key.cka_id.clone(), ctx.clone());
-        // A context login on a PIN pad waits for the user at the keypad.
-        let what = match &ctx {
-            Some((None, _)) => WAIT_PINPAD,
-            _ => WAIT_TOKEN,
-        };
+        let what = wait_reason(&ctx);
         let r = self
             .run_as(what, move |w| {
                 let c = c.as_ref().map(|(p, s)| (p.as_deref(), *s));

@@ -385,6 +385,18 @@ fn single_attr<'a>(
     Ok(attr.values.get(0))
 }
 
+/// The message's certificates, then the trust policy's anchors and intermediates.
+fn known_certificates<'a>(
+    sd: &'a ParsedSignedData<'_>,
+    trust: Option<&'a TrustPolicy>,
+) -> impl Iterator<Item = &'a Certificate> {
+    sd.certs.iter().map(|m| &m.cert).chain(
+        trust
+            .into_iter()
+            .flat_map(|t| t.anchors.iter().chain(&t.intermediates)),
+    )
+}
+
 fn verify_signer(
     sd: &ParsedSignedData<'_>,
     signer: &ParsedSigner,
@@ -398,15 +410,7 @@ fn verify_signer(
         .get(&hash)
         .ok_or_else(|| malformed("internal: digest not computed"))?;
 
-    let cert = sd
-        .certs
-        .iter()
-        .map(|m| &m.cert)
-        .chain(
-            trust
-                .into_iter()
-                .flat_map(|t| t.anchors.iter().chain(&t.intermediates)),
-        )
+    let cert = known_certificates(sd, trust)
         .find(|c| matches_sid(c, &info.sid))
         .ok_or(Error::SignerCertNotFound)?;
     let key = SignerKey::new(sd, cert, &info.signature_algorithm, hash, trust)?;
@@ -537,16 +541,7 @@ impl SignerKey {
             )));
         }
         // A key without parameters inherits its issuer's (RFC 3279 §2.3.2).
-        let pool: Vec<&Certificate> = sd
-            .certs
-            .iter()
-            .map(|m| &m.cert)
-            .chain(
-                trust
-                    .into_iter()
-                    .flat_map(|t| t.anchors.iter().chain(&t.intermediates)),
-            )
-            .collect();
+        let pool: Vec<&Certificate> = known_certificates(sd, trust).collect();
         let inherited = dsa::inherited_for(spki, &pool);
         let key = dsa::verifying_key(spki, inherited.as_ref())
             .map_err(|e| malformed(format!("signer key: {e}")))?;
