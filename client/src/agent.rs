@@ -65,6 +65,63 @@ pub struct AgentClient<S: Read + Write = UnixStream> {
     decoder: FrameDecoder,
     /// The agent's name and version, from `Hello`.
     pub agent: String,
+    /// The socket, for a second connection that tells the user what a slow private-key
+    /// operation waits for (see [`Notice`]); `None` over other streams.
+    socket: Option<PathBuf>,
+}
+
+/// While a private-key operation runs, a thread that after a second asks the agent (on a
+/// second connection) what the token waits for (a touch, the card, the PIN pad) and says
+/// so once per token on standard error, when that is a terminal. Mail clients and git,
+/// which read stderr through a pipe, never see it. Dropping it ends the thread.
+struct Notice {
+    done: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Notice {
+    fn start(socket: &Path) -> Option<Self> {
+        use std::io::IsTerminal as _;
+        if !std::io::stderr().is_terminal() {
+            return None;
+        }
+        let socket = socket.to_owned();
+        let (done, rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let mut told: Vec<String> = Vec::new();
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                rx.recv_timeout(std::time::Duration::from_secs(1))
+            {
+                let Ok(mut c) = AgentClient::connect(&socket) else {
+                    return;
+                };
+                let Ok(Response::Status { tokens, .. }) = c.request(&Request::Status) else {
+                    return;
+                };
+                for t in tokens {
+                    if let Some(w) = t.waiting
+                        && !told.contains(&t.label)
+                    {
+                        eprintln!("smime: {}: {w}", t.label);
+                        told.push(t.label);
+                    }
+                }
+            }
+        });
+        Some(Self {
+            done: Some(done),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Notice {
+    fn drop(&mut self) {
+        drop(self.done.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl AgentClient<UnixStream> {
@@ -92,7 +149,9 @@ impl AgentClient<UnixStream> {
         // waiting for a touch or a PIN pad), hence the generous read limit.
         stream.set_read_timeout(Some(READ_TIMEOUT))?;
         stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
-        Self::hello(stream)
+        let mut c = Self::hello(stream)?;
+        c.socket = Some(path.to_owned());
+        Ok(c)
     }
 }
 
@@ -106,6 +165,7 @@ impl<S: Read + Write> AgentClient<S> {
             stream,
             decoder: FrameDecoder::new(),
             agent: String::new(),
+            socket: None,
         };
         let client = format!("smime {}", env!("CARGO_PKG_VERSION"));
         match c.request(&Request::Hello {
@@ -118,6 +178,13 @@ impl<S: Read + Write> AgentClient<S> {
             }
             other => Err(AgentError::Unexpected(format!("{other:?}"))),
         }
+    }
+
+    /// [`AgentClient::request`] for a private-key operation, which may wait on the token:
+    /// the user is told what it waits for (see [`Notice`]).
+    fn key_op(&mut self, req: &Request) -> Result<Response, AgentError> {
+        let _notice = self.socket.as_deref().and_then(Notice::start);
+        self.request(req)
     }
 
     /// Sends one request and reads its response. An error response becomes
@@ -200,7 +267,7 @@ impl<S: Read + Write> AgentClient<S> {
             algorithm,
             digest: serde_bytes::ByteBuf::from(digest.to_vec()),
         };
-        match self.request(&req)? {
+        match self.key_op(&req)? {
             Response::Signature { signature } => Ok(signature.into_vec()),
             other => Err(AgentError::Unexpected(format!("{other:?}"))),
         }
@@ -221,7 +288,7 @@ impl<S: Read + Write> AgentClient<S> {
             algorithm,
             ciphertext: serde_bytes::ByteBuf::from(ciphertext.to_vec()),
         };
-        match self.request(&req)? {
+        match self.key_op(&req)? {
             Response::Secret { secret } => Ok(secret),
             other => Err(AgentError::Unexpected(format!("{other:?}"))),
         }
@@ -240,7 +307,7 @@ impl<S: Read + Write> AgentClient<S> {
             key: key.clone(),
             peer_point: serde_bytes::ByteBuf::from(peer_point.to_vec()),
         };
-        match self.request(&req)? {
+        match self.key_op(&req)? {
             Response::Secret { secret } => Ok(secret),
             other => Err(AgentError::Unexpected(format!("{other:?}"))),
         }

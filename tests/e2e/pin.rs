@@ -728,3 +728,49 @@ fn a_token_table_sets_the_login_ttl() {
     assert_ok(&out, "after the TTL");
     assert_eq!(count_lines(&d.join("dialogs"), "GETPIN"), 2);
 }
+
+/// A signature that waits on the token (a touch, say): on a terminal, `smime sign` tells
+/// the user what the token waits for; through a pipe (a mail client, git) it says nothing.
+#[test]
+fn a_slow_signature_says_what_the_token_waits_for_on_a_terminal() {
+    let token = Token::new();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let agent = Agent::start_with(
+        &token,
+        AgentOptions {
+            module: Some(built("libp11_count.so")),
+            env: fault_env(&token, d, &[]),
+            ..Default::default()
+        },
+    );
+    // Log in first, so that only the signature itself is slow.
+    let (out, _) = sign(&agent, d, "alice-rsa", "warm.p7s");
+    assert_ok(&out, "sign before the delay");
+    control(&d.join("control"), "delay_ms=3000\n");
+    let data = d.join("data");
+    let sig = d.join("slow.p7s");
+    let cmd = format!(
+        "{} sign --key alice-rsa --in {} --out {}",
+        smime_tests::s(&built("smime")),
+        smime_tests::s(&data),
+        smime_tests::s(&sig)
+    );
+    // script(1) gives the command a terminal.
+    let tty = run(Command::new("script")
+        .args(["-qfec", &cmd, "/dev/null"])
+        .env("SMIME_AGENT_SOCK", &agent.socket)
+        .env("SMIME_AGENT_NO_AUTOSTART", "1"));
+    let text = String::from_utf8_lossy(&tty.stdout);
+    assert!(tty.status.success(), "{text}");
+    assert!(
+        text.contains("smime: smime-demo: waiting for the token"),
+        "no waiting notice: {text:?}"
+    );
+    verify_with_openssl(&token, d, &sig);
+    // Through a pipe: the same slow signature, silently.
+    let (out, sig) = sign(&agent, d, "alice-rsa", "piped.p7s");
+    assert_ok(&out, "slow sign through a pipe");
+    assert!(!stderr(&out).contains("waiting"), "{}", stderr(&out));
+    verify_with_openssl(&token, d, &sig);
+}
