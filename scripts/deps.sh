@@ -16,6 +16,7 @@ APT_PACKAGES=(
     python3 python3-cbor2   # the Python protocol client test
     python3-pip       # pip download of the NIST PKITS data (install_pkits_data)
     gcc libc6-dev pkg-config   # linking Rust binaries
+    g++               # libFuzzer (C++) for the short fuzz run at the end of test.sh
     util-linux        # setpriv, to run a client as another user
     procps            # kill(1), used by the tests to signal the agent
     time              # /usr/bin/time -f %M: peak memory of the streaming tests
