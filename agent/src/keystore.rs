@@ -35,11 +35,10 @@ impl Keystore {
         for path in &config.modules {
             match Module::load(path) {
                 Ok(m) => {
-                    let present = m.present_tokens();
                     tokens.extend(
-                        present
+                        m.token_slots()
                             .into_iter()
-                            .filter_map(|(slot, _)| m.open_token(slot, config)),
+                            .filter_map(|slot| m.open_token(slot, config)),
                     );
                     modules.push(m);
                     module_status.push(ModuleStatus {

@@ -266,6 +266,13 @@ fn open_input(path: Option<&Path>) -> Result<Box<dyn Read>, Failure> {
     })
 }
 
+/// An anonymous temporary file: for spooled input, and for output that must not appear
+/// before it is complete and checked.
+pub(super) fn spool() -> Result<File, Failure> {
+    tempfile::tempfile()
+        .map_err(|e| Failure::Other(anyhow!(e).context("creating a temporary file")))
+}
+
 /// Input that can be read several times (hash, then embed): the file itself, or standard
 /// input spooled to an anonymous temporary file; with a name for progress bars.
 pub(super) struct Rereadable {
@@ -294,7 +301,7 @@ pub(super) fn rereadable(path: Option<&Path>) -> Result<Rereadable, Failure> {
                 .unwrap_or_default(),
         }),
         _ => {
-            let mut spool = tempfile::tempfile().map_err(|e| Failure::Other(e.into()))?;
+            let mut spool = spool()?;
             io::copy(&mut io::stdin().lock(), &mut spool)
                 .context("reading standard input")
                 .map_err(Failure::Usage)?;

@@ -131,23 +131,6 @@ impl Module {
         }
     }
 
-    /// The slots that hold an initialized token now, with the token serials. Blocking.
-    pub fn present_tokens(&self) -> Vec<(Slot, String)> {
-        match self.p11.get_slots_with_initialized_token() {
-            Ok(slots) => slots
-                .into_iter()
-                .filter_map(|slot| {
-                    let info = self.p11.get_token_info(slot).ok()?;
-                    Some((slot, info.serial_number().trim().to_owned()))
-                })
-                .collect(),
-            Err(e) => {
-                tracing::error!(module = %self.path.display(), error = %e, "cannot list slots");
-                vec![]
-            }
-        }
-    }
-
     /// Opens the token in `slot` with `sessions` worker threads; a failure is logged.
     /// Blocking.
     pub fn open_token(&self, slot: Slot, config: &Config) -> Option<Arc<Token>> {

@@ -163,13 +163,18 @@ pub(crate) fn decode_lenient(text: &[u8], lenience: Lenience) -> Result<Vec<u8>,
     if padding.len() > lenience.max_padding {
         return Err(Base64Error::ExcessPadding);
     }
-    decoded.map_err(|e| match e {
+    decoded.map_err(base64_error)
+}
+
+/// The engine's decoding error as ours.
+fn base64_error(e: DecodeError) -> Base64Error {
+    match e {
         DecodeError::InvalidByte(_, c) | DecodeError::InvalidLastSymbol(_, c) => {
             Base64Error::InvalidChar(c)
         }
         DecodeError::InvalidLength(_) => Base64Error::Truncated,
         DecodeError::InvalidPadding => Base64Error::DataAfterPadding,
-    })
+    }
 }
 
 /// Decodes base64 (either alphabet), ignoring ASCII whitespace; padding is optional.
@@ -364,15 +369,7 @@ impl<R: Read> Base64Reader<R> {
         self.out_pos = 0;
         LENIENT
             .decode_vec(self.symbols.get(..whole).unwrap_or_default(), &mut self.out)
-            .map_err(|e| {
-                Self::bad(match e {
-                    DecodeError::InvalidByte(_, c) | DecodeError::InvalidLastSymbol(_, c) => {
-                        Base64Error::InvalidChar(c)
-                    }
-                    DecodeError::InvalidLength(_) => Base64Error::Truncated,
-                    DecodeError::InvalidPadding => Base64Error::DataAfterPadding,
-                })
-            })?;
+            .map_err(|e| Self::bad(base64_error(e)))?;
         self.symbols.drain(..whole);
         self.done = eof;
         Ok(())

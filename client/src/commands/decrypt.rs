@@ -123,7 +123,7 @@ pub(super) fn decrypt(cli: &Cli, a: &DecryptArgs, verify_inner: bool) -> Result<
 
     // The plaintext is not trustworthy until the whole message has decrypted (GCM tag,
     // CBC padding): it goes to an anonymous temporary file first.
-    let mut plain = tempfile::tempfile().map_err(|e| Failure::Other(e.into()))?;
+    let mut plain = super::spool()?;
     let unwrapper = RemoteUnwrapper::new(&mut client, ids);
     let info =
         cms::decrypt::decrypt(cms_input, &mut plain, &certs, &unwrapper).map_err(decrypt_error)?;

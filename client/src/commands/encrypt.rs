@@ -154,7 +154,7 @@ pub(super) fn encrypt_to(
             out,
         )?,
         OutForm::Pem => {
-            let mut der = tempfile::tempfile().map_err(|e| Failure::Other(e.into()))?;
+            let mut der = super::spool()?;
             encrypt(
                 &mut std::io::BufReader::new(input.progress(&input.file)?),
                 &mut der,

@@ -156,7 +156,7 @@ pub(super) fn sign(cli: &Cli, a: &SignArgs) -> Result<(), Failure> {
     if !a.encrypt_to.is_empty() {
         // Sign, then encrypt the signed message (RFC 8551 §3.7: sign first, so the
         // signature is inside and protected).
-        let mut signed = tempfile::tempfile().map_err(|e| Failure::Other(e.into()))?;
+        let mut signed = super::spool()?;
         super::smime_entity::sign_entity(
             &mut signer,
             rereadable(a.input.as_deref())?,
@@ -186,7 +186,7 @@ pub(super) fn sign(cli: &Cli, a: &SignArgs) -> Result<(), Failure> {
         let mut content = input.file;
         content.rewind().map_err(|e| Failure::Other(e.into()))?;
         if a.pem {
-            let mut der = tempfile::tempfile().map_err(|e| Failure::Other(e.into()))?;
+            let mut der = super::spool()?;
             cms::opaque::write_attached(&detached, BufReader::new(content), &mut der)
                 .map_err(|e| Failure::Other(anyhow!(e)))?;
             der.rewind().map_err(|e| Failure::Other(e.into()))?;

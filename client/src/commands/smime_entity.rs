@@ -29,7 +29,7 @@ pub(super) fn encrypt_entity(
     encrypt: &EncryptFn<'_>,
 ) -> Result<(), Failure> {
     let prep = read_message(&mut input)?;
-    let mut der = tempfile::tempfile().map_err(|e| Failure::Other(e.into()))?;
+    let mut der = super::spool()?;
     encrypt(&mut BufReader::new(input.progress(&prep.inner)?), &mut der)?;
     der.rewind().map_err(|e| Failure::Other(e.into()))?;
     mime::write_pkcs7_mime(&prep.outer_headers, cipher.smime_type(), der, out).map_err(write_err)
@@ -55,7 +55,7 @@ pub(super) fn sign_entity(
         )
         .map_err(write_err);
     }
-    let mut der = tempfile::tempfile().map_err(|e| Failure::Other(e.into()))?;
+    let mut der = super::spool()?;
     crate::cms::opaque::write_attached(&detached, BufReader::new(prep.inner), &mut der)
         .map_err(|e| Failure::Other(anyhow!(e)))?;
     der.rewind().map_err(|e| Failure::Other(e.into()))?;

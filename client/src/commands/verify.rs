@@ -279,11 +279,6 @@ pub(super) struct Signed {
     mime: bool,
 }
 
-fn spool() -> Result<File, Failure> {
-    tempfile::tempfile()
-        .map_err(|e| Failure::Other(anyhow!(e).context("creating a temporary file")))
-}
-
 /// A broken S/MIME structure (a usage error: the input is not what it should be).
 fn broken(e: mime::MimeError) -> Failure {
     Failure::Usage(anyhow!(e).context("broken S/MIME message"))
@@ -299,7 +294,7 @@ pub(super) fn split_input(input: Box<dyn Read + '_>) -> Result<Signed, Failure> 
             .context("reading the input")
             .map_err(Failure::Usage)?,
     );
-    let mut content = spool()?;
+    let mut content = super::spool()?;
     let (cms_input, headers): (Box<dyn Read + '_>, Headers) = match kind {
         InputKind::Der => (Box::new(input), vec![]),
         InputKind::Pem => {
