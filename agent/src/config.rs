@@ -30,7 +30,16 @@
 //! always_auth = "cached-pin"
 //! confirm_sign = ["sig-key"] # key labels or CKA_IDs (hex) to confirm before each
 //!                            # signature; `true` for every key of the token
+//!
+//! # Which backend drives a smart card, matched by reader name (or its beginning) and/or
+//! # the card's PIV serial; the first matching table wins. Default: PKCS#11 (the modules).
+//! [[card]]
+//! reader = "Yubico YubiKey"  # or: serial = "5437251"
+//! backend = "native"         # "native": PIV over PC/SC, no module | "pkcs11"
 //! ```
+//!
+//! A reader the native backend serves is left out of every PKCS#11 module's tokens, so a
+//! card's keys are listed once even when OpenSC or ykcs11 is loaded too.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -115,6 +124,39 @@ struct FileConfig {
     card_events: Option<bool>,
     #[serde(default)]
     token: Vec<TokenRule>,
+    #[serde(default)]
+    card: Vec<CardRule>,
+}
+
+/// One `[[card]]` table: which backend drives the cards it matches.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CardRule {
+    /// The PC/SC reader name, or its beginning.
+    pub reader: Option<String>,
+    /// The card's PIV serial (decimal, as `yubico-piv-tool -a status` shows it).
+    pub serial: Option<String>,
+    /// The backend for matching cards.
+    pub backend: CardBackend,
+}
+
+/// `backend` of a `[[card]]`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CardBackend {
+    /// PIV over PC/SC through the `yubikey` crate: no PKCS#11 module.
+    Native,
+    /// The configured PKCS#11 modules (OpenSC, ykcs11): the default.
+    #[default]
+    Pkcs11,
+}
+
+impl CardRule {
+    fn reader_matches(&self, reader: &str) -> bool {
+        self.reader
+            .as_deref()
+            .is_none_or(|r| reader == r || reader.starts_with(r))
+    }
 }
 
 /// One `[[token]]` table: settings for the tokens it matches.
@@ -214,6 +256,8 @@ pub struct Config {
     pub flags: Flags,
     /// Watch PC/SC readers and cards.
     pub card_events: bool,
+    /// The `[[card]]` tables, in file order (the first match wins).
+    pub card_rules: Vec<CardRule>,
 }
 
 /// How the agent gets PINs for one token, and how long a login lasts.
@@ -284,6 +328,40 @@ impl PinPolicy {
 }
 
 impl Config {
+    /// Whether the card in `reader` (with PIV serial `serial`, once known) goes to the
+    /// native PIV backend. Without the serial: whether it may (the card must be opened to
+    /// decide by serial).
+    pub fn native_card(&self, reader: &str, serial: Option<u32>) -> bool {
+        let serial = serial.map(|s| s.to_string());
+        for r in self.card_rules.iter().filter(|r| r.reader_matches(reader)) {
+            match (&r.serial, &serial) {
+                (Some(want), Some(got)) if want != got => continue,
+                // A serial rule, serial not known yet: open the card to see.
+                (Some(_), None) if r.backend == CardBackend::Native => return true,
+                (Some(_), None) => continue,
+                _ => return r.backend == CardBackend::Native,
+            }
+        }
+        false
+    }
+
+    /// Whether a `[[card]]` table gives every card in `reader` to the native backend
+    /// (by reader, whatever the serial): PKCS#11 modules leave that reader alone even
+    /// while it is empty, so a card put in later is not claimed twice.
+    pub fn native_reader(&self, reader: &str) -> bool {
+        self.card_rules
+            .iter()
+            .find(|r| r.reader_matches(reader) && r.serial.is_none() && r.reader.is_some())
+            .is_some_and(|r| r.backend == CardBackend::Native)
+    }
+
+    /// Whether any card may go to the native backend.
+    pub fn any_native(&self) -> bool {
+        self.card_rules
+            .iter()
+            .any(|r| r.backend == CardBackend::Native)
+    }
+
     /// The policy for a token: the first `[[token]]` matching its label or serial, over
     /// the agent-wide defaults.
     pub fn policy_for(&self, label: &str, serial: &str) -> Arc<PinPolicy> {
@@ -377,10 +455,17 @@ impl Config {
         } else {
             file.modules
         };
-        if modules.is_empty() {
+        for r in &file.card {
+            if r.reader.is_none() && r.serial.is_none() {
+                bail!("a [[card]] table needs `reader` or `serial`");
+            }
+        }
+        let any_native = file.card.iter().any(|r| r.backend == CardBackend::Native);
+        if modules.is_empty() && !any_native {
             bail!(
                 "no PKCS#11 module configured: pass --module PATH, set SMIME_AGENT_MODULE, \
-                 or list `modules` in the config file"
+                 or list `modules` in the config file (or give a card to the native PIV \
+                 backend with a [[card]] table)"
             );
         }
         let socket = match flags
@@ -440,6 +525,7 @@ impl Config {
         Ok(Self {
             flags: flags.clone(),
             token_rules: file.token,
+            card_rules: file.card,
             modules,
             socket,
             sessions: flags.sessions.or(file.sessions).unwrap_or(2).clamp(1, 64),
@@ -510,6 +596,7 @@ mod tests {
                 ..PinPolicy::default()
             }),
             token_rules: f.token,
+            card_rules: vec![],
             flags: Flags::default(),
         };
         let a = c.policy_for("a", "x");
@@ -528,5 +615,36 @@ mod tests {
             toml::from_str::<FileConfig>("[[token]]\nlabel = \"a\"\npin_source = \"nope\"")
                 .is_err()
         );
+    }
+
+    #[test]
+    fn card_tables_choose_the_backend() {
+        let f: FileConfig = toml::from_str(
+            "[[card]]\nserial = \"42\"\nbackend = \"pkcs11\"\n\
+             [[card]]\nreader = \"Yubico\"\nbackend = \"native\"\n\
+             [[card]]\nserial = \"7\"\nbackend = \"native\"\n",
+        )
+        .unwrap();
+        let c = Config {
+            card_rules: f.card,
+            ..Config::resolve(&Flags {
+                modules: vec!["/x.so".into()],
+                socket: Some("/tmp/s".into()),
+                config: Some("/dev/null".into()),
+                ..Flags::default()
+            })
+            .unwrap()
+        };
+        // By reader; a serial rule before it takes its card back to PKCS#11.
+        assert!(c.native_card("Yubico YubiKey OTP+FIDO+CCID 00 00", Some(1)));
+        assert!(!c.native_card("Yubico YubiKey OTP+FIDO+CCID 00 00", Some(42)));
+        assert!(c.native_reader("Yubico YubiKey OTP+FIDO+CCID 00 00"));
+        // By serial in any reader: the card must be opened to know.
+        assert!(c.native_card("Other Reader 00 00", None));
+        assert!(c.native_card("Other Reader 00 00", Some(7)));
+        assert!(!c.native_card("Other Reader 00 00", Some(8)));
+        assert!(!c.native_reader("Other Reader 00 00"));
+        assert!(c.any_native());
+        assert!(toml::from_str::<FileConfig>("[[card]]\nbackend = \"piv\"").is_err());
     }
 }

@@ -20,7 +20,7 @@ pub enum AgentError {
     #[error("no token {0:?}")]
     TokenNotFound(String),
     /// The token went away (card pulled, device removed).
-    #[error("token {token:?} is not present")]
+    #[error("card removed: token {token:?} is not present (insert it again)")]
     TokenAbsent {
         /// Token label.
         token: String,
@@ -40,7 +40,7 @@ pub enum AgentError {
         token: String,
     },
     /// The PIN was wrong. The agent never retries it.
-    #[error("{}", pin_incorrect_message(token, *configured))]
+    #[error("{}", pin_incorrect_message(token, *configured, *tries))]
     PinIncorrect {
         /// Token label.
         token: String,
@@ -49,6 +49,9 @@ pub enum AgentError {
         /// The PIN came from the agent's configuration (file or environment) rather than
         /// from a client: it was tried once at start and is not used again.
         configured: bool,
+        /// The exact tries left, where the token tells (a PIV card does; PKCS#11 only
+        /// has the flags in `state`).
+        tries: Option<u32>,
     },
     /// The PIN is locked.
     #[error("the user PIN of token {token:?} is locked: unblock it with the PUK or the SO PIN")]
@@ -123,14 +126,17 @@ pub enum AgentError {
     Internal(String),
 }
 
-fn pin_incorrect_message(token: &str, configured: bool) -> String {
+fn pin_incorrect_message(token: &str, configured: bool, tries: Option<u32>) -> String {
+    let left = tries
+        .map(|n| format!(" ({n} tries left)"))
+        .unwrap_or_default();
     if configured {
         format!(
             "the configured PIN for token {token:?} was rejected; the agent will not try it again \
-             (fix the PIN file or variable and restart, or use `smime unlock`)"
+             (fix the PIN file or variable and restart, or use `smime unlock`){left}"
         )
     } else {
-        format!("wrong PIN for token {token:?}")
+        format!("wrong PIN for token {token:?}{left}")
     }
 }
 
@@ -187,7 +193,10 @@ impl From<&AgentError> for ErrorResponse {
         };
         let mut r = ErrorResponse::new(code, e.to_string());
         r.pin_state = pin_state;
-        r.tries_left = pin_state.and_then(PinState::tries_left);
+        r.tries_left = match e {
+            PinIncorrect { tries: Some(n), .. } => Some(*n),
+            _ => pin_state.and_then(PinState::tries_left),
+        };
         r.token = e.token().map(str::to_owned);
         r
     }
@@ -203,6 +212,7 @@ mod tests {
             token: "t".into(),
             state: PinState::FinalTry,
             configured: false,
+            tries: None,
         };
         let r = ErrorResponse::from(&e);
         assert_eq!(r.code, ErrorCode::PIN_INCORRECT);

@@ -31,14 +31,16 @@ impl Keystore {
     pub fn open(config: &Config) -> Self {
         let mut modules = Vec::new();
         let mut module_status = Vec::new();
-        let mut tokens = Vec::new();
+        // Native PIV cards first: PKCS#11 modules then leave their readers alone.
+        let mut tokens = open_native(config, &[]);
+        let native = native_readers(config, &tokens);
         for path in &config.modules {
             match Module::load(path) {
                 Ok(m) => {
                     tokens.extend(
                         m.token_slots()
                             .into_iter()
-                            .filter_map(|slot| m.open_token(slot, config)),
+                            .filter_map(|slot| m.open_token(slot, config, &native)),
                     );
                     modules.push(m);
                     module_status.push(ModuleStatus {
@@ -85,8 +87,17 @@ impl Keystore {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let mut keep = Vec::new();
-        let mut added = Vec::new();
+        // Native PIV cards: the known ones stay (a removed card's keys stay listed and
+        // its requests say "card removed"); cards in other readers are opened.
+        // A card a reloaded configuration gives back to PKCS#11 is closed.
+        let mut keep: Vec<Arc<Token>> = current
+            .iter()
+            .filter(|t| t.is_native_piv() && config.native_card(t.reader(), t.serial.parse().ok()))
+            .cloned()
+            .collect();
+        let mut added = open_native(&config, &keep);
+        let all_native: Vec<Arc<Token>> = keep.iter().chain(&added).cloned().collect();
+        let native = native_readers(&config, &all_native);
         for m in self
             .modules
             .lock()
@@ -107,10 +118,12 @@ impl Keystore {
             for slot in &present {
                 match current
                     .iter()
-                    .find(|t| t.module() == module && t.slot() == *slot)
+                    .find(|t| t.module() == module && t.slot() == Some(*slot))
                 {
-                    Some(t) => keep.push(t.clone()),
-                    None => added.extend(m.open_token(*slot, &config)),
+                    // A token the native backend now serves is dropped (below).
+                    Some(t) if !native(t.reader()) => keep.push(t.clone()),
+                    Some(_) => {}
+                    None => added.extend(m.open_token(*slot, &config, &native)),
                 }
             }
             // A card pulled out of a reader that is still there: keep the token (its keys
@@ -118,7 +131,9 @@ impl Keystore {
             // works again when the card is back. Tokens whose slot went away are gone.
             let slots = m.slots();
             for t in current.iter().filter(|t| {
-                t.module() == module && !present.contains(&t.slot()) && slots.contains(&t.slot())
+                t.module() == module
+                    && t.slot()
+                        .is_some_and(|s| !present.contains(&s) && slots.contains(&s))
             }) {
                 tracing::info!(token = %t.label, serial = %t.serial, "card removed: sessions and login dropped");
                 t.card_removed();
@@ -332,5 +347,38 @@ fn loaded(path: &std::path::Path) -> ModuleStatus {
         path: path.display().to_string(),
         loaded: true,
         error: None,
+    }
+}
+
+/// Opens the native PIV cards the `[[card]]` tables ask for, except in readers a `known`
+/// token already serves. Blocking.
+fn open_native(config: &Config, known: &[Arc<Token>]) -> Vec<Arc<Token>> {
+    if !config.any_native() {
+        return vec![];
+    }
+    crate::backend::piv::discover(|reader, serial| {
+        !known.iter().any(|t| t.reader() == reader) && config.native_card(reader, serial)
+    })
+    .into_iter()
+    .filter_map(|card| match Token::open_piv(card, config) {
+        Ok(t) => Some(Arc::new(t)),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot start a PIV card's thread");
+            None
+        }
+    })
+    .collect()
+}
+
+/// The readers PKCS#11 tokens must leave alone: those of native PIV tokens, and those a
+/// `[[card]]` table gives to the native backend.
+fn native_readers(config: &Config, native: &[Arc<Token>]) -> impl Fn(&str) -> bool + use<> {
+    let config = config.clone();
+    let readers: Vec<String> = native.iter().map(|t| t.reader().to_owned()).collect();
+    move |desc: &str| {
+        config.native_reader(desc)
+            || readers
+                .iter()
+                .any(|r| !r.is_empty() && (desc == r || desc.starts_with(r.as_str())))
     }
 }

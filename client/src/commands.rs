@@ -414,6 +414,18 @@ fn status(cli: &Cli, json: bool) -> Result<(), Failure> {
             t.keys,
             t.module
         );
+        if let Some(c) = &t.card {
+            let tries = c
+                .pin_tries_left
+                .map_or_else(|| "not shown".to_owned(), |n| n.to_string());
+            println!(
+                "  card: reader {}, {}, PIV version {}, serial {}, PIN tries left {tries}",
+                c.reader,
+                if c.present { "present" } else { "REMOVED" },
+                c.version,
+                t.serial
+            );
+        }
         if t.pin_pad {
             println!("  PIN pad: enter the PIN on the reader's keypad when asked");
         }

@@ -28,8 +28,8 @@ pub mod types;
 pub use error::{DecodeError, FrameError};
 pub use frame::{FrameDecoder, MAX_FRAME_LEN, MAX_REQUEST_LEN, encode_frame};
 pub use message::{
-    AgentStatus, ErrorResponse, KeyInfo, ModuleStatus, PcscStatus, ReaderStatus, Request, Response,
-    TokenStatus,
+    AgentStatus, CardStatus, ErrorResponse, KeyInfo, ModuleStatus, PcscStatus, ReaderStatus,
+    Request, Response, TokenStatus,
 };
 pub use secret::{Pin, SecretBytes};
 pub use types::{

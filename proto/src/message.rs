@@ -268,6 +268,26 @@ pub struct TokenStatus {
     /// the token waits for (a touch, the card, a PIN on the keypad), for clients to show.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting: Option<String>,
+    /// For a card the agent drives natively over PC/SC (its PIV backend, no PKCS#11
+    /// module): the reader, the PIV application version and the PIN tries left read from
+    /// the card. Absent for PKCS#11 tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub card: Option<CardStatus>,
+}
+
+/// A card served by the agent's native PIV backend, as `Status` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CardStatus {
+    /// The PC/SC reader the card is in.
+    pub reader: String,
+    /// The PIV application (firmware) version the card reports, e.g. `5.4.3`.
+    pub version: String,
+    /// User PIN tries left, read from the card (a VERIFY without data). Absent when the
+    /// card cannot tell: it answers no count while the PIN is verified, or it is out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin_tries_left: Option<u32>,
+    /// Whether the card is in its reader now (as the agent last saw it).
+    pub present: bool,
 }
 
 impl Request {
@@ -468,6 +488,12 @@ mod tests {
                     keys: 3,
                     pin_pad: true,
                     waiting: Some("waiting for the token (2 s)".into()),
+                    card: Some(CardStatus {
+                        reader: "Virtual PCD 00 00".into(),
+                        version: "5.4.3".into(),
+                        pin_tries_left: Some(2),
+                        present: true,
+                    }),
                 }],
                 agent: None,
             },

@@ -179,6 +179,7 @@ fn responses() -> Vec<(&'static str, Response)> {
                     keys: 3,
                     pin_pad: false,
                     waiting: None,
+                    card: None,
                 }],
                 agent: None,
             },

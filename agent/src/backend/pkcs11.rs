@@ -21,7 +21,7 @@
 //! kept at all, and which keys need a confirmation before signing.
 
 pub(crate) mod mechanism;
-mod oaep;
+pub(crate) mod oaep;
 mod raw;
 mod worker;
 
@@ -40,10 +40,119 @@ use smime_proto::{
     SignAlgorithm, TokenStatus,
 };
 
+use super::piv::{self, PivWorker};
 use crate::config::{AlwaysAuth, Config, PinPolicy, PinSourceKind};
 use crate::error::AgentError;
+pub(crate) use worker::Login;
 pub use worker::PinSource;
-use worker::{Job, Worker};
+use worker::Worker;
+
+/// A unit of work for a token's worker thread.
+type Job = Box<dyn FnOnce(&mut Device) + Send>;
+
+/// What a token's worker thread drives: a PKCS#11 session, or (native PIV backend) a
+/// card over PC/SC. The token's PIN policy is the same for both; only these calls differ.
+#[derive(Debug)]
+enum Device {
+    /// A PKCS#11 session.
+    P11(Worker),
+    /// A PIV card through the `yubikey` crate.
+    Piv(PivWorker),
+}
+
+impl Device {
+    fn enumerate(&mut self, serial: &str, label: &str) -> Result<Vec<KeyEntry>, AgentError> {
+        match self {
+            Device::P11(w) => w.enumerate(serial, label),
+            Device::Piv(w) => w.enumerate(serial, label),
+        }
+    }
+
+    fn login(&mut self, pin: &Pin, source: PinSource) -> Result<Login, AgentError> {
+        match self {
+            Device::P11(w) => w.login(pin, source),
+            Device::Piv(w) => w.login(pin, source),
+        }
+    }
+
+    fn login_pinpad(&mut self) -> Result<Login, AgentError> {
+        match self {
+            Device::P11(w) => w.login_pinpad(),
+            Device::Piv(_) => Err(AgentError::UnsupportedAlgorithm(
+                "a native PIV card has no PIN pad: configure another PIN source".into(),
+            )),
+        }
+    }
+
+    fn logout(&mut self) -> Result<(), AgentError> {
+        match self {
+            Device::P11(w) => w.logout(),
+            Device::Piv(w) => w.logout(),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)] // one argument per part of the request
+    fn sign(
+        &mut self,
+        id: &[u8],
+        key: (KeyAlgorithm, u32),
+        alg: SignAlgorithm,
+        digest: &[u8],
+        ctx: Option<(Option<&Pin>, PinSource)>,
+        reauth: Option<&Pin>,
+    ) -> Result<Vec<u8>, AgentError> {
+        match self {
+            Device::P11(w) => w.sign(id, key.0, alg, digest, ctx),
+            Device::Piv(w) => w.sign(id, key, alg, digest, ctx, reauth),
+        }
+    }
+
+    fn decrypt(
+        &mut self,
+        id: &[u8],
+        bits: u32,
+        alg: DecryptAlgorithm,
+        ct: &[u8],
+        ctx: Option<(Option<&Pin>, PinSource)>,
+        reauth: Option<&Pin>,
+    ) -> Result<SecretBytes, AgentError> {
+        match self {
+            Device::P11(w) => w.decrypt(id, alg, ct, ctx),
+            Device::Piv(w) => w.decrypt(id, bits, alg, ct, ctx, reauth),
+        }
+    }
+
+    fn ecdh(
+        &mut self,
+        id: &[u8],
+        curve: KeyAlgorithm,
+        peer: &[u8],
+        reauth: Option<&Pin>,
+    ) -> Result<SecretBytes, AgentError> {
+        match self {
+            Device::P11(w) => w.ecdh(id, curve, peer),
+            Device::Piv(w) => w.ecdh(id, curve, peer, reauth),
+        }
+    }
+}
+
+/// Where a token lives.
+#[derive(Debug)]
+enum Kind {
+    /// A PKCS#11 token: its module and slot, and the module's [`Module::ops`] lock.
+    P11 {
+        p11: Pkcs11,
+        slot: Slot,
+        ops: Arc<RwLock<()>>,
+    },
+    /// A card on the native PIV backend.
+    Piv {
+        /// PIV application version.
+        version: String,
+        /// The card is in its reader, as card events and operations last showed.
+        present: std::sync::atomic::AtomicBool,
+    },
+}
 
 /// A loaded and initialized PKCS#11 module.
 #[derive(Debug)]
@@ -132,8 +241,24 @@ impl Module {
     }
 
     /// Opens the token in `slot` with `sessions` worker threads; a failure is logged.
-    /// Blocking.
-    pub fn open_token(&self, slot: Slot, config: &Config) -> Option<Arc<Token>> {
+    /// A token in a reader `native` names is left alone: the native PIV backend serves
+    /// that card. Blocking.
+    pub fn open_token(
+        &self,
+        slot: Slot,
+        config: &Config,
+        native: &dyn Fn(&str) -> bool,
+    ) -> Option<Arc<Token>> {
+        let reader = self
+            .p11
+            .get_slot_info(slot)
+            .map(|i| i.slot_description().trim().to_owned())
+            .unwrap_or_default();
+        if !reader.is_empty() && native(&reader) {
+            tracing::debug!(module = %self.path.display(), %reader,
+                "slot skipped: the native PIV backend serves this reader");
+            return None;
+        }
         match Token::open(self, slot, config) {
             Ok(t) => Some(Arc::new(t)),
             Err(e) => {
@@ -186,10 +311,8 @@ pub struct Token {
     /// Serial number (trimmed); the first half of every [`KeyId`].
     pub serial: String,
     module: String,
-    p11: Pkcs11,
-    slot: Slot,
-    /// The module's [`Module::ops`] lock.
-    ops: Arc<RwLock<()>>,
+    /// PKCS#11 slot or native PIV card.
+    kind: Kind,
     /// The slot description: for a card module, the name of the reader the card is in.
     reader: String,
     /// The workers' session generation: bumped when the token's sessions are dead.
@@ -248,21 +371,23 @@ impl Token {
             let session = module.p11.open_ro_session(slot)?;
             let rx = rx.clone();
             let ops = module.ops.clone();
-            let mut w = Worker::new(
+            let mut d = Device::P11(Worker::new(
                 session,
                 module.p11.clone(),
                 slot,
                 label.clone(),
                 epoch.clone(),
                 module.raw.clone(),
-            );
+            ));
             let handle = std::thread::Builder::new()
                 .name(format!("p11-{label}-{n}"))
                 .spawn(move || {
                     while let Ok(job) = rx.recv() {
                         let _shared = ops.read().unwrap_or_else(|e| e.into_inner());
-                        w.revive();
-                        job(&mut w);
+                        if let Device::P11(w) = &mut d {
+                            w.revive();
+                        }
+                        job(&mut d);
                     }
                 })
                 .map_err(|_| {
@@ -278,9 +403,11 @@ impl Token {
             label,
             serial,
             module: module.path.display().to_string(),
-            p11: module.p11.clone(),
-            slot,
-            ops: module.ops.clone(),
+            kind: Kind::P11 {
+                p11: module.p11.clone(),
+                slot,
+                ops: module.ops.clone(),
+            },
             reader,
             epoch,
             jobs: Mutex::new(Some(tx)),
@@ -302,6 +429,63 @@ impl Token {
             inflight: Arc::new(Mutex::new(BTreeMap::new())),
             next_job: AtomicU64::new(0),
         })
+    }
+
+    /// A token for a card on the native PIV backend: one worker thread owns the card's
+    /// connection (a card does one thing at a time). The label is `PIV card <serial>`, the
+    /// serial the card's, and the keys' CKA_IDs are their slot numbers (`<serial>:9a`).
+    pub fn open_piv(card: piv::FoundCard, config: &Config) -> std::io::Result<Self> {
+        let serial = card.serial.to_string();
+        let label = format!("PIV card {serial}");
+        let reader = card.reader.clone();
+        let version = card.version.clone();
+        let policy = config.policy_for(&label, &serial);
+        let (tx, rx) = crossbeam_channel::bounded::<Job>(QUEUE_DEPTH);
+        let epoch = Arc::new(AtomicU64::new(0));
+        let mut d = Device::Piv(PivWorker::new(card, label.clone(), epoch.clone()));
+        let handle = std::thread::Builder::new()
+            .name(format!("piv-{serial}"))
+            .spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    job(&mut d);
+                }
+                // `d` drops here: the card is left with disconnect(LeaveCard).
+            })?;
+        tracing::info!(token = %label, %reader, %version, "native PIV card opened");
+        Ok(Self {
+            label,
+            serial,
+            module: piv::MODULE_NAME.to_owned(),
+            kind: Kind::Piv {
+                version,
+                present: std::sync::atomic::AtomicBool::new(true),
+            },
+            reader,
+            epoch,
+            jobs: Mutex::new(Some(tx)),
+            login_lock: tokio::sync::Mutex::new(()),
+            prompt_lock: tokio::sync::Mutex::new(()),
+            policy: Mutex::new(policy),
+            workers: Mutex::new(vec![handle]),
+            state: Mutex::new(TokenState {
+                logged_in: false,
+                logged_in_at: None,
+                last_used: Instant::now(),
+                login_required: true,
+                configured_pin_rejected: None,
+                configured_pin: None,
+                keys: vec![],
+                cached_pin: None,
+            }),
+            protected_path: false,
+            inflight: Arc::new(Mutex::new(BTreeMap::new())),
+            next_job: AtomicU64::new(0),
+        })
+    }
+
+    /// The reader the token's card is in (the slot description for PKCS#11 tokens).
+    pub fn reader(&self) -> &str {
+        &self.reader
     }
 
     /// The token's settings now.
@@ -342,7 +526,7 @@ impl Token {
     /// Runs `f` on one of the token's worker threads and awaits its result.
     async fn run<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Worker) -> Result<T, AgentError> + Send + 'static,
+        f: impl FnOnce(&mut Device) -> Result<T, AgentError> + Send + 'static,
     ) -> Result<T, AgentError> {
         self.run_as(WAIT_TOKEN, f).await
     }
@@ -351,7 +535,7 @@ impl Token {
     async fn run_as<T: Send + 'static>(
         &self,
         what: &'static str,
-        f: impl FnOnce(&mut Worker) -> Result<T, AgentError> + Send + 'static,
+        f: impl FnOnce(&mut Device) -> Result<T, AgentError> + Send + 'static,
     ) -> Result<T, AgentError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let id = self.next_job.fetch_add(1, Ordering::Relaxed);
@@ -392,6 +576,7 @@ impl Token {
                 token: self.label.clone(),
                 state,
                 configured,
+                tries: None,
             });
         }
         let keep = (configured && !self.policy().login_only).then(|| pin.clone());
@@ -412,7 +597,7 @@ impl Token {
                         st.cached_pin = cache;
                     }
                 }
-                if *outcome == worker::Login::AlreadyLoggedIn {
+                if *outcome == Login::AlreadyLoggedIn {
                     tracing::info!(token = %self.label, "already logged in; PIN not sent");
                 } else {
                     tracing::info!(token = %self.label, "logged in");
@@ -438,7 +623,7 @@ impl Token {
             st.configured_pin = None;
             st.cached_pin = None;
         }
-        self.run(Worker::logout).await?;
+        self.run(Device::logout).await?;
         self.state().logged_in = false;
         tracing::info!(token = %self.label, "logged out");
         Ok(())
@@ -463,6 +648,7 @@ impl Token {
                     token: self.label.clone(),
                     state,
                     configured: true,
+                    tries: None,
                 },
                 None => AgentError::PinRequired {
                     token: self.label.clone(),
@@ -556,7 +742,7 @@ impl Token {
             return Ok(());
         }
         tracing::warn!(token = %self.label, "enter the PIN on the reader's keypad (PIN pad login)");
-        let r = self.run_as(WAIT_PINPAD, Worker::login_pinpad).await;
+        let r = self.run_as(WAIT_PINPAD, Device::login_pinpad).await;
         match &r {
             Ok(_) => {
                 {
@@ -741,7 +927,7 @@ impl Token {
     /// Logs out because the cache policy says so. A configured PIN stays, so an
     /// unattended agent logs in again on the next request.
     pub async fn expire(&self) -> Result<(), AgentError> {
-        self.run(Worker::logout).await?;
+        self.run(Device::logout).await?;
         {
             let mut s = self.state();
             s.logged_in = false;
@@ -770,12 +956,17 @@ impl Token {
             true => Some(self.context_pin(key, "signature", who, fresh).await?),
             false => None,
         };
-        let (id, kalg, c) = (key.cka_id.clone(), key.info.algorithm, ctx.clone());
+        let (id, kalg, c) = (
+            key.cka_id.clone(),
+            (key.info.algorithm, key.info.bits),
+            ctx.clone(),
+        );
         let what = wait_reason(&ctx);
+        let reauth = self.kept_pin();
         let r = self
             .run_as(what, move |w| {
                 let c = c.as_ref().map(|(p, s)| (p.as_deref(), *s));
-                w.sign(&id, kalg, alg, &digest, c)
+                w.sign(&id, kalg, alg, &digest, c, reauth.as_deref())
             })
             .await;
         self.after_context(&r, &ctx);
@@ -799,12 +990,13 @@ impl Token {
             true => Some(self.context_pin(key, "decryption", who, fresh).await?),
             false => None,
         };
-        let (id, c) = (key.cka_id.clone(), ctx.clone());
+        let (id, bits, c) = (key.cka_id.clone(), key.info.bits, ctx.clone());
         let what = wait_reason(&ctx);
+        let reauth = self.kept_pin();
         let r = self
             .run_as(what, move |w| {
                 let c = c.as_ref().map(|(p, s)| (p.as_deref(), *s));
-                w.decrypt(&id, alg, &ct, c)
+                w.decrypt(&id, bits, alg, &ct, c, reauth.as_deref())
             })
             .await;
         self.after_context(&r, &ctx);
@@ -824,7 +1016,24 @@ impl Token {
         self.state().last_used = Instant::now();
         check_alg(key, false, false)?;
         let (id, curve) = (key.cka_id.clone(), key.info.algorithm);
-        self.after_op(self.run(move |w| w.ecdh(&id, curve, &peer)).await)
+        let reauth = self.kept_pin();
+        self.after_op(
+            self.run(move |w| w.ecdh(&id, curve, &peer, reauth.as_deref()))
+                .await,
+        )
+    }
+
+    /// The PIN the policy lets the agent keep (the configured one, not rejected; or the
+    /// cached one with `always_auth = "cached-pin"`): a native PIV card that forgot its
+    /// verified PIN (another application re-selected or reset it) gets this one again,
+    /// never a PIN typed for an earlier request.
+    fn kept_pin(&self) -> Option<Arc<Pin>> {
+        let s = self.state();
+        let configured = s
+            .configured_pin
+            .clone()
+            .filter(|_| s.configured_pin_rejected.is_none());
+        configured.or_else(|| s.cached_pin.clone())
     }
 
     /// Keeps the login flag honest: the worker reports `PinRequired` only when its
@@ -836,30 +1045,60 @@ impl Token {
             // Lock on card removal: a cached PIN goes with the login.
             s.cached_pin = None;
         }
+        if let Kind::Piv { present, .. } = &self.kind {
+            let gone = matches!(r, Err(AgentError::TokenAbsent { .. }));
+            present.store(!gone, Ordering::SeqCst);
+        }
         r
     }
 
-    /// The user PIN state from the token flags (read on a worker thread).
+    /// The user PIN state, read on a worker thread: from the token flags (PKCS#11), or
+    /// from the card's count of tries left (native PIV).
     async fn pin_state(&self) -> Result<PinState, AgentError> {
-        let (p11, slot) = (self.p11.clone(), self.slot);
-        self.run(move |_| {
-            Ok(p11
-                .get_token_info(slot)
-                .map(|i| worker::pin_state(&i))
-                .unwrap_or(PinState::Unknown))
+        match &self.kind {
+            Kind::P11 { p11, slot, .. } => {
+                let (p11, slot) = (p11.clone(), *slot);
+                self.run(move |_| {
+                    Ok(p11
+                        .get_token_info(slot)
+                        .map(|i| worker::pin_state(&i))
+                        .unwrap_or(PinState::Unknown))
+                })
+                .await
+            }
+            Kind::Piv { .. } => self.piv_pin_info().await.map(|(s, _)| s),
+        }
+    }
+
+    /// The PIN state and tries left of a native PIV card (`Unknown` for other tokens).
+    async fn piv_pin_info(&self) -> Result<(PinState, Option<u32>), AgentError> {
+        self.run(|d| match d {
+            Device::Piv(w) => w.pin_info(),
+            Device::P11(_) => Ok((PinState::Unknown, None)),
         })
         .await
     }
 
-    /// The slot the token is in.
-    pub fn slot(&self) -> Slot {
-        self.slot
+    /// The PKCS#11 slot the token is in (`None` for a native PIV card).
+    pub fn slot(&self) -> Option<Slot> {
+        match &self.kind {
+            Kind::P11 { slot, .. } => Some(*slot),
+            Kind::Piv { .. } => None,
+        }
+    }
+
+    /// Whether this is a card on the native PIV backend.
+    pub fn is_native_piv(&self) -> bool {
+        matches!(self.kind, Kind::Piv { .. })
     }
 
     /// A card came back into the token's reader: the sessions the workers hold belong to
     /// the card that left, so the next request opens new ones.
     pub fn card_inserted(&self) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
+        if let Kind::Piv { present, .. } = &self.kind {
+            present.store(true, Ordering::SeqCst);
+        }
     }
 
     /// Whether the token sits in the PC/SC reader `name` (its slot description names it).
@@ -875,24 +1114,55 @@ impl Token {
         let mut s = self.state();
         s.logged_in = false;
         s.cached_pin = None;
+        drop(s);
+        if let Kind::Piv { present, .. } = &self.kind {
+            // A native card's connection is dead: the next job opens a fresh one (or says
+            // "card removed"), never touching the old handle's card again.
+            present.store(false, Ordering::SeqCst);
+            self.epoch.fetch_add(1, Ordering::SeqCst);
+        }
     }
 
     /// The token's status. Reads the PIN flags from the token.
     pub async fn status(&self) -> TokenStatus {
         // Read beside the workers, which may all be stuck in a slow call, and bounded:
         // status must answer while a token hangs.
-        let (p11, slot, ops) = (self.p11.clone(), self.slot, self.ops.clone());
-        let read = tokio::task::spawn_blocking(move || {
-            let _shared = ops.read().unwrap_or_else(|e| e.into_inner());
-            p11.get_token_info(slot)
-                .map(|i| worker::pin_state(&i))
-                .unwrap_or(PinState::Unknown)
-        });
-        let pin_state = tokio::time::timeout(Duration::from_millis(500), read)
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or(PinState::Unknown);
+        let (pin_state, card) = match &self.kind {
+            Kind::P11 { p11, slot, ops } => {
+                let (p11, slot, ops) = (p11.clone(), *slot, ops.clone());
+                let read = tokio::task::spawn_blocking(move || {
+                    let _shared = ops.read().unwrap_or_else(|e| e.into_inner());
+                    p11.get_token_info(slot)
+                        .map(|i| worker::pin_state(&i))
+                        .unwrap_or(PinState::Unknown)
+                });
+                let pin_state = tokio::time::timeout(Duration::from_millis(500), read)
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .unwrap_or(PinState::Unknown);
+                (pin_state, None)
+            }
+            Kind::Piv { version, present } => {
+                // The card has one connection, on the token's thread: ask there, and
+                // give up after a while if the card is busy or hangs.
+                let info = match present.load(Ordering::SeqCst) {
+                    true => tokio::time::timeout(Duration::from_millis(500), self.piv_pin_info())
+                        .await
+                        .ok()
+                        .and_then(Result::ok),
+                    false => None,
+                };
+                let (pin_state, tries) = info.unwrap_or((PinState::Unknown, None));
+                let card = smime_proto::CardStatus {
+                    reader: self.reader.clone(),
+                    version: version.clone(),
+                    pin_tries_left: tries,
+                    present: present.load(Ordering::SeqCst),
+                };
+                (pin_state, Some(card))
+            }
+        };
         let waiting = self
             .inflight
             .lock()
@@ -911,6 +1181,7 @@ impl Token {
             keys: u32::try_from(s.keys.len()).unwrap_or(u32::MAX),
             pin_pad: self.pinpad(),
             waiting,
+            card,
         }
     }
 

@@ -15,7 +15,7 @@ use sha2::digest::FixedOutputReset;
 use subtle::{Choice, ConditionallySelectable, ConstantTimeEq};
 
 /// MGF1 (RFC 8017 B.2.1): XORs `out` with the mask generated from `seed`.
-fn mgf1_xor<D: Digest + FixedOutputReset>(out: &mut [u8], seed: &[u8]) {
+pub(crate) fn mgf1_xor<D: Digest + FixedOutputReset>(out: &mut [u8], seed: &[u8]) {
     let mut d = D::new();
     for (counter, chunk) in out.chunks_mut(<D as Digest>::output_size()).enumerate() {
         Digest::update(&mut d, seed);

@@ -42,7 +42,7 @@ pub enum PinSource {
 
 /// What a successful `login` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Login {
+pub(crate) enum Login {
     /// C_Login succeeded.
     LoggedIn,
     /// The token was already logged in; the PIN was not sent.
@@ -55,9 +55,6 @@ enum Op {
     Sign,
     Decrypt,
 }
-
-/// A unit of work for a worker thread.
-pub(super) type Job = Box<dyn FnOnce(&mut Worker) + Send>;
 
 /// DER of the namedCurve OIDs in CKA_EC_PARAMS.
 const P256_PARAMS: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
@@ -193,6 +190,7 @@ impl Worker {
                     token,
                     state,
                     configured: source == PinSource::Configured,
+                    tries: None,
                 })
             }
             _ => Ok(()),
@@ -216,6 +214,7 @@ impl Worker {
                         token,
                         state,
                         configured,
+                        tries: None,
                     },
                 }
             }
