@@ -11,6 +11,7 @@ mod neomutt;
 mod ops;
 mod pin;
 mod piv;
+mod piv_native;
 mod python;
 mod sign;
 mod smime_mail;

@@ -10,20 +10,23 @@ use smime_tests::pcsc::{CARD_PIN, OPENSC_MODULE, VIRTUAL_READER};
 use smime_tests::{Agent, AgentOptions, SoftCa, Token, VirtualCard, assert_ok, openssl_in, run, s};
 
 /// The card's S/MIME identities (slot, algorithm, CN, e-mail).
-const SIGNER: (&str, &str, &str, &str) = ("9a", "ECCP256", "Card Signer", "card-sign@example.org");
-const RSA_KM: (&str, &str, &str, &str) = ("9d", "RSA2048", "Card RSA", "card-rsa@example.org");
+pub(crate) const SIGNER: (&str, &str, &str, &str) =
+    ("9a", "ECCP256", "Card Signer", "card-sign@example.org");
+pub(crate) const RSA_KM: (&str, &str, &str, &str) =
+    ("9d", "RSA2048", "Card RSA", "card-rsa@example.org");
 /// A retired key-management slot: OpenSC gives its EC key CKA_DERIVE (9a's only signs).
-const EC_KM: (&str, &str, &str, &str) = ("82", "ECCP256", "Card ECDH", "card-ecdh@example.org");
+pub(crate) const EC_KM: (&str, &str, &str, &str) =
+    ("82", "ECCP256", "Card ECDH", "card-ecdh@example.org");
 
 /// The provisioned card (made once per test process): its flash, the CA and the
 /// certificates, and the public keys.
-struct Master {
-    dir: PathBuf,
-    ca: SoftCa,
-    certs: Vec<PathBuf>,
+pub(crate) struct Master {
+    pub(crate) dir: PathBuf,
+    pub(crate) ca: SoftCa,
+    pub(crate) certs: Vec<PathBuf>,
 }
 
-fn master() -> &'static Master {
+pub(crate) fn master() -> &'static Master {
     static MASTER: OnceLock<Master> = OnceLock::new();
     MASTER.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("smime-piv-master-{}", std::process::id()));
@@ -80,7 +83,7 @@ fn setup() -> Setup {
     }
 }
 
-const MAIL: &str = "From: Card Signer <card-sign@example.org>\r\nTo: bob@example.org\r\n\
+pub(crate) const MAIL: &str = "From: Card Signer <card-sign@example.org>\r\nTo: bob@example.org\r\n\
 Subject: signed on a card\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n\
 Signed by a PIV card through OpenSC.\r\n";
 
@@ -135,7 +138,7 @@ fn sign_and_verify(t: &Setup, name: &str) {
     );
 }
 
-fn pem_der(p: &Path) -> Vec<u8> {
+pub(crate) fn pem_der(p: &Path) -> Vec<u8> {
     let out = run(Command::new("openssl").args(["x509", "-in", s(p), "-outform", "DER"]));
     assert_ok(&out, "openssl x509");
     out.stdout

@@ -1,0 +1,525 @@
+//! The agent's native PIV backend (the `yubikey` crate over PC/SC, no PKCS#11 module) on
+//! the virtual card of `tests/pivemu`, provisioned as in `piv.rs` (P-256 in 9a, RSA-2048
+//! in 9d, P-256 in 82). OpenSSL judges every signature and decryption; `yubico-piv-tool`
+//! and OpenSC check the card independently. One card at a time: every test holds the
+//! card lock.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use smime_tests::pcsc::{CARD_PIN, OPENSC_MODULE, VIRTUAL_READER};
+use smime_tests::{
+    Agent, AgentOptions, Token, VirtualCard, assert_failed_cleanly, assert_ok, openssl_in, run,
+    run_stdin, s,
+};
+
+use super::piv::{EC_KM, MAIL, RSA_KM, SIGNER, master, pem_der};
+
+/// The virtual card's PIV serial (pivemu answers GET SERIAL with 0x0052F743).
+const SERIAL: &str = "5437251";
+
+/// `[[card]]` giving the virtual reader to the native backend.
+fn native_config(modules: &[&str]) -> String {
+    let modules: Vec<String> = modules.iter().map(|m| format!("{m:?}")).collect();
+    format!(
+        "modules = [{}]\n[[card]]\nreader = {VIRTUAL_READER:?}\nbackend = \"native\"\n",
+        modules.join(", ")
+    )
+}
+
+struct Setup {
+    // Field order is drop order: the agents go before the card.
+    agent: Agent,
+    card: VirtualCard,
+    _token: Token,
+}
+
+impl Setup {
+    fn p(&self, name: &str) -> PathBuf {
+        self.card.file(name)
+    }
+}
+
+/// A copy of the provisioned master card.
+fn card() -> VirtualCard {
+    let m = master();
+    let card = VirtualCard::from_flash(&m.dir.join("flash"));
+    std::fs::copy(m.dir.join("9a.pub.pem"), card.file("9a.pub.pem")).unwrap();
+    card
+}
+
+/// An agent serving `card` natively, with the card's PIN configured (`pin`) or not.
+fn native_agent(token: &Token, card: &VirtualCard, pin: bool, modules: &[&str]) -> Agent {
+    Agent::start_with(
+        token,
+        AgentOptions {
+            config: Some(native_config(modules)),
+            pin_file: Some(pin.then(|| card.pin_file())),
+            ..Default::default()
+        },
+    )
+}
+
+fn setup(pin: bool) -> Setup {
+    let card = card();
+    let token = Token::new();
+    let agent = native_agent(&token, &card, pin, &[]);
+    Setup {
+        agent,
+        card,
+        _token: token,
+    }
+}
+
+/// `smime sign --mime` with the card's 9a key through `agent`; `openssl smime -verify`
+/// accepts it, and the signer certificate is the one in slot 9a.
+fn sign_and_verify(agent: &Agent, card: &VirtualCard, name: &str) {
+    let m = master();
+    let mail = card.file("mail.eml");
+    std::fs::write(&mail, MAIL).unwrap();
+    let signed = card.file(&format!("{name}.eml"));
+    assert_ok(
+        &agent.sign(SIGNER.3, &mail, &signed, &["--mime"]),
+        &format!("smime sign --mime ({name})"),
+    );
+    let out = card.file(&format!("{name}.out"));
+    let signer = card.file(&format!("{name}.signer.pem"));
+    let r = run(Command::new("openssl").args([
+        "smime",
+        "-verify",
+        "-in",
+        s(&signed),
+        "-CAfile",
+        s(&m.ca.cert),
+        "-purpose",
+        "smimesign",
+        "-signer",
+        s(&signer),
+        "-out",
+        s(&out),
+    ]));
+    assert_ok(&r, &format!("openssl smime -verify ({name})"));
+    assert!(
+        String::from_utf8_lossy(&std::fs::read(&out).unwrap())
+            .contains("Signed by a PIV card through OpenSC."),
+        "{name}: the verified content is not the message"
+    );
+    assert_eq!(
+        pem_der(&signer),
+        pem_der(&m.certs[0]),
+        "{name}: signed with another key"
+    );
+}
+
+fn sign_file(agent: &Agent, card: &VirtualCard, out: &Path) -> Output {
+    let data = card.file("data.txt");
+    std::fs::write(&data, b"card data").unwrap();
+    agent.sign(SIGNER.3, &data, out, &[])
+}
+
+fn status(agent: &Agent) -> serde_json::Value {
+    let out = agent.smime(&["status", "--json"]);
+    assert_ok(&out, "smime status --json");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The one native token in `status --json`.
+fn piv_token(agent: &Agent) -> serde_json::Value {
+    let st = status(agent);
+    let tokens = st["tokens"].as_array().unwrap();
+    let native: Vec<&serde_json::Value> = tokens
+        .iter()
+        .filter(|t| t["module"] == "native PIV")
+        .collect();
+    assert_eq!(native.len(), 1, "{st:#}");
+    native[0].clone()
+}
+
+/// `smime unlock` for the card with `pin` on stdin.
+fn unlock(agent: &Agent, pin: &str) -> Output {
+    let mut cmd = Command::new(smime_tests::built("smime"));
+    cmd.env("SMIME_AGENT_SOCK", &agent.socket)
+        .env_remove("SMIME_AGENT_PIN")
+        .args(["unlock", "--token", SERIAL, "--pin-stdin"]);
+    run_stdin(&mut cmd, format!("{pin}\n").as_bytes())
+}
+
+/// The user PIN tries left as `yubico-piv-tool -a status` reads them from the card.
+fn tries_by_piv_tool(card: &VirtualCard) -> u32 {
+    let out = card.piv_tool(&["-a", "status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("PIN tries left:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no PIN tries in: {text}"))
+}
+
+/// A PC/SC connection of its own to the virtual card that tells whether anyone reset the
+/// card since it was opened (pcscd then refuses the handle with SCARD_W_RESET_CARD). A
+/// reset logs every application out; PIV clients must leave the card with LeaveCard.
+struct ResetWatch {
+    card: Option<pcsc::Card>,
+}
+
+impl ResetWatch {
+    fn new() -> Self {
+        let ctx = pcsc::Context::establish(pcsc::Scope::User).unwrap();
+        let reader = std::ffi::CString::new(VIRTUAL_READER).unwrap();
+        let card = ctx
+            .connect(&reader, pcsc::ShareMode::Shared, pcsc::Protocols::ANY)
+            .unwrap();
+        Self { card: Some(card) }
+    }
+
+    fn was_reset(&mut self) -> bool {
+        let card = self.card.as_mut().unwrap();
+        match card.transaction() {
+            Ok(_tx) => false, // the transaction ends with LeaveCard
+            Err(pcsc::Error::ResetCard) => true,
+            Err(e) => panic!("PC/SC: {e}"),
+        }
+    }
+}
+
+impl Drop for ResetWatch {
+    fn drop(&mut self) {
+        if let Some(card) = self.card.take()
+            && let Err((card, _)) = card.disconnect(pcsc::Disposition::LeaveCard)
+        {
+            std::mem::forget(card);
+        }
+    }
+}
+
+/// Keys, certificates and status of a native card: the three slots with their
+/// certificates byte for byte, ids `<serial>:<slot>`, and the card's reader, serial,
+/// version, login and tries in `status`.
+#[test]
+fn native_keys_and_status() {
+    let t = setup(true);
+    let out = t.agent.smime(&["keys", "--json"]);
+    assert_ok(&out, "smime keys --json");
+    let keys: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(keys.len(), 3, "{keys:#?}");
+    let m = master();
+    for (cert, (slot, _, cn, email), alg, op) in [
+        (&m.certs[0], SIGNER, "ec-p256", "sign"),
+        (&m.certs[1], RSA_KM, "rsa-2048", "decrypt"),
+        (&m.certs[2], EC_KM, "ec-p256", "ecdh"),
+    ] {
+        let k = keys
+            .iter()
+            .find(|k| k["emails"].as_array().unwrap().iter().any(|e| e == email))
+            .unwrap_or_else(|| panic!("no key for {email} in {keys:#?}"));
+        assert_eq!(k["id"], format!("{SERIAL}:{slot}"), "{k}");
+        assert_eq!(k["algorithm"], alg, "{k}");
+        assert_eq!(k["subject"], format!("CN={cn}"), "{k}");
+        assert!(
+            k["operations"].as_array().unwrap().iter().any(|o| o == op),
+            "{k}"
+        );
+        use sha2::Digest;
+        assert_eq!(
+            k["sha256"],
+            hex::encode(sha2::Sha256::digest(pem_der(cert))),
+            "{email}: certificate"
+        );
+    }
+    let tok = piv_token(&t.agent);
+    assert_eq!(tok["serial"], SERIAL, "{tok}");
+    assert_eq!(tok["logged_in"], true, "{tok}");
+    assert_eq!(tok["card"]["reader"], VIRTUAL_READER, "{tok}");
+    assert_eq!(tok["card"]["version"], "5.4.3", "{tok}");
+    assert_eq!(tok["card"]["present"], true, "{tok}");
+    let text = String::from_utf8_lossy(&t.agent.smime(&["status"]).stdout).into_owned();
+    assert!(
+        text.contains(&format!(
+            "card: reader {VIRTUAL_READER}, present, PIV version 5.4.3, serial {SERIAL}"
+        )),
+        "{text}"
+    );
+}
+
+/// The same card signs S/MIME mail through the native backend and, at the same time,
+/// through an agent on OpenSC's PKCS#11 module; OpenSSL verifies both. Both agents are
+/// unlocked by a client PIN they do not keep, and other PC/SC clients (`opensc-tool`,
+/// `pkcs11-tool`) use the card in between: every request works, and a PC/SC handle of
+/// our own shows that nobody reset the card meanwhile (it does notice the reset
+/// `yubico-piv-tool` makes when it exits; after that the native agent reconnects).
+#[test]
+fn native_and_opensc_share_the_card_and_openssl_verifies_both() {
+    let t = setup(false);
+    let opensc = Agent::start_with(
+        &t._token,
+        AgentOptions {
+            module: Some(OPENSC_MODULE.into()),
+            pin_file: Some(None),
+            ..Default::default()
+        },
+    );
+    assert_ok(&unlock(&t.agent, CARD_PIN), "smime unlock (native)");
+    let unlock_opensc = {
+        let mut cmd = Command::new(smime_tests::built("smime"));
+        cmd.env("SMIME_AGENT_SOCK", &opensc.socket)
+            .args(["unlock", "--pin-stdin"]);
+        run_stdin(&mut cmd, format!("{CARD_PIN}\n").as_bytes())
+    };
+    assert_ok(&unlock_opensc, "smime unlock (OpenSC)");
+    let mut watch = ResetWatch::new();
+    sign_and_verify(&t.agent, &t.card, "native-1");
+    sign_and_verify(&opensc, &t.card, "opensc-1");
+    let name = run(Command::new("opensc-tool").args(["-r", VIRTUAL_READER, "-n"]));
+    assert_ok(&name, "opensc-tool -n");
+    sign_and_verify(&t.agent, &t.card, "native-2");
+    std::fs::write(t.p("digest.bin"), [7u8; 32]).unwrap();
+    let sig = run(Command::new("pkcs11-tool").args([
+        "--module",
+        OPENSC_MODULE,
+        "--login",
+        "--pin",
+        CARD_PIN,
+        "--sign",
+        "--id",
+        "01",
+        "-m",
+        "ECDSA",
+        "-i",
+        s(&t.p("digest.bin")),
+        "-o",
+        s(&t.p("other.sig")),
+        "--signature-format",
+        "openssl",
+    ]));
+    assert_ok(&sig, "pkcs11-tool --sign");
+    openssl_in(
+        t.card.dir.path(),
+        &[
+            "pkeyutl",
+            "-verify",
+            "-pubin",
+            "-inkey",
+            "9a.pub.pem",
+            "-in",
+            "digest.bin",
+            "-sigfile",
+            "other.sig",
+        ],
+    );
+    sign_and_verify(&opensc, &t.card, "opensc-2");
+    sign_and_verify(&t.agent, &t.card, "native-3");
+    assert!(
+        !watch.was_reset(),
+        "the card was reset while the agents and OpenSC's tools shared it"
+    );
+    assert_eq!(piv_token(&t.agent)["logged_in"], true);
+    // yubico-piv-tool resets the card when it exits: the watch sees it, and the native
+    // agent opens a fresh connection.
+    let status = String::from_utf8_lossy(&t.card.piv_tool(&["-a", "status"]).stdout).into_owned();
+    assert!(status.contains("CN=Card Signer"), "{status}");
+    assert!(watch.was_reset(), "the watch does not notice a reset");
+    sign_and_verify(&t.agent, &t.card, "native-4");
+    sign_and_verify(&opensc, &t.card, "opensc-3");
+    assert_eq!(piv_token(&t.agent)["logged_in"], true);
+}
+
+/// Messages OpenSSL encrypts to the card's RSA key (PKCS#1 v1.5 and OAEP) and EC key
+/// (ECDH, CBC and GCM content) decrypt through the native backend.
+#[test]
+fn openssl_envelopes_decrypt_natively() {
+    let t = setup(true);
+    let m = master();
+    let entity = "Content-Type: text/plain; charset=us-ascii\r\n\r\nfor the card only\r\n";
+    std::fs::write(t.p("entity.txt"), entity).unwrap();
+    let oaep: &[&str] = &[
+        "-keyopt",
+        "rsa_padding_mode:oaep",
+        "-keyopt",
+        "rsa_oaep_md:sha256",
+        "-keyopt",
+        "rsa_mgf1_md:sha256",
+    ];
+    let cases: [(&str, &Path, &[&str]); 5] = [
+        ("rsa-pkcs1", &m.certs[1], &["-aes-256-cbc"]),
+        ("rsa-oaep", &m.certs[1], &["-aes-128-gcm"]),
+        ("rsa-oaep-sha1", &m.certs[1], &["-aes-256-cbc"]),
+        ("ec-ecdh", &m.certs[2], &["-aes-256-cbc"]),
+        ("ec-ecdh-gcm", &m.certs[2], &["-aes-128-gcm"]),
+    ];
+    for (name, cert, opts) in cases {
+        let enc = format!("{name}.p7m");
+        let mut args = vec!["cms", "-encrypt", "-in", "entity.txt", "-out", &enc];
+        args.extend_from_slice(opts);
+        args.extend(["-recip", s(cert)]);
+        match name {
+            "rsa-oaep" => args.extend_from_slice(oaep),
+            "rsa-oaep-sha1" => args.extend(["-keyopt", "rsa_padding_mode:oaep"]),
+            _ => {}
+        }
+        openssl_in(t.card.dir.path(), &args);
+        let out = t.p(&format!("{name}.dec"));
+        let r = t
+            .agent
+            .smime(&["decrypt", "--in", s(&t.p(&enc)), "--out", s(&out)]);
+        assert_ok(&r, &format!("smime decrypt ({name})"));
+        let text = String::from_utf8(std::fs::read(&out).unwrap()).unwrap();
+        assert!(
+            text.contains("for the card only"),
+            "{name}: decrypted to {text:?}"
+        );
+    }
+    // A tampered RSA key transport does not decrypt; the agent answers and stays up.
+    let mut der = Vec::new();
+    openssl_in(
+        t.card.dir.path(),
+        &[
+            "cms",
+            "-encrypt",
+            "-in",
+            "entity.txt",
+            "-outform",
+            "DER",
+            "-out",
+            "t.der",
+            "-aes-256-cbc",
+            "-recip",
+            s(&m.certs[1]),
+        ],
+    );
+    der.extend(std::fs::read(t.p("t.der")).unwrap());
+    // The 256-byte encryptedKey sits before the content; flip one of its bytes.
+    let pos = der
+        .windows(4)
+        .position(|w| w == [0x04, 0x82, 0x01, 0x00])
+        .expect("encryptedKey OCTET STRING");
+    der[pos + 4 + 100] ^= 0x55;
+    std::fs::write(t.p("t.der"), &der).unwrap();
+    let out = t.p("tampered.dec");
+    let r = t
+        .agent
+        .smime(&["decrypt", "--in", s(&t.p("t.der")), "--out", s(&out)]);
+    assert_failed_cleanly(&r, &out, "decrypt a tampered key");
+    sign_and_verify(&t.agent, &t.card, "after-tampered");
+}
+
+/// A card pulled out mid-session: the next request says "card removed" (exit 3, no
+/// output) and the agent stays up; put back, requests work again, same agent process.
+#[test]
+fn a_removed_card_says_so_and_works_again_when_back() {
+    let mut t = setup(true);
+    let sig = t.p("sig.p7s");
+    assert_ok(&sign_file(&t.agent, &t.card, &sig), "sign before removal");
+    std::fs::remove_file(&sig).unwrap();
+    let pid = t.agent.pid();
+    t.card.remove();
+    for _ in 0..2 {
+        let out = sign_file(&t.agent, &t.card, &sig);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{err}");
+        assert!(err.contains("card removed"), "{err}");
+        assert!(
+            out.stdout.is_empty() && !sig.exists(),
+            "output despite the failure"
+        );
+    }
+    assert!(t.agent.is_running(), "{}", t.agent.log_text());
+    let tok = piv_token(&t.agent);
+    assert_eq!(tok["card"]["present"], false, "{tok}");
+    assert_eq!(tok["logged_in"], false, "{tok}");
+    t.card.insert();
+    for n in 0..2 {
+        assert_ok(
+            &sign_file(&t.agent, &t.card, &sig),
+            &format!("sign #{n} after reinsertion"),
+        );
+    }
+    sign_and_verify(&t.agent, &t.card, "reinserted");
+    assert_eq!(t.agent.pid(), pid);
+    assert!(t.agent.is_running());
+    assert_eq!(piv_token(&t.agent)["card"]["present"], true);
+}
+
+/// A wrong PIN costs exactly one try (3 → 2, by our status and by yubico-piv-tool), is
+/// reported with the tries left, and is never sent again: the next request says a PIN is
+/// needed and the count stays. The right PIN then unlocks the card and it signs.
+#[test]
+fn a_wrong_pin_costs_one_try_and_is_not_retried() {
+    let t = setup(false);
+    let tok = piv_token(&t.agent);
+    assert_eq!(tok["logged_in"], false, "{tok}");
+    assert_eq!(tok["card"]["pin_tries_left"], 3, "{tok}");
+    assert_eq!(tries_by_piv_tool(&t.card), 3);
+    let out = unlock(&t.agent, "000000");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("wrong PIN") && err.contains("2 tries left"),
+        "{err}"
+    );
+    assert_eq!(piv_token(&t.agent)["card"]["pin_tries_left"], 2);
+    assert_eq!(piv_token(&t.agent)["pin_state"], "count-low");
+    assert_eq!(tries_by_piv_tool(&t.card), 2, "more than one try was spent");
+    // No PIN kept, none retried: a request fails and costs nothing.
+    let sig = t.p("sig.p7s");
+    let out = sign_file(&t.agent, &t.card, &sig);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("PIN_REQUIRED"), "{err}");
+    assert!(!sig.exists(), "output despite the failure");
+    assert_eq!(tries_by_piv_tool(&t.card), 2, "a PIN was sent again");
+    assert_eq!(piv_token(&t.agent)["card"]["pin_tries_left"], 2);
+    assert_ok(
+        &unlock(&t.agent, CARD_PIN),
+        "smime unlock with the right PIN",
+    );
+    sign_and_verify(&t.agent, &t.card, "after-unlock");
+    // A good PIN resets the count.
+    assert_ok(&t.agent.smime(&["lock"]), "smime lock");
+    assert_eq!(piv_token(&t.agent)["logged_in"], false);
+}
+
+/// Both backends configured for the card (OpenSC loaded, the reader or the serial given
+/// to the native backend): each key is listed once, by the native token, and OpenSC's
+/// token for that reader is not opened.
+#[test]
+fn with_both_backends_each_key_is_listed_once() {
+    let card = card();
+    let token = Token::new();
+    let by_serial = format!(
+        "modules = [{OPENSC_MODULE:?}]\n[[card]]\nserial = {SERIAL:?}\nbackend = \"native\"\n"
+    );
+    for (name, config) in [
+        ("by reader", native_config(&[OPENSC_MODULE])),
+        ("by serial", by_serial),
+    ] {
+        let agent = Agent::start_with(
+            &token,
+            AgentOptions {
+                config: Some(config),
+                pin_file: Some(Some(card.pin_file())),
+                ..Default::default()
+            },
+        );
+        let out = agent.smime(&["keys", "--json"]);
+        assert_ok(&out, "smime keys --json");
+        let keys: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(keys.len(), 3, "{name}: {keys:#?}");
+        for (slot, _, _, email) in [SIGNER, RSA_KM, EC_KM] {
+            let with_email: Vec<_> = keys
+                .iter()
+                .filter(|k| k["emails"].as_array().unwrap().iter().any(|e| e == email))
+                .collect();
+            assert_eq!(with_email.len(), 1, "{name}: {email} in {keys:#?}");
+            assert_eq!(with_email[0]["id"], format!("{SERIAL}:{slot}"), "{name}");
+        }
+        let st = status(&agent);
+        let tokens = st["tokens"].as_array().unwrap();
+        assert_eq!(tokens.len(), 1, "{name}: {st:#}");
+        assert_eq!(tokens[0]["module"], "native PIV", "{name}");
+        assert!(
+            st["agent"]["modules"][0]["loaded"] == true,
+            "{name}: OpenSC is loaded: {st:#}"
+        );
+        sign_and_verify(&agent, &card, &format!("both-{}", name.replace(' ', "-")));
+        drop(agent);
+    }
+}
