@@ -523,3 +523,124 @@ fn with_both_backends_each_key_is_listed_once() {
         drop(agent);
     }
 }
+
+/// Every signature scheme the backend builds on the host or gets from the card, judged
+/// by `openssl cms -verify`: RSA PKCS#1 v1.5 (SHA-256, SHA-512) and RSA-PSS with the 9d
+/// key, ECDSA P-384 (a key put in retired slot 83 here), and the digital-signature slot
+/// 9c, which wants the PIN before every use (`always_auth = "cached-pin"` lets the agent
+/// give it the configured PIN; without it the agent refuses). ECDH on P-384 decrypts.
+#[test]
+fn rsa_pkcs1_pss_p384_and_the_9c_slot_sign_natively() {
+    let card = card();
+    let m = master();
+    let p384 = card.provision(
+        &m.ca,
+        "83",
+        "ECCP384",
+        "Card P-384",
+        "card-p384@example.org",
+    );
+    let _sig9c = card.provision(&m.ca, "9c", "ECCP256", "Card 9c", "card-9c@example.org");
+    let token = Token::new();
+    let agent = Agent::start_with(
+        &token,
+        AgentOptions {
+            config: Some(format!(
+                "always_auth = \"cached-pin\"\n{}",
+                native_config(&[])
+            )),
+            pin_file: Some(Some(card.pin_file())),
+            ..Default::default()
+        },
+    );
+    let data = card.file("data.txt");
+    std::fs::write(&data, b"signed by the card, natively\n").unwrap();
+    let cases: [(&str, &str, &[&str], &str); 6] = [
+        ("rsa-pkcs1-sha256", RSA_KM.3, &[], "sha256WithRSAEncryption"),
+        (
+            "rsa-pkcs1-sha512",
+            RSA_KM.3,
+            &["--digest", "sha512"],
+            "sha512WithRSAEncryption",
+        ),
+        ("rsa-pss", RSA_KM.3, &["--pss"], "rsassaPss"),
+        (
+            "p384",
+            "card-p384@example.org",
+            &["--digest", "sha384"],
+            "ecdsa-with-SHA384",
+        ),
+        (
+            "p256-sha512",
+            SIGNER.3,
+            &["--digest", "sha512"],
+            "ecdsa-with-SHA512",
+        ),
+        ("9c", "card-9c@example.org", &[], "ecdsa-with-SHA256"),
+    ];
+    for (name, key, extra, alg) in cases {
+        let sig = card.file(&format!("{name}.p7s"));
+        let mut args = vec!["--outform", "DER"];
+        args.extend_from_slice(extra);
+        assert_ok(
+            &agent.sign(key, &data, &sig, &args),
+            &format!("smime sign ({name})"),
+        );
+        assert_ok(
+            &smime_tests::openssl_verify(&sig, &data, &m.ca.cert, "DER"),
+            &format!("openssl cms -verify ({name})"),
+        );
+        let print = openssl_in(
+            card.dir.path(),
+            &["cms", "-cmsout", "-print", "-inform", "DER", "-in", s(&sig)],
+        );
+        let text = String::from_utf8_lossy(&print.stdout);
+        assert!(text.contains(alg), "{name}: want {alg} in {text}");
+    }
+    // ECDH on P-384.
+    std::fs::write(
+        card.file("entity.txt"),
+        "Content-Type: text/plain\r\n\r\nfor P-384\r\n",
+    )
+    .unwrap();
+    openssl_in(
+        card.dir.path(),
+        &[
+            "cms",
+            "-encrypt",
+            "-in",
+            "entity.txt",
+            "-out",
+            "p384.p7m",
+            "-aes-256-cbc",
+            "-recip",
+            s(&p384),
+        ],
+    );
+    let out = card.file("p384.dec");
+    assert_ok(
+        &agent.smime(&[
+            "decrypt",
+            "--in",
+            s(&card.file("p384.p7m")),
+            "--out",
+            s(&out),
+        ]),
+        "smime decrypt (ECDH P-384)",
+    );
+    assert!(
+        String::from_utf8(std::fs::read(&out).unwrap())
+            .unwrap()
+            .contains("for P-384")
+    );
+    drop(agent);
+    // The default policy asks for the PIN per use through pinentry; with none, the 9c key
+    // is refused and nothing is signed.
+    let strict = native_agent(&token, &card, true, &[]);
+    let sig = card.file("9c-strict.p7s");
+    let r = strict.sign("card-9c@example.org", &data, &sig, &[]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert_ne!(r.status.code(), Some(0), "{err}");
+    assert!(err.contains("needs the PIN for every use"), "{err}");
+    assert!(!sig.exists(), "output despite the failure");
+}
