@@ -64,8 +64,10 @@ pub struct Flags {
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
     /// Config file. Default: $XDG_CONFIG_HOME/smime-agent/config.toml (if it exists). It
-    /// holds the settings below and per-token `[[token]]` tables (PIN source, cache,
-    /// always-authenticate policy, confirmation before signing); SIGHUP re-reads it.
+    /// holds the settings below, per-token `[[token]]` tables (PIN source, cache,
+    /// always-authenticate policy, confirmation before signing) and `[[card]]` tables
+    /// (`reader` and/or `serial`, `backend = "native"`: drive that PIV card directly over
+    /// PC/SC instead of through a PKCS#11 module); SIGHUP re-reads it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Stay attached to the terminal (for systemd, tests and debugging). Without it the
