@@ -160,30 +160,40 @@ impl Keystore {
         self.start_tokens(&self.tokens()).await;
     }
 
-    /// [`Keystore::start`] for some tokens (those a rescan found).
+    /// [`Keystore::start`] for some tokens (those a rescan found). The token a
+    /// configured PIN goes to logs in before its keys are listed, so a client that sees
+    /// the keys of a card inserted after the start finds it logged in.
     pub async fn start_tokens(&self, tokens: &[Arc<Token>]) {
-        for t in tokens {
+        let mut started: Option<&Arc<Token>> = None;
+        if let Some((pin, target)) = self.pin.clone() {
+            let candidates: Vec<&Arc<Token>> = match &target {
+                Some(sel) => tokens.iter().filter(|t| t.matches(sel)).collect(),
+                None => tokens.iter().filter(|t| t.needs_login()).collect(),
+            };
+            match candidates.as_slice() {
+                [t] => {
+                    // The outcome is logged by login() and reported to clients later;
+                    // a login that worked has read the keys.
+                    if t.login(pin, PinSource::Configured).await.is_ok() {
+                        started = Some(t);
+                    }
+                }
+                [] => {
+                    tracing::warn!(target = ?target, "a PIN is configured but no token to use it on")
+                }
+                many => tracing::warn!(
+                    tokens = ?many.iter().map(|t| t.label.as_str()).collect::<Vec<_>>(),
+                    "a PIN is configured but several tokens need one; name the token with --pin-token"
+                ),
+            }
+        }
+        for t in tokens
+            .iter()
+            .filter(|t| !started.is_some_and(|s| Arc::ptr_eq(s, t)))
+        {
             if let Err(e) = t.refresh_keys().await {
                 tracing::warn!(token = %t.label, error = %e, "cannot enumerate keys");
             }
-        }
-        let Some((pin, target)) = self.pin.clone() else {
-            return;
-        };
-        let candidates: Vec<&Arc<Token>> = match &target {
-            Some(sel) => tokens.iter().filter(|t| t.matches(sel)).collect(),
-            None => tokens.iter().filter(|t| t.needs_login()).collect(),
-        };
-        match candidates.as_slice() {
-            [t] => {
-                // The outcome is logged by login() and reported to clients later.
-                let _ = t.login(pin, PinSource::Configured).await;
-            }
-            [] => tracing::warn!(target = ?target, "a PIN is configured but no token to use it on"),
-            many => tracing::warn!(
-                tokens = ?many.iter().map(|t| t.label.as_str()).collect::<Vec<_>>(),
-                "a PIN is configured but several tokens need one; name the token with --pin-token"
-            ),
         }
     }
 

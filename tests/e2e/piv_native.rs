@@ -644,3 +644,41 @@ fn rsa_pkcs1_pss_p384_and_the_9c_slot_sign_natively() {
     assert!(err.contains("needs the PIN for every use"), "{err}");
     assert!(!sig.exists(), "output despite the failure");
 }
+
+/// A card that is not in its reader when the agent starts is found when it is inserted
+/// (PC/SC card event, no restart), logged in with the configured PIN, and signs.
+#[test]
+fn a_card_inserted_after_the_agent_started_is_found() {
+    let mut card = card();
+    card.remove();
+    let token = Token::new();
+    let agent = native_agent(&token, &card, true, &[]);
+    let keys = |agent: &Agent| {
+        let out = agent.smime(&["keys", "--json"]);
+        assert_ok(&out, "smime keys --json");
+        serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout)
+            .unwrap()
+            .len()
+    };
+    assert_eq!(keys(&agent), 0);
+    card.insert();
+    let start = std::time::Instant::now();
+    while keys(&agent) < 3 {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(15),
+            "the inserted card was not found: {}",
+            agent.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(keys(&agent), 3);
+    let sig = card.file("later.p7s");
+    let out = sign_file(&agent, &card, &sig);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        agent.log_text()
+    );
+    sign_and_verify(&agent, &card, "inserted-later");
+}
