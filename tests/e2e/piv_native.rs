@@ -682,3 +682,82 @@ fn a_card_inserted_after_the_agent_started_is_found() {
     );
     sign_and_verify(&agent, &card, "inserted-later");
 }
+
+/// A native card that hangs (its process stopped with SIGSTOP, so the reader never
+/// answers) holds up only its own requests: a SoftHSM token in the same agent signs
+/// at once, `smime status` answers, and when the card wakes up its request completes.
+#[test]
+fn a_hung_card_holds_up_only_its_own_requests() {
+    let card = card();
+    let token = Token::new();
+    let config = format!(
+        "pin_token = \"smime-demo\"\n{}\
+         [[token]]\nserial = {SERIAL:?}\npin_source = \"file\"\npin_file = {:?}\n",
+        native_config(&[s(&smime_tests::softhsm_module())]),
+        s(&card.pin_file()),
+    );
+    let agent = Agent::start_with(
+        &token,
+        AgentOptions {
+            config: Some(config),
+            ..Default::default() // the SoftHSM token's PIN file
+        },
+    );
+    sign_and_verify(&agent, &card, "before-hang");
+    let pid = card.pivemu_pid().expect("the card is in").to_string();
+    let signal = |sig: &str| {
+        let st = Command::new("kill").args([sig, &pid]).status().unwrap();
+        assert!(st.success(), "kill {sig}");
+    };
+    signal("-STOP");
+    // A native request now waits for the card.
+    let mut hung = {
+        let data = card.file("hung.txt");
+        std::fs::write(&data, b"waits for the card").unwrap();
+        Command::new(smime_tests::built("smime"))
+            .env("SMIME_AGENT_SOCK", &agent.socket)
+            .args(["sign", "--key", SIGNER.3, "--in", s(&data), "--out"])
+            .arg(card.file("hung.p7s"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let start = std::time::Instant::now();
+    let data = card.file("soft.txt");
+    std::fs::write(&data, b"signed on SoftHSM while the card hangs").unwrap();
+    let sig = card.file("soft.p7s");
+    let r = agent.sign("bob@example.org", &data, &sig, &[]);
+    let soft = start.elapsed();
+    let st = agent.smime(&["status", "--json"]);
+    let both = start.elapsed();
+    let still_hung = hung.try_wait().unwrap().is_none();
+    signal("-CONT");
+    assert_ok(&r, "SoftHSM sign while the card hangs");
+    assert_ok(
+        &smime_tests::openssl_verify(&sig, &data, &token.file("ca.pem"), "DER"),
+        "openssl cms -verify (SoftHSM)",
+    );
+    assert_ok(&st, "smime status while the card hangs");
+    assert!(still_hung, "the card request did not wait for the card");
+    assert!(
+        soft < std::time::Duration::from_secs(5) && both < std::time::Duration::from_secs(8),
+        "held up by the hung card: sign {soft:?}, sign + status {both:?}"
+    );
+    let out = hung.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the card request after the card woke up: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_ok(
+        &smime_tests::openssl_verify(
+            &card.file("hung.p7s"),
+            &card.file("hung.txt"),
+            &master().ca.cert,
+            "DER",
+        ),
+        "openssl cms -verify (the card's delayed signature)",
+    );
+}

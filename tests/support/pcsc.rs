@@ -147,6 +147,12 @@ impl VirtualCard {
         self.wait_for(false);
     }
 
+    /// The process id of the running card (`pivemu`), e.g. to stop it with SIGSTOP and
+    /// make the card hang; `None` while the card is out.
+    pub fn pivemu_pid(&self) -> Option<u32> {
+        self.pivemu.as_ref().map(Child::id)
+    }
+
     /// Whether `opensc-tool -l` lists the virtual reader with a card.
     pub fn present() -> bool {
         let out = Command::new("opensc-tool")
