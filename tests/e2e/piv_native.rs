@@ -171,6 +171,19 @@ impl ResetWatch {
         Self { card: Some(card) }
     }
 
+    /// Sends APDUs in one transaction, as another application would; the answers.
+    fn send(&mut self, apdus: &[&[u8]]) -> Vec<Vec<u8>> {
+        let card = self.card.as_mut().unwrap();
+        let tx = card.transaction().unwrap();
+        apdus
+            .iter()
+            .map(|apdu| {
+                let mut buf = [0u8; 258];
+                tx.transmit(apdu, &mut buf).unwrap().to_vec()
+            })
+            .collect()
+    }
+
     fn was_reset(&mut self) -> bool {
         let card = self.card.as_mut().unwrap();
         match card.transaction() {
@@ -760,4 +773,100 @@ fn a_hung_card_holds_up_only_its_own_requests() {
         ),
         "openssl cms -verify (the card's delayed signature)",
     );
+}
+
+/// Another application (this test, over PC/SC) selects another applet of the card (a
+/// YubiKey's OTP applet; the virtual card then forgets the verified PIN, as a YubiKey
+/// does).
+/// The native agent opens a fresh connection, selects PIV again and verifies the PIN
+/// again only if it may keep it: with a configured PIN the request works; an agent
+/// unlocked by a PIN a client sent says a PIN is needed and sends none (the tries stay).
+/// Nobody resets the card meanwhile.
+#[test]
+fn another_applet_selected_in_between() {
+    let t = setup(true);
+    let client_unlocked = native_agent(&t._token, &t.card, false, &[]);
+    assert_ok(&unlock(&client_unlocked, CARD_PIN), "smime unlock");
+    let mut watch = ResetWatch::new();
+    sign_and_verify(&t.agent, &t.card, "kept-before");
+    sign_and_verify(&client_unlocked, &t.card, "client-before");
+    let select_otp = |watch: &mut ResetWatch| {
+        let answers = watch.send(&[
+            &[
+                0x00, 0xA4, 0x04, 0x00, 0x07, 0xA0, 0x00, 0x00, 0x05, 0x27, 0x20, 0x01,
+            ],
+            // GET DATA (discovery object): a PIV command, no longer understood.
+            &[0x00, 0xCB, 0x3F, 0xFF, 0x03, 0x5C, 0x01, 0x7E, 0x00],
+        ]);
+        assert_eq!(answers[0], [0x90, 0x00], "select the OTP applet");
+        assert_eq!(answers[1], [0x6D, 0x00], "PIV is still selected");
+    };
+    select_otp(&mut watch);
+    let sig = t.p("client.p7s");
+    let out = sign_file(&client_unlocked, &t.card, &sig);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("PIN_REQUIRED"), "{err}");
+    assert!(!sig.exists());
+    let tok = piv_token(&client_unlocked);
+    assert_eq!(tok["card"]["pin_tries_left"], 3, "a PIN was sent: {tok}");
+    assert_eq!(tok["logged_in"], false, "{tok}");
+    select_otp(&mut watch);
+    sign_and_verify(&t.agent, &t.card, "kept-after");
+    assert!(
+        t.agent.log_text().contains("answers for another applet"),
+        "{}",
+        t.agent.log_text()
+    );
+    assert_ok(&unlock(&client_unlocked, CARD_PIN), "smime unlock again");
+    sign_and_verify(&client_unlocked, &t.card, "client-after");
+    assert!(!watch.was_reset(), "the card was reset");
+}
+
+/// The final try needs the user's consent, and a card whose PIN is locked says so and
+/// names the PUK: two wrong PINs (3 → 1), the third is refused without
+/// `--confirm-final-try` (nothing sent: still 1 by yubico-piv-tool), sent with it, and
+/// the card is locked (0 by our status and by yubico-piv-tool); the right PIN is then
+/// refused without being sent.
+#[test]
+fn the_final_try_needs_consent_and_a_locked_pin_names_the_puk() {
+    let mut t = setup(false);
+    for left in [2, 1] {
+        let out = unlock(&t.agent, "000000");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&format!("{left} tries left")), "{err}");
+    }
+    assert_eq!(piv_token(&t.agent)["pin_state"], "final-try");
+    let out = unlock(&t.agent, "000000");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("final try"), "{err}");
+    assert_eq!(
+        tries_by_piv_tool(&t.card),
+        1,
+        "the final try was spent unasked"
+    );
+    let confirmed = {
+        let mut cmd = Command::new(smime_tests::built("smime"));
+        cmd.env("SMIME_AGENT_SOCK", &t.agent.socket).args([
+            "unlock",
+            "--token",
+            SERIAL,
+            "--pin-stdin",
+            "--confirm-final-try",
+        ]);
+        run_stdin(&mut cmd, b"000000\n")
+    };
+    let err = String::from_utf8_lossy(&confirmed.stderr);
+    assert_eq!(confirmed.status.code(), Some(3), "{err}");
+    assert!(err.contains("locked") && err.contains("PUK"), "{err}");
+    let tok = piv_token(&t.agent);
+    assert_eq!(tok["pin_state"], "locked", "{tok}");
+    assert_eq!(tok["card"]["pin_tries_left"], 0, "{tok}");
+    assert_eq!(tries_by_piv_tool(&t.card), 0);
+    let out = unlock(&t.agent, CARD_PIN);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("PUK"), "{err}");
+    assert!(t.agent.is_running(), "{}", t.agent.log_text());
 }

@@ -40,7 +40,12 @@
 //!      management key from 5.7 on where the applet's default is 3DES;
 //!   4. GET METADATA (INS 0xF7): the applet's empty `9000` is answered `6D00` (not
 //!      supported), so the `yubikey` crate falls back to its defaults instead of failing
-//!      to parse.
+//!      to parse;
+//! - and one that plays a YubiKey's other applets:
+//!   5. SELECT of a YubiKey's OTP or management applet (`A0 00 00 05 27 20 01`,
+//!      `A0 00 00 05 27 47 11 17`) deselects PIV as on the real card: other commands
+//!      answer `6D00` until PIV is selected again, and PIV has forgotten the verified
+//!      PIN then. Tests use it to play "another application selected another applet".
 //!
 //! Any panic in the applet aborts the process, which clients see as a card removal.
 
@@ -232,6 +237,12 @@ const PIV_RID: [u8; 5] = [0xA0, 0x00, 0x00, 0x03, 0x08];
 /// The (truncated) PIV AID the applet matches.
 const PIV_AID: [u8; 9] = [0xA0, 0x00, 0x00, 0x03, 0x08, 0x00, 0x00, 0x10, 0x00];
 
+/// Two other applets of a YubiKey: OTP and management. Selecting one deselects PIV.
+const OTHER_AIDS: [&[u8]; 2] = [
+    &[0xA0, 0x00, 0x00, 0x05, 0x27, 0x20, 0x01],
+    &[0xA0, 0x00, 0x00, 0x05, 0x27, 0x47, 0x11, 0x17],
+];
+
 const SW_OK: [u8; 2] = [0x90, 0x00];
 const SW_WRONG_LENGTH: [u8; 2] = [0x67, 0x00];
 const SW_INS_NOT_SUPPORTED: [u8; 2] = [0x6D, 0x00];
@@ -244,6 +255,8 @@ struct Card<T: piv_authenticator::Client> {
     /// Answer bytes still to be fetched with GET RESPONSE.
     pending: Vec<u8>,
     yk_version: [u8; 3],
+    /// Another applet is selected (shim 5): PIV commands are not understood.
+    other_applet: bool,
 }
 
 impl<T: piv_authenticator::Client> Card<T> {
@@ -293,6 +306,25 @@ impl<T: piv_authenticator::Client> Card<T> {
             let mut out = self.yk_version.to_vec();
             out.extend_from_slice(&SW_OK);
             return out;
+        }
+        // Shim 5: another applet of a YubiKey (OTP, management). Selecting it deselects
+        // PIV, as on the real card: PIV commands answer 6D00 until PIV is selected again,
+        // and PIV has forgotten the verified PIN then (a VERIFY logout is passed to the
+        // applet, whose own deselect does nothing).
+        if ins == 0xA4 && view.p1 == 0x04 && OTHER_AIDS.contains(&view.data()) {
+            self.other_applet = true;
+            return SW_OK.to_vec();
+        }
+        if self.other_applet {
+            if ins != 0xA4 {
+                return SW_INS_NOT_SUPPORTED.to_vec();
+            }
+            if view.p1 == 0x04 && view.data().starts_with(&PIV_RID) {
+                self.other_applet = false;
+                let logout = CommandView::try_from(&[0x00, 0x20, 0xFF, 0x80][..]).expect("VERIFY");
+                let mut reply = heapless::Vec::<u8, BUF>::new();
+                let _ = self.piv.respond(logout, reply.as_mut_view());
+            }
         }
         // Shim 1: SELECT by the 5-byte PIV RID.
         if ins == 0xA4 && view.p1 == 0x04 && view.data() == PIV_RID {
@@ -437,6 +469,7 @@ fn main() {
                 chain: None,
                 pending: Vec::new(),
                 yk_version,
+                other_applet: false,
             };
             // vpcd may not be listening yet (pcscd starting): retry for 10 s.
             let start = Instant::now();
