@@ -870,3 +870,45 @@ fn the_final_try_needs_consent_and_a_locked_pin_names_the_puk() {
     assert!(err.contains("PUK"), "{err}");
     assert!(t.agent.is_running(), "{}", t.agent.log_text());
 }
+
+/// A card pulled out while a request waits on it (the card hangs, then goes): that
+/// request fails with "card removed" (exit 3, no output); put back, requests work.
+#[test]
+fn a_request_in_flight_when_the_card_goes_fails_with_card_removed() {
+    let mut t = setup(true);
+    sign_and_verify(&t.agent, &t.card, "before");
+    let pid = t.card.pivemu_pid().expect("the card is in").to_string();
+    let st = Command::new("kill").args(["-STOP", &pid]).status().unwrap();
+    assert!(st.success());
+    let data = t.p("inflight.txt");
+    std::fs::write(&data, b"in flight").unwrap();
+    let sig = t.p("inflight.p7s");
+    let inflight = Command::new(smime_tests::built("smime"))
+        .env("SMIME_AGENT_SOCK", &t.agent.socket)
+        .args([
+            "sign",
+            "--key",
+            SIGNER.3,
+            "--in",
+            s(&data),
+            "--out",
+            s(&sig),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    t.card.remove(); // SIGKILL ends the stopped card
+    let out = inflight.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}\n{}", t.agent.log_text());
+    assert!(err.contains("card removed"), "{err}");
+    assert!(
+        out.stdout.is_empty() && !sig.exists(),
+        "output despite the failure"
+    );
+    assert!(t.agent.is_running());
+    t.card.insert();
+    sign_and_verify(&t.agent, &t.card, "after");
+}
