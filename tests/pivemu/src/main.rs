@@ -29,8 +29,8 @@
 //!
 //! Besides the applet, this program adds what a card reader's firmware and a YubiKey would:
 //! - ISO 7816 command chaining (CLA bit 0x10) and GET RESPONSE / `61xx` for long answers;
-//! - four shims for Yubico's clients (`yubico-piv-tool`, the `yubikey` crate), which
-//!   OpenSC does not need:
+//! - five shims: 1–4 for Yubico's clients (`yubico-piv-tool`, the `yubikey` crate), which
+//!   OpenSC does not need, and 5 to play a YubiKey's other applets:
 //!   1. SELECT with the 5-byte PIV RID `A0 00 00 03 08` is expanded to the 9-byte AID
 //!      the applet matches (it otherwise answers 6A82);
 //!   2. a command without Le gets up to 256 bytes of answer directly instead of a bare
@@ -41,7 +41,6 @@
 //!   4. GET METADATA (INS 0xF7): the applet's empty `9000` is answered `6D00` (not
 //!      supported), so the `yubikey` crate falls back to its defaults instead of failing
 //!      to parse;
-//! - and one that plays a YubiKey's other applets:
 //!   5. SELECT of a YubiKey's OTP or management applet (`A0 00 00 05 27 20 01`,
 //!      `A0 00 00 05 27 47 11 17`) deselects PIV as on the real card: other commands
 //!      answer `6D00` until PIV is selected again, and PIV has forgotten the verified
