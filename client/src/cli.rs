@@ -230,9 +230,9 @@ Provisioning a card for S/MIME:
   smime card set-mgmt-key --protected
   smime card change-pin
   smime card change-puk
-  smime card generate --slot 9c --alg p256 --subject 'CN=Alice' --email alice@example.org --csr alice.csr
+  smime card generate --slot 9a --alg p256 --subject 'CN=Alice' --email alice@example.org --csr alice.csr
   (have your CA sign alice.csr)
-  smime card import-cert --slot 9c alice.pem";
+  smime card import-cert --slot 9a alice.pem";
 
 /// `smime card`.
 #[derive(Debug, Args)]
