@@ -813,3 +813,206 @@ fn bad_requests_fail_cleanly() {
         "{err}"
     );
 }
+
+/// RSA 2048 in the key-management slot: the request asks for key encipherment and
+/// verifies with openssl; import-cert checks an RSA certificate by a test signature
+/// (PKCS#1 v1.5 made on the host, raw RSA on the card) and refuses another RSA key.
+#[test]
+fn rsa_requests_and_certificates_for_the_key_management_slot() {
+    let card = VirtualCard::new();
+    let dir = card.dir.path();
+    let csr = card.file("rsa.csr");
+    let out = card_cmd(
+        &[
+            "generate",
+            "--slot",
+            "9d",
+            "--alg",
+            "rsa2048",
+            "--subject",
+            "CN=Card RSA",
+            "--email",
+            "rsa@example.org",
+            "--csr",
+            s(&csr),
+        ],
+        &format!("{CARD_PIN}\n"),
+    );
+    assert_ok(&out, "generate rsa2048 --csr");
+    let text = openssl_in(dir, &["req", "-in", s(&csr), "-verify", "-noout", "-text"]);
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    assert!(text.contains("Public-Key: (2048 bit)"), "{text}");
+    assert!(text.contains("Key Encipherment"), "{text}");
+    assert!(text.contains("sha256WithRSAEncryption"), "{text}");
+    SoftCa::new(dir, "rsa");
+    let cert = ca_sign(&card, "rsa", &csr, "rsa@example.org", "rsa.pem");
+    // Another RSA key's certificate (same subject, openssl's key) is refused.
+    openssl_in(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "o.key",
+            "-out",
+            "other-rsa.pem",
+            "-subj",
+            "/CN=Card RSA",
+            "-days",
+            "2",
+        ],
+    );
+    let out = card_cmd(
+        &[
+            "import-cert",
+            "--slot",
+            "9d",
+            s(&card.file("other-rsa.pem")),
+        ],
+        &format!("{CARD_PIN}\n"),
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is not the key in slot 9d"),
+        "{}",
+        stderr(&out)
+    );
+    let out = card_cmd(
+        &["import-cert", "--slot", "9d", s(&cert)],
+        &format!("{CARD_PIN}\n"),
+    );
+    assert_ok(&out, "import-cert rsa");
+    assert_eq!(slot_cert(&card, "9d"), cert_der(&cert));
+    // OpenSC decrypts with the card's key what openssl encrypts to the certificate.
+    std::fs::write(card.file("secret.txt"), b"for the card").unwrap();
+    openssl_in(
+        dir,
+        &[
+            "pkeyutl",
+            "-encrypt",
+            "-certin",
+            "-inkey",
+            "rsa.pem",
+            "-in",
+            "secret.txt",
+            "-out",
+            "secret.enc",
+        ],
+    );
+    let dec = run(Command::new("pkcs11-tool").args([
+        "--module",
+        OPENSC_MODULE,
+        "--login",
+        "--pin",
+        CARD_PIN,
+        "--decrypt",
+        "--id",
+        "03",
+        "-m",
+        "RSA-PKCS",
+        "-i",
+        s(&card.file("secret.enc")),
+        "-o",
+        s(&card.file("secret.dec")),
+    ]));
+    assert_ok(&dec, "pkcs11-tool --decrypt with 9d");
+    assert_eq!(
+        std::fs::read(card.file("secret.dec")).unwrap(),
+        b"for the card"
+    );
+}
+
+/// A second virtual card in vpcd's second reader (port 35964), stopped by pid on drop.
+struct SecondCard {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl SecondCard {
+    /// Needs the first card's lock held (a [`VirtualCard`] alive).
+    fn insert(_first: &VirtualCard) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new(smime_tests::pivemu_bin())
+            .env("PIVEMU_STATE", dir.path().join("flash"))
+            .env("PIVEMU_PORT", "35964")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let card = Self { child, _dir: dir };
+        wait_second(true);
+        card
+    }
+}
+
+impl Drop for SecondCard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        wait_second(false);
+    }
+}
+
+/// Waits until `opensc-tool -l` shows a card in "Virtual PCD 00 01" (or none).
+fn wait_second(present: bool) {
+    let start = std::time::Instant::now();
+    loop {
+        let out = run(Command::new("opensc-tool").arg("-l"));
+        let yes = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|l| l.contains(" Yes ") && l.trim_end().ends_with("Virtual PCD 00 01"));
+        if yes == present || start.elapsed() > std::time::Duration::from_secs(20) {
+            assert_eq!(yes, present, "the second card did not come or go");
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Two cards: a command must be told which (one-line usage error naming both), and
+/// --reader picks one; the other card is not touched.
+#[test]
+fn several_cards_need_a_choice() {
+    let card = VirtualCard::new();
+    let second = SecondCard::insert(&card);
+    let out = card_cmd(&["list", "--json"], "");
+    assert_ok(&out, "list with two cards");
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let cards = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| !r["card"].is_null())
+        .count();
+    assert_eq!(cards, 2, "{list:#}");
+    let out = card_cmd(&["change-pin"], "");
+    let err = assert_failed_cleanly(&out, &card.file("none"), "change-pin with two cards");
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("several PIV cards"), "{err}");
+    assert!(
+        err.contains("Virtual PCD 00 00") && err.contains("Virtual PCD 00 01"),
+        "{err}"
+    );
+    // The second reader's card, by a part of its reader's name.
+    let out = card_cmd(
+        &["--reader", "pcd 00 01", "change-pin"],
+        &format!("{CARD_PIN}\n13572468\n"),
+    );
+    assert_ok(&out, "change-pin --reader");
+    // The first card still has the factory PIN.
+    card.piv_tool(&["-a", "verify-pin", "-P", CARD_PIN]);
+    let other = run(Command::new("yubico-piv-tool").args([
+        "-r",
+        "Virtual PCD 00 01",
+        "-a",
+        "verify-pin",
+        "-P",
+        "13572468",
+    ]));
+    assert_ok(&other, "the second card has the new PIN");
+    drop(second);
+}
