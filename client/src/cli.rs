@@ -202,7 +202,7 @@ pub enum Command {
         #[arg(long)]
         token: Option<String>,
     },
-    /// Provision a PIV smart card (YubiKey or other PIV card) directly over PC/SC:
+    /// Provision a YubiKey (or a YubiKey-compatible PIV card) directly over PC/SC:
     /// list it, make keys and certificate requests, import certificates, change the
     /// PIN, PUK and management key. Does not need the agent.
     #[command(after_long_help = CARD_HELP)]

@@ -74,6 +74,8 @@ pub(crate) fn card(args: &CardArgs) -> Result<(), Failure> {
 struct Card {
     yk: Option<YubiKey>,
     reader: String,
+    /// False once the card answered GET METADATA with "not supported".
+    metadata: bool,
 }
 
 impl Card {
@@ -85,6 +87,21 @@ impl Card {
 
     fn serial(&self) -> u32 {
         self.yk.as_ref().map_or(0, |y| y.serial().0)
+    }
+
+    /// GET METADATA (YubiKey 5.3+) for `slot`; asked of a card without it only once.
+    fn metadata(&mut self, slot: SlotId) -> Option<piv::SlotMetadata> {
+        if !self.metadata {
+            return None;
+        }
+        match piv::metadata(self.yk(), slot) {
+            Ok(m) => Some(m),
+            Err(yubikey::Error::NotSupported) => {
+                self.metadata = false;
+                None
+            }
+            Err(_) => None,
+        }
     }
 }
 
@@ -133,6 +150,10 @@ fn describe_open_error(e: &yubikey::Error) -> String {
     match (e, pcsc_error(e)) {
         (_, Some(pcsc::Error::NoSmartcard | pcsc::Error::RemovedCard)) => "no card".into(),
         (yubikey::Error::AppletNotFound { .. }, _) => "a card without a PIV application".into(),
+        (yubikey::Error::NotSupported, _) => "a PIV card that does not answer YubiKey's \
+                                              version and serial commands (smime card \
+                                              drives YubiKey-compatible cards only)"
+            .into(),
         _ => format!("a card that cannot be used ({})", describe(e)),
     }
 }
@@ -175,6 +196,7 @@ fn scan(sel: &CardArgs) -> Result<Vec<ReaderCard>, Failure> {
         let card = reader.open().map(|yk| Card {
             yk: Some(yk),
             reader: name.clone(),
+            metadata: true,
         });
         out.push((name, card));
     }
@@ -352,7 +374,7 @@ enum PinStatus {
 /// unlike `get_pin_retries`, does not select the application again, which would log out
 /// the other applications using the card, nor take "verified" for "locked").
 fn pin_status(card: &mut Card) -> PinStatus {
-    if let Ok(m) = piv::metadata(card.yk(), SlotId::Management(ManagementSlotId::Pin))
+    if let Some(m) = card.metadata(SlotId::Management(ManagementSlotId::Pin))
         && let Some(r) = m.retries
     {
         return PinStatus::Left(r.remaining_count);
@@ -424,19 +446,19 @@ fn authenticate(card: &mut Card, secrets: &Secrets) -> Result<MgmKey, Failure> {
 
 /// The algorithm of the card's management key, if the card tells (GET METADATA).
 fn mgm_algorithm(card: &mut Card) -> Option<MgmAlgorithmId> {
-    match piv::metadata(card.yk(), SlotId::Management(ManagementSlotId::Management)) {
-        Ok(m) => match m.algorithm {
-            SlotAlgorithmId::Management(a) => Some(a),
-            _ => None,
-        },
-        Err(_) => None,
+    match card
+        .metadata(SlotId::Management(ManagementSlotId::Management))?
+        .algorithm
+    {
+        SlotAlgorithmId::Management(a) => Some(a),
+        _ => None,
     }
 }
 
 /// Whether the management key is the factory default: from GET METADATA, else by trying
 /// it (as `ykman piv info` does; a wrong management key costs no try). `None`: unknown.
 fn default_mgm_key(card: &mut Card) -> Option<bool> {
-    if let Ok(m) = piv::metadata(card.yk(), SlotId::Management(ManagementSlotId::Management))
+    if let Some(m) = card.metadata(SlotId::Management(ManagementSlotId::Management))
         && let Some(d) = m.default
     {
         return Some(d);
@@ -647,20 +669,18 @@ fn card_info(c: &mut Card) -> CardInfo {
     let serial = yk.serial().0;
     let default_management_key = default_mgm_key(c);
     let pin = pin_status(c);
-    let puk_tries = piv::metadata(c.yk(), SlotId::Management(ManagementSlotId::Puk))
-        .ok()
+    let puk_tries = c
+        .metadata(SlotId::Management(ManagementSlotId::Puk))
         .and_then(|m| m.retries)
         .map(|r| r.remaining_count);
     let mut slots = Vec::new();
     for slot in KEY_SLOTS {
         let id = slot_id(slot);
         let cert = CardCert::read(c.yk(), id).ok();
-        let meta_alg = piv::metadata(c.yk(), id)
-            .ok()
-            .and_then(|m| match m.algorithm {
-                SlotAlgorithmId::Asymmetric(a) => Some(a),
-                _ => None,
-            });
+        let meta_alg = c.metadata(id).and_then(|m| match m.algorithm {
+            SlotAlgorithmId::Asymmetric(a) => Some(a),
+            _ => None,
+        });
         let cert_alg = cert.as_ref().and_then(|k| spki_algorithm(&k.subject_pki()));
         if cert.is_none() && meta_alg.is_none() && !matches!(slot, 0x9a | 0x9c | 0x9d | 0x9e) {
             continue;
@@ -1007,8 +1027,8 @@ fn import_cert(sel: &CardArgs, slot: u8, path: &Path) -> Result<(), Failure> {
     let secrets = Secrets::new();
     // The key check: by the card's metadata, or by a test signature right after the PIN
     // (a key with PIN policy "always" wants nothing in between).
-    let meta = piv::metadata(card.yk(), id)
-        .ok()
+    let meta = card
+        .metadata(id)
         .and_then(|m| m.public)
         .and_then(|p| p.to_der().ok());
     let _pin = verify_pin(&mut card, &secrets)?;
