@@ -1016,3 +1016,72 @@ fn several_cards_need_a_choice() {
     assert_ok(&other, "the second card has the new PIN");
     drop(second);
 }
+
+/// Whether the card's PIN is verified now, asked by OpenSC's tool (an empty VERIFY: 9000
+/// when verified, 63Cx otherwise). A reset would clear it.
+fn pin_verified_on_card() -> bool {
+    let out = run(Command::new("opensc-tool").args([
+        "-r",
+        VIRTUAL_READER,
+        "-s",
+        "00 A4 04 00 05 A0 00 00 03 08",
+        "-s",
+        "00 20 00 80",
+    ]));
+    assert_ok(&out, "opensc-tool -s VERIFY");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let answers: Vec<&str> = text.split("Sending: ").skip(1).collect();
+    assert_eq!(answers.len(), 2, "{text}");
+    answers[1].contains("SW1=0x90, SW2=0x00")
+}
+
+/// smime card never resets the card (a reset logs every other application out): the PIN
+/// that one command verified is still verified for the next user, after smime's own
+/// commands and after a failed one.
+#[test]
+fn smime_card_leaves_the_card_as_it_is() {
+    let mut card = VirtualCard::new();
+    // A card whose reset logs the PIN out, as a real card's does.
+    card.remove();
+    card.insert_with_env(&[("PIVEMU_RESET_LOGOUT", "1")]);
+    assert!(!pin_verified_on_card(), "a fresh card starts unverified");
+    let out = card_cmd(
+        &[
+            "generate",
+            "--slot",
+            "9a",
+            "--alg",
+            "p256",
+            "--subject",
+            "CN=l",
+            "--out",
+            s(&card.file("l.pem")),
+        ],
+        &format!("{CARD_PIN}\n"),
+    );
+    assert_ok(&out, "generate");
+    assert!(
+        pin_verified_on_card(),
+        "the PIN verification is gone: the card was reset"
+    );
+    for args in [
+        &["list"][..],
+        &["list", "--json"],
+        &["attest", "--slot", "9a"],
+    ] {
+        let _ = card_cmd(args, "");
+        assert!(pin_verified_on_card(), "smime card {args:?} reset the card");
+    }
+    let text = card_cmd(&["list"], "");
+    assert!(
+        String::from_utf8_lossy(&text.stdout).contains("PIN: verified now"),
+        "{}",
+        String::from_utf8_lossy(&text.stdout)
+    );
+    // The fixture does notice a reset: yubico-piv-tool resets the card when it is done.
+    card.piv_tool(&["-a", "status"]);
+    assert!(
+        !pin_verified_on_card(),
+        "a reset did not log the PIN out: this test could not see one"
+    );
+}
