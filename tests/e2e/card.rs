@@ -1085,3 +1085,92 @@ fn smime_card_leaves_the_card_as_it_is() {
         "a reset did not log the PIN out: this test could not see one"
     );
 }
+
+/// The agent, logged in to the card over OpenSC, keeps working while `smime card` uses the
+/// same card (list, and a key generated in another slot, between signatures), with no new
+/// `smime unlock`. This does not catch a card reset: OpenSC quietly verifies its cached
+/// PIN again after one (a mutation of smime card to reset the card passed this test);
+/// `smime_card_leaves_the_card_as_it_is` does.
+#[test]
+fn the_agent_keeps_its_login_while_smime_card_provisions() {
+    let card = VirtualCard::new();
+    let dir = card.dir.path().to_owned();
+    let csr = card.file("a.csr");
+    let out = card_cmd(
+        &[
+            "generate",
+            "--slot",
+            "9a",
+            "--alg",
+            "p256",
+            "--email",
+            "agent@example.org",
+            "--csr",
+            s(&csr),
+        ],
+        &format!("{CARD_PIN}\n"),
+    );
+    assert_ok(&out, "generate 9a");
+    SoftCa::new(&dir, "live");
+    let cert = ca_sign(&card, "live", &csr, "agent@example.org", "agent.pem");
+    assert_ok(
+        &card_cmd(
+            &["import-cert", "--slot", "9a", s(&cert)],
+            &format!("{CARD_PIN}\n"),
+        ),
+        "import-cert 9a",
+    );
+    // The agent logs in once, by `smime unlock`.
+    let token = Token::new();
+    let agent = Agent::start_with(
+        &token,
+        AgentOptions {
+            module: Some(OPENSC_MODULE.into()),
+            pin_file: Some(None),
+            ..Default::default()
+        },
+    );
+    assert_ok(
+        &agent.smime_stdin(
+            &["unlock", "--pin-stdin"],
+            format!("{CARD_PIN}\n").as_bytes(),
+        ),
+        "smime unlock",
+    );
+    let data = card.file("data.txt");
+    std::fs::write(&data, b"live").unwrap();
+    let sign = |n: usize| {
+        agent.sign(
+            "agent@example.org",
+            &data,
+            &card.file(&format!("{n}.p7s")),
+            &[],
+        )
+    };
+    assert_ok(&sign(0), "the agent signs");
+    assert_ok(&card_cmd(&["list"], ""), "smime card list");
+    assert_ok(
+        &sign(1),
+        "the agent signs after smime card list, without a new login",
+    );
+    let out = card_cmd(
+        &[
+            "generate",
+            "--slot",
+            "9e",
+            "--alg",
+            "p256",
+            "--subject",
+            "CN=side",
+            "--out",
+            s(&card.file("side.pem")),
+        ],
+        &format!("{CARD_PIN}\n"),
+    );
+    assert_ok(&out, "generate 9e meanwhile");
+    assert_ok(
+        &sign(2),
+        "the agent signs after smime card generate, without a new login",
+    );
+    drop(agent);
+}
