@@ -1174,3 +1174,38 @@ fn the_agent_keeps_its_login_while_smime_card_provisions() {
     );
     drop(agent);
 }
+
+/// On a terminal (script(1) gives smime a pty) the secrets are prompted for, new ones
+/// twice; two different new PINs change nothing.
+#[test]
+fn on_a_terminal_secrets_are_prompted_for() {
+    let card = VirtualCard::new();
+    let on_pty = |input: &str| {
+        run_stdin(
+            Command::new("script").args([
+                "-qfec",
+                &format!("{} card change-pin", s(&built("smime"))),
+                "/dev/null",
+            ]),
+            input.as_bytes(),
+        )
+    };
+    let out = on_pty(&format!("{CARD_PIN}\n11223344\n11223344\n"));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_ok(&out, "change-pin on a pty");
+    for prompt in ["Current PIN: ", "New PIN: ", "New PIN again: "] {
+        assert!(text.contains(prompt), "no prompt {prompt:?}: {text:?}");
+    }
+    assert!(
+        text.contains("the PIN of card 5437251 is changed"),
+        "{text:?}"
+    );
+    let out = on_pty("11223344\n12121212\n34343434\n");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{text:?}");
+    assert!(
+        text.contains("the two new PINs differ; nothing was changed"),
+        "{text:?}"
+    );
+    card.piv_tool(&["-a", "verify-pin", "-P", "11223344"]);
+}
