@@ -202,6 +202,208 @@ pub enum Command {
         #[arg(long)]
         token: Option<String>,
     },
+    /// Provision a YubiKey (or a YubiKey-compatible PIV card) directly over PC/SC:
+    /// list it, make keys and certificate requests, import certificates, change the
+    /// PIN, PUK and management key. Does not need the agent.
+    #[command(after_long_help = CARD_HELP)]
+    Card(CardArgs),
+}
+
+/// The long help of `smime card`: how secrets are read, and a provisioning walkthrough.
+const CARD_HELP: &str = "\
+Secrets (PIN, PUK, management key) are never taken from the command line. On a terminal \
+smime prompts for each one (new values twice). When standard input is not a terminal, it \
+reads each value from its own line of standard input, in the order of the prompts, \
+without confirmations: the current PIN first, then, if needed, the management key (hex), \
+then new values.
+
+A wrong PIN or PUK is reported with the tries left and never retried. The management key \
+is taken from the card's PIN-protected storage when set (`set-mgmt-key --protected`), \
+else the factory default is tried (with a warning: it is public), else it is asked for.
+
+smime connects in shared mode and always leaves the card as it is (no reset), so the \
+agent or OpenSC can use the same card at the same time. The card stays PIN-verified after \
+a command that needed the PIN, as with other PIV tools.
+
+Provisioning a card for S/MIME:
+  smime card list
+  smime card set-mgmt-key --protected
+  smime card change-pin
+  smime card change-puk
+  smime card generate --slot 9a --alg p256 --subject 'CN=Alice' --email alice@example.org --csr alice.csr
+  (have your CA sign alice.csr)
+  smime card import-cert --slot 9a alice.pem";
+
+/// `smime card`.
+#[derive(Debug, Args)]
+pub struct CardArgs {
+    /// The card's reader: its full name, or a unique part of it (case does not matter).
+    #[arg(long, global = true, value_name = "NAME")]
+    pub reader: Option<String>,
+    /// The card's serial number (decimal, as `smime card list` shows it).
+    #[arg(long, global = true, value_name = "N")]
+    pub serial: Option<u32>,
+    /// What to do with the card.
+    #[command(subcommand)]
+    pub command: CardCommand,
+}
+
+/// `smime card` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CardCommand {
+    /// List readers and PIV cards: serial, version, the slots' keys and certificates,
+    /// PIN and PUK tries left, and whether the management key is the (insecure) default.
+    List {
+        /// Print JSON: an array of readers, each with its card (or null).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Generate a key pair on the card, then make a certificate request signed by the
+    /// new key (--csr), or a self-signed certificate written to the slot.
+    ///
+    /// Needs the PIN and the management key. The key usage follows the slot: 9a, 9c
+    /// and 9e sign (9c also with non-repudiation); 9d and the retired slots 82-95 are
+    /// for encryption (RSA key transport, EC key agreement). With --email the request or
+    /// certificate is for S/MIME: subjectAltName e-mail and extended key usage
+    /// emailProtection.
+    Generate(CardGenerateArgs),
+    /// Write a certificate (PEM or DER) into a slot. The certificate must belong to the
+    /// key in the slot: smime checks this (by the card's key metadata, or by a test
+    /// signature with the PIN) and refuses a certificate for another key.
+    ImportCert {
+        /// Slot: 9a, 9c, 9d, 9e or a retired slot 82-95.
+        #[arg(long, value_name = "SLOT", value_parser = parse_slot)]
+        slot: u8,
+        /// The certificate file (one certificate, PEM or DER).
+        #[arg(value_name = "CERT")]
+        cert: PathBuf,
+    },
+    /// Print the YubiKey attestation certificate (PEM) of a key generated on the card.
+    /// Cards without attestation fail with a clear error.
+    Attest {
+        /// Slot: 9a, 9c, 9d, 9e or a retired slot 82-95.
+        #[arg(long, value_name = "SLOT", value_parser = parse_slot)]
+        slot: u8,
+        /// Where to write the certificate (default: standard output). Written atomically.
+        #[arg(long = "out", short = 'o', value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Change the PIN (asks for the current PIN and the new one, 6-8 characters).
+    ChangePin,
+    /// Change the PUK (asks for the current PUK and the new one, 6-8 characters).
+    ChangePuk,
+    /// Unblock a locked PIN with the PUK, setting a new PIN.
+    Unblock,
+    /// Change the management key. Asks for the PIN, then the current management key
+    /// (unless stored PIN-protected or default), then the new key in hex unless
+    /// --generate or --protected.
+    SetMgmtKey {
+        /// Store the new key on the card, readable only after PIN verification, so that
+        /// the PIN alone provisions the card. Implies a random new key (not printed).
+        #[arg(long)]
+        protected: bool,
+        /// Generate a random new key and print it (hex) on standard output.
+        #[arg(long, conflicts_with = "protected")]
+        generate: bool,
+        /// The new key's algorithm (default: that of the current key).
+        #[arg(long, value_enum, value_name = "ALG")]
+        algorithm: Option<MgmtAlg>,
+    },
+}
+
+/// `smime card generate`.
+#[derive(Debug, Args)]
+pub struct CardGenerateArgs {
+    /// Slot: 9a, 9c, 9d, 9e or a retired slot 82-95.
+    #[arg(long, value_name = "SLOT", value_parser = parse_slot)]
+    pub slot: u8,
+    /// Key algorithm.
+    #[arg(long, value_enum)]
+    pub alg: CardAlg,
+    /// When the card asks for the PIN before using the key (default: the card's).
+    #[arg(long, value_enum, value_name = "POLICY")]
+    pub pin_policy: Option<CardPinPolicy>,
+    /// When the card asks for a touch before using the key (default: the card's).
+    #[arg(long, value_enum, value_name = "POLICY")]
+    pub touch_policy: Option<CardTouchPolicy>,
+    /// Write a PKCS#10 certificate request (PEM) here instead of making a self-signed
+    /// certificate; have a CA sign it, then `smime card import-cert`. The slot's old
+    /// certificate, if any, is removed (it belonged to the replaced key).
+    #[arg(long, value_name = "FILE")]
+    pub csr: Option<PathBuf>,
+    /// Subject name, RFC 4514 (e.g. 'CN=Alice Example,O=Example'). Default: CN=EMAIL.
+    #[arg(long, value_name = "DN")]
+    pub subject: Option<String>,
+    /// E-mail address (subjectAltName) for S/MIME. Repeatable.
+    #[arg(long, value_name = "ADDR")]
+    pub email: Vec<String>,
+    /// Self-signed certificate: also write it (PEM) to this file.
+    #[arg(long = "out", short = 'o', value_name = "FILE", conflicts_with = "csr")]
+    pub output: Option<PathBuf>,
+    /// Self-signed certificate: days of validity.
+    #[arg(long, default_value_t = 365, value_name = "N")]
+    pub days: u32,
+    /// Replace a key whose slot holds a certificate (the old key is lost for good).
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Parses a PIV slot: 9a, 9c, 9d, 9e or 82-95 (hex).
+fn parse_slot(s: &str) -> Result<u8, String> {
+    let t = s.trim_start_matches("0x").to_ascii_lowercase();
+    match u8::from_str_radix(&t, 16) {
+        Ok(n @ (0x9a | 0x9c | 0x9d | 0x9e | 0x82..=0x95)) => Ok(n),
+        _ => Err(format!(
+            "{s:?} is not a PIV key slot (9a, 9c, 9d, 9e, or a retired slot 82-95)"
+        )),
+    }
+}
+
+/// Card key algorithms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CardAlg {
+    /// ECDSA/ECDH on NIST P-256.
+    P256,
+    /// ECDSA/ECDH on NIST P-384.
+    P384,
+    /// RSA 2048.
+    Rsa2048,
+}
+
+/// PIN policies of a card key.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum CardPinPolicy {
+    /// Never ask for the PIN.
+    Never,
+    /// Once per session.
+    Once,
+    /// Before every use.
+    Always,
+}
+
+/// Touch policies of a card key.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum CardTouchPolicy {
+    /// Never ask for a touch.
+    Never,
+    /// Before every use.
+    Always,
+    /// Once per 15 seconds.
+    Cached,
+}
+
+/// Management key algorithms.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum MgmtAlg {
+    /// Triple DES (24 bytes; the default before YubiKey 5.7).
+    #[value(name = "3des")]
+    TripleDes,
+    /// AES-128 (16 bytes).
+    Aes128,
+    /// AES-192 (24 bytes).
+    Aes192,
+    /// AES-256 (32 bytes).
+    Aes256,
 }
 
 /// `--inform`/`--outform` values, as `openssl cms` spells them (case does not matter).

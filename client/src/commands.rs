@@ -1,6 +1,7 @@
 //! The `smime` commands: each turns resolved flags into library calls, and every failure
 //! into one of the documented exit statuses. This is the binary's edge, hence `anyhow`.
 
+mod card;
 mod certs;
 mod crlf;
 mod decrypt;
@@ -126,6 +127,7 @@ pub fn run(cli: &Cli) -> ExitCode {
         Command::Open(a) => decrypt::decrypt(cli, a, true),
         Command::Import { certs } => encrypt::import(certs),
         Command::Certs(a) => certs::certs(a),
+        Command::Card(a) => card::card(a),
     };
     let (code, e, what) = match result {
         Ok(()) => return ExitCode::SUCCESS,

@@ -123,6 +123,24 @@ fn man_pages_cover_every_subcommand_and_the_exit_codes() {
             "smime-{sub}(1) lacks the global --socket"
         );
     }
+    // Nested families get a page per command, and `smime card` its walkthrough.
+    let card = man(&dir.path().join("smime-card.1"));
+    assert!(card.contains("Provisioning a card for S/MIME"), "{card}");
+    assert!(card.contains("smime-card-generate(1)"), "{card}");
+    let generate = man(&dir.path().join("smime-card-generate.1"));
+    for flag in [
+        "smime card generate",
+        "--slot",
+        "--csr",
+        "--email",
+        "rsa2048",
+        "EXIT STATUS",
+    ] {
+        assert!(
+            generate.contains(flag),
+            "smime-card-generate(1) lacks {flag}"
+        );
+    }
     // Each page carries its own flags, as --help shows them.
     let sign = man(&dir.path().join("smime-sign.1"));
     for flag in ["--key", "--opaque", "--encrypt-to", "--digest", "sha384"] {

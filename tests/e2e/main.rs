@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: fail loudly
 
 mod agent;
+mod card;
 mod cli;
 mod envelope;
 mod git;

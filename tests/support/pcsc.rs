@@ -118,6 +118,12 @@ impl VirtualCard {
 
     /// Inserts the card: starts pivemu on the card's flash and waits until PC/SC shows it.
     pub fn insert(&mut self) {
+        self.insert_with_env(&[]);
+    }
+
+    /// As [`VirtualCard::insert`], with more environment for pivemu (e.g.
+    /// `PIVEMU_RESET_LOGOUT=1`: a card reset ends the PIN verification, as on a real card).
+    pub fn insert_with_env(&mut self, env: &[(&str, &str)]) {
         assert!(self.pivemu.is_none(), "the card is already inserted");
         // A card killed a moment ago may still be listed: wait until pcscd has seen it go,
         // or the new card would be taken for the old one.
@@ -130,6 +136,7 @@ impl VirtualCard {
         let child = Command::new(pivemu_bin())
             .env("PIVEMU_STATE", self.file("flash"))
             .env_remove("PIVEMU_PORT")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

@@ -119,6 +119,23 @@ fn man(dir: &Path) -> anyhow::Result<()> {
             .bin_name(bin)
             .version(env!("CARGO_PKG_VERSION"));
         write_page(dir, &page, &exits, ENV_SMIME, "smime(1), smime-agent(1)")?;
+        // Nested families (`smime card list`, ...): a page each.
+        let nested = sub
+            .get_subcommands()
+            .filter(|s| !s.is_hide_set() && s.get_name() != "help");
+        for subsub in nested.filter(|_| sub.get_name() != "help") {
+            let name: &'static str =
+                format!("smime-{}-{}", sub.get_name(), subsub.get_name()).leak();
+            let bin: &'static str =
+                format!("smime {} {}", sub.get_name(), subsub.get_name()).leak();
+            let page = subsub
+                .clone()
+                .name(name)
+                .bin_name(bin)
+                .version(env!("CARGO_PKG_VERSION"));
+            let also: &'static str = format!("smime-{}(1), smime(1)", sub.get_name()).leak();
+            write_page(dir, &page, &exits, ENV_SMIME, also)?;
+        }
     }
     write_page(dir, &agent, AGENT_EXIT, ENV_AGENT, "smime(1)")?;
     Ok(())
@@ -143,6 +160,10 @@ fn write_page(
     }
     if cmd.has_subcommands() {
         man.render_subcommands_section(&mut out)?;
+    }
+    // Long notes after the options (`smime card`: secrets, walkthrough).
+    if cmd.get_after_long_help().is_some() {
+        man.render_extra_section(&mut out)?;
     }
     let mut roff = Roff::new();
     roff.control("SH", ["EXIT STATUS"]);

@@ -26,6 +26,9 @@
 //!   is a factory-fresh card.
 //! - `PIVEMU_YK_VERSION=a.b.c`: the firmware version answered to YubiKey's GET VERSION
 //!   (default 5.4.3, see the shims below).
+//! - `PIVEMU_RESET_LOGOUT=1`: a card reset (SCardDisconnect or SCardReconnect with
+//!   SCARD_RESET_CARD, power off) also ends the PIN verification, as on a real card (the
+//!   applet's own `deselect` keeps it). Tests use it to catch clients that reset the card.
 //!
 //! Besides the applet, this program adds what a card reader's firmware and a YubiKey would:
 //! - ISO 7816 command chaining (CLA bit 0x10) and GET RESPONSE / `61xx` for long answers;
@@ -256,6 +259,8 @@ struct Card<T: piv_authenticator::Client> {
     yk_version: [u8; 3],
     /// Another applet is selected (shim 5): PIV commands are not understood.
     other_applet: bool,
+    /// `PIVEMU_RESET_LOGOUT`: a reset also logs the PIN out.
+    reset_logout: bool,
 }
 
 impl<T: piv_authenticator::Client> Card<T> {
@@ -378,6 +383,15 @@ impl<T: piv_authenticator::Client> vpicc::VSmartCard for Card<T> {
         self.chain = None;
         self.pending.clear();
         self.piv.deselect();
+        self.other_applet = false;
+        if self.reset_logout {
+            // VERIFY with P1 = FF: reset the PIN's security status (SP 800-73-4).
+            if let Ok(logout) = CommandView::try_from(&[0x00, 0x20, 0xFF, 0x80][..]) {
+                let _ = self.respond(logout, 0);
+                eprintln!("pivemu: reset: PIN logged out");
+            }
+            self.pending.clear();
+        }
     }
 
     fn execute(&mut self, msg: &[u8]) -> Vec<u8> {
@@ -469,6 +483,7 @@ fn main() {
                 pending: Vec::new(),
                 yk_version,
                 other_applet: false,
+                reset_logout: std::env::var_os("PIVEMU_RESET_LOGOUT").is_some(),
             };
             // vpcd may not be listening yet (pcscd starting): retry for 10 s.
             let start = Instant::now();
