@@ -818,13 +818,25 @@ impl Token {
         peer: Vec<u8>,
         who: &str,
     ) -> Result<SecretBytes, AgentError> {
-        self.ensure_login(key, who).await?;
+        let fresh = self.ensure_login(key, who).await?;
         let key = &self.current(key);
         self.ready(key, Operation::Ecdh)?;
         self.state().last_used = Instant::now();
         check_alg(key, false, false)?;
-        let (id, curve) = (key.cka_id.clone(), key.info.algorithm);
-        self.after_op(self.run(move |w| w.ecdh(&id, curve, &peer)).await)
+        let ctx = match key.info.always_authenticate {
+            true => Some(self.context_pin(key, "key agreement", who, fresh).await?),
+            false => None,
+        };
+        let (id, curve, c) = (key.cka_id.clone(), key.info.algorithm, ctx.clone());
+        let what = wait_reason(&ctx);
+        let r = self
+            .run_as(what, move |w| {
+                let c = c.as_ref().map(|(p, s)| (p.as_deref(), *s));
+                w.ecdh(&id, curve, &peer, c)
+            })
+            .await;
+        self.after_context(&r, &ctx);
+        self.after_op(r)
     }
 
     /// Keeps the login flag honest: the worker reports `PinRequired` only when its
