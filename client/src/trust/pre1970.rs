@@ -10,7 +10,8 @@
 //!   copy's TBSCertificate back to the original one, and [`Verifier`], the only signature
 //!   callback of the validation environment, verifies every certificate signature over the
 //!   original bytes. A tampered original fails, and a signature that happens to fit the
-//!   copy's TBSCertificate does not count.
+//!   copy's TBSCertificate does not count. Two originals that differ only in pre-1970 dates
+//!   make the same copy; with both at hand neither signature is taken.
 //!
 //! The validity semantics are unchanged for every time `SystemTime` can express after the
 //! epoch: a notBefore before 1970 is before all of them either way; a notAfter before 1970
@@ -194,9 +195,11 @@ struct Original {
     validity: [Option<SystemTime>; 2],
 }
 
-/// Rewritten copies' TBSCertificates, mapped to what is kept of their originals.
+/// Rewritten copies' TBSCertificates, mapped to what is kept of their originals; `None`
+/// when two different originals make the same copy (they differ only in pre-1970 dates):
+/// then neither signature is taken.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Originals(HashMap<Vec<u8>, Original>);
+pub(crate) struct Originals(HashMap<Vec<u8>, Option<Original>>);
 
 impl Originals {
     /// The encoding to hand the validator for `der`: `der`, or its decodable copy, whose
@@ -210,7 +213,14 @@ impl Originals {
                 tbs: t_orig.to_vec(),
                 validity: pre1970_validity(der),
             };
-            self.0.insert(t_copy.to_vec(), original);
+            self.0
+                .entry(t_copy.to_vec())
+                .and_modify(|o| {
+                    if o.as_ref().is_some_and(|o| o.tbs != original.tbs) {
+                        *o = None;
+                    }
+                })
+                .or_insert(Some(original));
         }
         copy
     }
@@ -220,6 +230,7 @@ impl Originals {
     pub(crate) fn true_validity(&self, copy_der: &[u8]) -> [Option<SystemTime>; 2] {
         tbs(copy_der)
             .and_then(|t| self.0.get(t))
+            .and_then(Option::as_ref)
             .map_or([None, None], |o| o.validity)
     }
 }
@@ -240,11 +251,15 @@ impl VerifySignatureMessage for Verifier {
         signature_alg: &AlgorithmIdentifierOwned,
         spki: &SubjectPublicKeyInfoOwned,
     ) -> certval::Result<()> {
-        let message = self
-            .originals
-            .0
-            .get(message_to_verify)
-            .map_or(message_to_verify, |o| o.tbs.as_slice());
+        let message = match self.originals.0.get(message_to_verify) {
+            None => message_to_verify,
+            Some(Some(o)) => o.tbs.as_slice(),
+            Some(None) => {
+                return Err(certval::Error::PathValidation(
+                    certval::PathValidationStatus::SignatureVerificationFailure,
+                ));
+            }
+        };
         verify_signature_message_rust_crypto(pe, message, signature, signature_alg, spki).or_else(
             |e| match self
                 .dsa

@@ -764,3 +764,22 @@ fn only_validity_times_before_1970_are_rewritten_in_place() {
         "1969-12-31T23:59:59Z"
     );
 }
+
+/// Two certificates that differ only in a pre-1970 date make the same decodable copy: with
+/// both at hand, neither signature is taken, so the wrong one cannot borrow the right one's.
+#[test]
+fn twins_that_differ_only_before_1970_are_both_refused() {
+    use super::pre1970;
+    let pki = Pki::new();
+    let der = leaf_dated(&pki, "twin", "500101120100Z", "301231083000Z");
+    let at = der.windows(13).position(|w| w == b"500101120100Z").unwrap();
+    let mut twin = der.clone();
+    twin[at + 1] = b'1';
+    let cert = pre1970::decode(&der).unwrap();
+    let now = soon();
+    let v = policy(&pki).validate(&cert, &der, &[&twin], &[], now, None);
+    let (_, f) = v.failure().expect("ambiguous originals");
+    assert_eq!(f.check, Check::Signature, "{v}");
+    let v = policy(&pki).validate(&cert, &der, &[&der], &[], now, None);
+    assert!(v.is_valid(), "{v}");
+}
