@@ -109,7 +109,10 @@ impl Keystore {
                     .iter()
                     .find(|t| t.module() == module && t.slot() == *slot)
                 {
-                    Some(t) => keep.push(t.clone()),
+                    Some(t) => {
+                        t.card_seen();
+                        keep.push(t.clone());
+                    }
                     None => added.extend(m.open_token(*slot, &config)),
                 }
             }

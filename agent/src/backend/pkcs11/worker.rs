@@ -127,6 +127,7 @@ impl Worker {
                 rv: e.to_string(),
             };
         };
+        tracing::debug!(token = %token, function = %f, rv = %rv, "PKCS#11 error");
         use RvError::*;
         match rv {
             // The session may be logged in and the *key* want a context-specific login
@@ -264,8 +265,20 @@ impl Worker {
     /// new one is opened first, so the token's login survives).
     fn reset_session(&mut self) {
         match self.p11.open_ro_session(self.slot) {
-            Ok(s) => self.session = s,
+            Ok(s) => self.replace_session(s),
             Err(e) => tracing::warn!(token = %self.token, error = %e, "cannot reopen session"),
+        }
+    }
+
+    /// Puts `new` in place of the current session, which is closed, unless the module
+    /// handed out its handle again: then the old session is already gone (OpenSC uses the
+    /// session's address as its handle, and a card reset or a pcscd restart closes every
+    /// session of the slot), and closing "it" would close the new one.
+    fn replace_session(&mut self, new: Session) {
+        let old = std::mem::replace(&mut self.session, new);
+        if old.handle() == self.session.handle() {
+            tracing::debug!(token = %self.token, "the module reused the session handle");
+            std::mem::forget(old);
         }
     }
 
@@ -646,7 +659,7 @@ impl Worker {
         match self.p11.open_ro_session(self.slot) {
             Ok(session) => {
                 tracing::info!(token = %self.token, "session reopened");
-                self.session = session;
+                self.replace_session(session);
                 self.handles.clear();
                 self.session_epoch = current;
             }
