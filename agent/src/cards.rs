@@ -14,7 +14,8 @@
 //! The monitor never connects to a card: it only reads reader states, so it cannot reset a
 //! card or disturb another application's session or PIN state. When pcscd is not running
 //! or restarts, the monitor retries with backoff (1 s doubling to 30 s) and the snapshot
-//! says so.
+//! says so; the cards it knew count as removed, and when pcscd answers again the agent
+//! hears [`CardEvent::ServiceBack`] before the cards come back.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -56,6 +57,9 @@ pub enum CardEvent {
     Inserted { reader: String },
     /// The card left `reader` (or the reader went away with it).
     Removed { reader: String },
+    /// pcscd answers again after it was gone (restarted): a card module's own PC/SC
+    /// context is dead and must be re-established (OpenSC does it in C_GetSlotList).
+    ServiceBack,
 }
 
 /// The running monitor; stops its thread when dropped.
@@ -159,6 +163,7 @@ fn monitor(snapshot: &Mutex<Snapshot>, stop: &AtomicBool, on_event: &dyn Fn(Card
         };
         if last_error.take().is_some() {
             tracing::info!("pcscd answers: card events on");
+            on_event(CardEvent::ServiceBack);
         }
         backoff = Duration::from_secs(1);
         set(snapshot, |s| s.service_error = None);

@@ -121,7 +121,10 @@ impl Keystore {
                     .find(|t| t.module() == module && t.slot() == Some(*slot))
                 {
                     // A token the native backend now serves is dropped (below).
-                    Some(t) if !native(t.reader()) => keep.push(t.clone()),
+                    Some(t) if !native(t.reader()) => {
+                        t.card_seen();
+                        keep.push(t.clone());
+                    }
                     Some(_) => {}
                     None => added.extend(m.open_token(*slot, &config, &native)),
                 }

@@ -122,6 +122,14 @@ async fn on_card_events(
                     rescan(&keystore, false).await;
                 }
             }
+            cards::CardEvent::ServiceBack => {
+                // pcscd restarted: OpenSC's PC/SC context died with the old one, and OpenSC
+                // makes a new one only when the slots are listed (C_GetSlotList). Until
+                // then every operation fails with CKR_GENERAL_ERROR, even with the card
+                // back. The rescan lists them, alone on the module.
+                tracing::info!("pcscd is back: looking at the slots again");
+                rescan(&keystore, false).await;
+            }
         }
     }
 }

@@ -17,7 +17,7 @@ pub mod sign;
 pub mod verify;
 
 mod alg;
-mod ber;
+pub(crate) mod ber;
 pub mod detach;
 mod gcm;
 pub(crate) mod pem;
@@ -373,7 +373,7 @@ pub(crate) fn oid_name(oid: &ObjectIdentifier) -> String {
 pub(crate) fn fmt_time(t: SystemTime) -> String {
     match der::DateTime::from_system_time(t) {
         Ok(dt) => dt.to_string(),
-        Err(_) => format!("{t:?}"),
+        Err(_) => crate::trust::pre1970::fmt_before_epoch(t).unwrap_or_else(|| format!("{t:?}")),
     }
 }
 

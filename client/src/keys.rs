@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use const_oid::db::rfc3280;
-use der::{Decode, Encode};
+use der::Encode;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use smime_proto::{KeyAlgorithm, KeyInfo, Operation};
@@ -78,28 +78,32 @@ pub fn hex_fingerprint(der: &[u8]) -> String {
 impl KeySummary {
     /// Parses the certificate the agent sent with the key.
     pub fn new(info: KeyInfo) -> Self {
-        let cert = info
-            .certificate
-            .as_ref()
-            .and_then(|c| Certificate::from_der(c).ok());
+        // A certificate dated before 1970 decodes from a copy (`trust::pre1970`); its
+        // fingerprint and dates come from the encoding as sent.
+        let der = info.certificate.as_deref().map(|c| c.as_slice());
+        let cert = der.and_then(|c| crate::trust::pre1970::decode(c).ok());
         let algorithm = match info.algorithm {
             KeyAlgorithm::Rsa => format!("rsa-{}", info.bits),
             KeyAlgorithm::EcP256 => "ec-p256".into(),
             KeyAlgorithm::EcP384 => "ec-p384".into(),
             _ => "unknown".into(),
         };
-        let (subject, emails, not_before, not_after, sha256) = match &cert {
-            Some(c) => {
+        let (subject, emails, not_before, not_after, sha256) = match (&cert, der) {
+            (Some(c), Some(der)) => {
                 let v = c.tbs_certificate().validity();
+                let [nb, na] = crate::trust::pre1970::pre1970_validity(der);
+                let time = |pre: Option<std::time::SystemTime>, t: &x509_cert::time::Time| {
+                    pre.map_or_else(|| t.to_date_time().to_string(), crate::cms::fmt_time)
+                };
                 (
                     c.tbs_certificate().subject().to_string(),
                     certificate_emails(c),
-                    Some(v.not_before.to_date_time().to_string()),
-                    Some(v.not_after.to_date_time().to_string()),
-                    c.to_der().ok().map(|d| hex_fingerprint(&d)),
+                    Some(time(nb, &v.not_before)),
+                    Some(time(na, &v.not_after)),
+                    Some(hex_fingerprint(der)),
                 )
             }
-            None => (String::new(), vec![], None, None, None),
+            _ => (String::new(), vec![], None, None, None),
         };
         let operations = info
             .operations
@@ -130,6 +134,21 @@ impl KeySummary {
     }
 
     /// A summary of a certificate alone (no key behind it), for verdicts.
+    /// A summary of the certificate encoded as `der` (its fingerprint is that of `der`).
+    pub fn from_der(der: &[u8]) -> Self {
+        Self::new(KeyInfo {
+            id: smime_proto::KeyId(String::new()),
+            token: String::new(),
+            token_serial: String::new(),
+            label: String::new(),
+            algorithm: KeyAlgorithm::Unknown,
+            bits: 0,
+            certificate: Some(serde_bytes::ByteBuf::from(der.to_vec())),
+            operations: vec![],
+            always_authenticate: false,
+        })
+    }
+
     pub fn from_certificate(cert: &Certificate) -> Self {
         Self::new(KeyInfo {
             id: smime_proto::KeyId(String::new()),

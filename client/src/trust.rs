@@ -52,6 +52,7 @@ use crate::cms::{CheckedAt, fmt_time};
 mod crl;
 pub(crate) mod dsa;
 pub mod fetch;
+pub(crate) mod pre1970;
 mod revocation;
 
 pub use fetch::CrlCache;
@@ -524,11 +525,19 @@ fn describe(c: &Certificate, role: Role) -> ChainCert {
     }
 }
 
-/// The chain of a certification path, signer first.
-fn describe_path(path: &CertificationPath) -> Vec<ChainCert> {
-    let mut chain = vec![describe_raw(path.target.decoded(), Role::Signer)];
+/// The chain of a certification path, signer first, with the true validity of
+/// certificates dated before 1970 (`originals`).
+fn describe_path(path: &CertificationPath, originals: &pre1970::Originals) -> Vec<ChainCert> {
+    let described = |c: &PDVCertificate, role| {
+        let mut d = describe_raw(c.decoded(), role);
+        let [nb, na] = originals.true_validity(c.as_bytes());
+        d.not_before = nb.unwrap_or(d.not_before);
+        d.not_after = na.unwrap_or(d.not_after);
+        d
+    };
+    let mut chain = vec![described(&path.target, Role::Signer)];
     for c in path.intermediates.iter().rev() {
-        chain.push(describe_raw(c.decoded(), Role::Intermediate));
+        chain.push(described(c, Role::Intermediate));
     }
     if let Some(ta) = get_certificate_from_trust_anchor(path.trust_anchor.decoded()) {
         chain.push(describe_raw(ta, Role::Anchor));
@@ -645,8 +654,12 @@ fn failure_from(
 struct Inputs<'a> {
     policy: &'a TrustPolicy,
     anchors: Vec<Vec<u8>>,
+    /// The message's certificates and the intermediates, as the validator gets them:
+    /// certificates dated before 1970 as their decodable copies ([`pre1970`]).
     certs: Vec<Vec<u8>>,
     crls: Vec<Vec<u8>>,
+    /// The originals of those copies: their signatures are verified over the original.
+    originals: pre1970::Originals,
 }
 
 impl TrustPolicy {
@@ -678,6 +691,13 @@ impl TrustPolicy {
         now: SystemTime,
         signing_time: Option<SystemTime>,
     ) -> PathVerdict {
+        let mut originals = pre1970::Originals::default();
+        let certs = msg_certs
+            .iter()
+            .map(|c| originals.prepare(c))
+            .chain(self.intermediates.iter().filter_map(|c| c.to_der().ok()))
+            .collect();
+        let signer_der = originals.prepare(signer_der);
         let inputs = Inputs {
             policy: self,
             anchors: self
@@ -685,16 +705,13 @@ impl TrustPolicy {
                 .iter()
                 .filter_map(|c| c.to_der().ok())
                 .collect(),
-            certs: msg_certs
-                .iter()
-                .map(|c| c.to_vec())
-                .chain(self.intermediates.iter().filter_map(|c| c.to_der().ok()))
-                .collect(),
+            certs,
             crls: msg_crls
                 .iter()
                 .map(|c| c.to_vec())
                 .chain(self.crls.iter().cloned())
                 .collect(),
+            originals,
         };
         let mut times = vec![(CheckedAt::Now, now)];
         if let Some(t) = signing_time {
@@ -717,7 +734,7 @@ impl TrustPolicy {
         for (at, time) in times {
             let (failure, chain, revocation) = match &usage {
                 Some(f) => (Some(f.clone()), None, None),
-                None => inputs.validate_at(signer, signer_der, at, time),
+                None => inputs.validate_at(signer, &signer_der, at, time),
             };
             // The chain found now is the one reported, unless only the signing-time check
             // found one.
@@ -790,7 +807,8 @@ impl Inputs<'_> {
     ) -> Result<(PkiEnvironment, MemoryCrlSource), String> {
         let mut pe = PkiEnvironment::new();
         pe.populate_5280_pki_environment();
-        // DSA certificates and CRLs (certval verifies no DSA signatures).
+        // One signature callback: RustCrypto's as before, DSA (certval verifies no DSA
+        // signatures), and for a certificate dated before 1970 over its original encoding.
         let parsed: Vec<Certificate> = self
             .anchors
             .iter()
@@ -801,8 +819,12 @@ impl Inputs<'_> {
             })
             .collect();
         let refs: Vec<&Certificate> = parsed.iter().collect();
-        pe.add_verify_signature_message_callback(dsa::CertvalDsa {
-            inherited: dsa::inherited_parameters(&refs),
+        pe.clear_verify_signature_message_callbacks();
+        pe.add_verify_signature_message_callback(pre1970::Verifier {
+            originals: self.originals.clone(),
+            dsa: dsa::CertvalDsa {
+                inherited: dsa::inherited_parameters(&refs),
+            },
         });
         let mut ta = TaSource::new();
         for (i, der) in self.anchors.iter().enumerate() {
@@ -917,7 +939,7 @@ impl Inputs<'_> {
         let mut first_failure: Option<AtResult> = None;
         let mut revocation_failure: Option<AtResult> = None;
         for path in &paths {
-            let chain = describe_path(path);
+            let chain = describe_path(path, &self.originals);
             let mut cpr = CertificationPathResults::new();
             let failed = |cpr: &CertificationPathResults, e: certval::Error| {
                 let status = match (cpr.get_validation_status(), e) {

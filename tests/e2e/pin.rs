@@ -258,6 +258,183 @@ fn a_rejected_context_pin_is_never_retried() {
     assert_eq!(count_lines(&d.join("logins"), "user_type=2"), 3);
 }
 
+/// Encrypts `text` with `openssl cms -encrypt` to the token's EC certificate (ECDH key
+/// agreement) into `dir/name`.
+fn encrypt_to_ec(token: &Token, dir: &Path, name: &str, text: &[u8]) -> PathBuf {
+    let plain = dir.join(format!("{name}.txt"));
+    std::fs::write(&plain, text).unwrap();
+    let recip = token.file("alice-ec.pem");
+    smime_tests::openssl_in(
+        dir,
+        &[
+            "cms",
+            "-encrypt",
+            "-binary",
+            "-aes-256-cbc",
+            "-in",
+            plain.to_str().unwrap(),
+            "-outform",
+            "DER",
+            "-out",
+            &format!("{name}.p7m"),
+            "-recip",
+            recip.to_str().unwrap(),
+        ],
+    );
+    dir.join(format!("{name}.p7m"))
+}
+
+/// `smime decrypt` of `dir/name.p7m` into `dir/name.out`.
+fn decrypt(agent: &Agent, dir: &Path, name: &str) -> (std::process::Output, PathBuf) {
+    let out = dir.join(format!("{name}.out"));
+    let r = agent.smime(&[
+        "decrypt",
+        "--in",
+        dir.join(format!("{name}.p7m")).to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    (r, out)
+}
+
+#[test]
+fn ecdh_with_an_always_authenticate_key_asks_for_the_pin_every_time() {
+    let token = Token::new();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // CKA_ID 02 is alice-ec; p11-count refuses its C_DeriveKey without a context login.
+    let agent = agent_with(&token, d, "always_authenticate=02\n", &[], &[]);
+    for n in 1..=3 {
+        let name = format!("m{n}");
+        let text = format!("key agreement number {n}\n");
+        encrypt_to_ec(&token, d, &name, text.as_bytes());
+        let (out, plain) = decrypt(&agent, d, &name);
+        assert_ok(&out, "smime decrypt (ECDH) with an always-authenticate key");
+        assert_eq!(std::fs::read(&plain).unwrap(), text.as_bytes());
+        // One dialog per decryption (the first one's PIN also logs in), one context
+        // login right before each C_DeriveKey.
+        assert_eq!(count_lines(&d.join("dialogs"), "GETPIN"), n);
+        assert_eq!(logins(d), (1, n));
+    }
+    let dialogs = std::fs::read_to_string(d.join("dialogs")).unwrap();
+    assert!(dialogs.contains("key agreement"), "{dialogs}");
+    assert!(!dialogs.contains(&token.pin()));
+    // The module really wants those context logins: pkcs11-tool (which logs in but
+    // does no context login before C_DeriveKey) is refused with USER_NOT_LOGGED_IN.
+    smime_tests::openssl_in(
+        d,
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "peer.key",
+        ],
+    );
+    smime_tests::openssl_in(
+        d,
+        &[
+            "ec", "-in", "peer.key", "-pubout", "-outform", "DER", "-out", "peer.der",
+        ],
+    );
+    let derive = |ctl: &str| {
+        control(&d.join("control"), ctl);
+        let mut cmd = Command::new("pkcs11-tool");
+        cmd.args(["--module", built("libp11_count.so").to_str().unwrap()])
+            .args([
+                "--login",
+                "--pin",
+                &token.pin(),
+                "--derive",
+                "-m",
+                "ECDH1-DERIVE",
+            ])
+            .args(["--id", "02", "-i", "peer.der", "-o", "z.bin"])
+            .current_dir(d)
+            .env("SOFTHSM2_CONF", token.file("softhsm2.conf"));
+        for (k, v) in fault_env(&token, d, &[]) {
+            cmd.env(k, v);
+        }
+        run(&mut cmd)
+    };
+    let out = derive("always_authenticate=02\n");
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        stderr(&out).contains("CKR_USER_NOT_LOGGED_IN"),
+        "{}",
+        stderr(&out)
+    );
+    assert_ok(&derive(""), "pkcs11-tool --derive on an ordinary key");
+}
+
+#[test]
+fn ecdh_with_an_always_authenticate_key_and_cached_pin() {
+    let token = Token::new();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let agent = agent_with(
+        &token,
+        d,
+        "always_authenticate=02\n",
+        &[],
+        &["--always-auth", "cached-pin"],
+    );
+    for n in 1..=3 {
+        let name = format!("m{n}");
+        let text = format!("cached key agreement {n}\n");
+        encrypt_to_ec(&token, d, &name, text.as_bytes());
+        let (out, plain) = decrypt(&agent, d, &name);
+        assert_ok(&out, "smime decrypt (ECDH) with the cached PIN");
+        assert_eq!(std::fs::read(&plain).unwrap(), text.as_bytes());
+        assert_eq!(logins(d), (1, n));
+    }
+    assert_eq!(
+        count_lines(&d.join("dialogs"), "GETPIN"),
+        1,
+        "one dialog, for the login"
+    );
+}
+
+#[test]
+fn a_rejected_context_pin_for_ecdh_is_never_retried() {
+    let token = Token::new();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let agent = agent_with(
+        &token,
+        d,
+        "always_authenticate=02\n",
+        &[],
+        &["--always-auth", "cached-pin"],
+    );
+    encrypt_to_ec(&token, d, "m1", b"first\n");
+    let (out, _) = decrypt(&agent, d, "m1");
+    assert_ok(&out, "first decryption");
+    // The token rejects the next login: the cached PIN at the context login.
+    control(
+        &d.join("control"),
+        "always_authenticate=02\nfail_login_once=a0\n",
+    );
+    encrypt_to_ec(&token, d, "m2", b"second\n");
+    let (out, plain) = decrypt(&agent, d, "m2");
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("wrong PIN"), "{}", stderr(&out));
+    assert!(!plain.exists(), "no partial output");
+    assert_eq!(
+        count_lines(&d.join("logins"), "user_type=2"),
+        2,
+        "one good, one rejected context login, no retry"
+    );
+    // The rejected PIN is not sent again: the next decryption asks the user.
+    let (out, plain) = decrypt(&agent, d, "m2");
+    assert_ok(&out, "after asking again");
+    assert_eq!(std::fs::read(&plain).unwrap(), b"second\n");
+    assert_eq!(count_lines(&d.join("dialogs"), "GETPIN"), 2);
+    assert_eq!(count_lines(&d.join("logins"), "user_type=2"), 3);
+}
+
 #[test]
 fn token_tables_choose_pin_source_per_token() {
     let token = Token::new();

@@ -485,3 +485,102 @@ fn card_events_show_in_status_and_bring_the_token_back() {
     let text = String::from_utf8_lossy(&t.agent.smime(&["status"]).stdout).into_owned();
     assert!(text.contains("card present (ATR "), "{text}");
 }
+
+/// `smime status --json`.
+fn status_json(t: &Setup) -> serde_json::Value {
+    let out = t.agent.smime(&["status", "--json"]);
+    assert_ok(&out, "smime status --json");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Polls `smime status --json` until `f` holds (at most `secs` seconds).
+fn wait_status(
+    t: &Setup,
+    what: &str,
+    secs: u64,
+    f: &dyn Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let start = std::time::Instant::now();
+    loop {
+        let s = status_json(t);
+        if f(&s) {
+            return s;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(secs),
+            "{what}: {s}\nagent log:\n{}",
+            t.agent.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// pcscd dies under the running agent and comes back: meanwhile `smime status` says PC/SC
+/// is unavailable and requests fail cleanly; afterwards the reader and card show again and
+/// a signature through the same agent process verifies with OpenSSL.
+#[test]
+fn a_pcscd_restart_is_survived_without_an_agent_restart() {
+    let mut t = setup();
+    if !t.card.owns_pcscd() {
+        // A pcscd we did not start (systemd's) is not ours to kill.
+        eprintln!("skipped: pcscd was already running, not started by this test");
+        return;
+    }
+    let has_card = |s: &serde_json::Value| {
+        s["agent"]["pcsc"]["readers"].as_array().is_some_and(|r| {
+            r.iter()
+                .any(|r| r["name"] == VIRTUAL_READER && r["card"] == true)
+        })
+    };
+    let tokens = |s: &serde_json::Value| s["tokens"].as_array().map_or(0, Vec::len);
+    wait_status(&t, "card present at start", 15, &|s| {
+        has_card(s) && tokens(s) == 1
+    });
+    sign_and_verify(&t, "before-restart");
+    let agent_pid = t.agent.pid();
+
+    t.card.kill_pcscd();
+    let s = wait_status(&t, "PC/SC reported unavailable", 15, &|s| {
+        s["agent"]["pcsc"]["error"].is_string()
+    });
+    assert!(!has_card(&s), "{s}");
+    let text = String::from_utf8_lossy(&t.agent.smime(&["status"]).stdout).into_owned();
+    assert!(
+        text.contains("card readers: unavailable (pcscd is not available")
+            && text.contains("start pcscd"),
+        "{text}"
+    );
+    // A request meanwhile fails with the agent's "unavailable" code, and no output.
+    let sig = t.p("during.p7s");
+    let out = sign_once(&t, &sig);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!sig.exists() && out.stdout.is_empty());
+    assert!(t.agent.is_running(), "{}", t.agent.log_text());
+
+    t.card.start_pcscd();
+    // The monitor's backoff is at most a few seconds after a short outage.
+    let s = wait_status(&t, "reader and card back", 40, &|s| {
+        s["agent"]["pcsc"]["error"].is_null() && has_card(s) && tokens(s) == 1
+    });
+    assert!(s["agent"]["pcsc"]["readers"][0]["atr"].is_string(), "{s}");
+    let text = String::from_utf8_lossy(&t.agent.smime(&["status"]).stdout).into_owned();
+    assert!(
+        text.contains(&format!("reader {VIRTUAL_READER}: card present (ATR ")),
+        "{text}"
+    );
+    let out = sign_once(&t, &t.p("after.p7s"));
+    assert!(
+        out.status.success(),
+        "first signature after the restart: {}\nagent log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        t.agent.log_text()
+    );
+    sign_and_verify(&t, "after-restart");
+    assert_eq!(t.agent.pid(), agent_pid, "the agent was restarted");
+    assert!(t.agent.is_running());
+}

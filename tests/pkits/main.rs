@@ -1,6 +1,6 @@
 //! NIST PKITS conformance of `smime verify`.
 //!
-//! Every signed S/MIME message of PKITS (224 tests, 248 with the policy sub-cases) goes
+//! Every signed S/MIME message of PKITS (224 tests, 247 with the policy sub-cases) goes
 //! through the built `smime verify --trust TrustAnchorRootCertificate --revocation hard
 //! --json`, with the initial policy settings the PKITS document gives for the sub-case, and
 //! the verdict is compared with `expected.tsv` (derived from the PKITS document, sections

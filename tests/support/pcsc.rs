@@ -195,6 +195,34 @@ impl VirtualCard {
         }
     }
 
+    /// Whether this card started the pcscd it uses (only then may a test stop it).
+    pub fn owns_pcscd(&self) -> bool {
+        self.pcscd.is_some()
+    }
+
+    /// Kills the pcscd this card started (SIGKILL, by pid: a crash, not a clean stop),
+    /// then the card, whose vpcd reader lived in that pcscd. Panics if this card did not
+    /// start pcscd (see [`VirtualCard::owns_pcscd`]). [`VirtualCard::start_pcscd`] undoes it.
+    pub fn kill_pcscd(&mut self) {
+        let mut pcscd = self
+            .pcscd
+            .take()
+            .expect("this card did not start pcscd: it is not ours to kill");
+        let _ = pcscd.kill();
+        let _ = pcscd.wait();
+        if let Some(mut child) = self.pivemu.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts pcscd again (after [`VirtualCard::kill_pcscd`]) and inserts the card.
+    pub fn start_pcscd(&mut self) {
+        assert!(self.pcscd.is_none(), "pcscd is already ours and running");
+        self.pcscd = start_pcscd(self.dir.path());
+        self.insert();
+    }
+
     /// `yubico-piv-tool -r <reader> ARGS` in the card's directory; panics unless it succeeds.
     pub fn piv_tool(&self, args: &[&str]) -> std::process::Output {
         let out = run(Command::new("yubico-piv-tool")

@@ -671,6 +671,7 @@ impl PivWorker {
         slot: &[u8],
         curve: KeyAlgorithm,
         peer: &[u8],
+        ctx: Option<(Option<&Pin>, PinSource)>,
         reauth: Option<&Pin>,
     ) -> Result<SecretBytes, AgentError> {
         let slot = slot_id(slot)?;
@@ -690,6 +691,7 @@ impl PivWorker {
             )));
         }
         let card_alg = algorithm_id(curve, 0)?;
+        self.context_login(ctx)?;
         let z = self.op("GENERAL AUTHENTICATE (ECDH)", reauth, |yk| {
             yubikey::piv::decrypt_data(yk, peer, card_alg, slot)
         })?;

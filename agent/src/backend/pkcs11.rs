@@ -127,11 +127,12 @@ impl Device {
         id: &[u8],
         curve: KeyAlgorithm,
         peer: &[u8],
+        ctx: Option<(Option<&Pin>, PinSource)>,
         reauth: Option<&Pin>,
     ) -> Result<SecretBytes, AgentError> {
         match self {
-            Device::P11(w) => w.ecdh(id, curve, peer),
-            Device::Piv(w) => w.ecdh(id, curve, peer, reauth),
+            Device::P11(w) => w.ecdh(id, curve, peer, ctx),
+            Device::Piv(w) => w.ecdh(id, curve, peer, ctx, reauth),
         }
     }
 }
@@ -301,6 +302,10 @@ struct TokenState {
     /// With `always_auth = "cached-pin"`: the PIN the token was unlocked with, for the
     /// context-specific logins. Dropped on logout, expiry, removal and a rejection.
     cached_pin: Option<Arc<Pin>>,
+    /// PC/SC said the card left (or pcscd went away) and has not said it is back: a
+    /// module error meanwhile means "no card", whatever code the module picked (OpenSC
+    /// answers CKR_GENERAL_ERROR on a dead PC/SC context).
+    card_out: bool,
 }
 
 /// One token, served by its own worker threads.
@@ -424,6 +429,7 @@ impl Token {
                 configured_pin: None,
                 keys: vec![],
                 cached_pin: None,
+                card_out: false,
             }),
             protected_path,
             inflight: Arc::new(Mutex::new(BTreeMap::new())),
@@ -476,6 +482,7 @@ impl Token {
                 configured_pin: None,
                 keys: vec![],
                 cached_pin: None,
+                card_out: false,
             }),
             protected_path: false,
             inflight: Arc::new(Mutex::new(BTreeMap::new())),
@@ -1010,17 +1017,26 @@ impl Token {
         peer: Vec<u8>,
         who: &str,
     ) -> Result<SecretBytes, AgentError> {
-        self.ensure_login(key, who).await?;
+        let fresh = self.ensure_login(key, who).await?;
         let key = &self.current(key);
         self.ready(key, Operation::Ecdh)?;
         self.state().last_used = Instant::now();
         check_alg(key, false, false)?;
-        let (id, curve) = (key.cka_id.clone(), key.info.algorithm);
+        let ctx = match key.info.always_authenticate {
+            true => Some(self.context_pin(key, "key agreement", who, fresh).await?),
+            false => None,
+        };
+        let (id, curve, c) = (key.cka_id.clone(), key.info.algorithm, ctx.clone());
+        let what = wait_reason(&ctx);
         let reauth = self.kept_pin();
-        self.after_op(
-            self.run(move |w| w.ecdh(&id, curve, &peer, reauth.as_deref()))
-                .await,
-        )
+        let r = self
+            .run_as(what, move |w| {
+                let c = c.as_ref().map(|(p, s)| (p.as_deref(), *s));
+                w.ecdh(&id, curve, &peer, c, reauth.as_deref())
+            })
+            .await;
+        self.after_context(&r, &ctx);
+        self.after_op(r)
     }
 
     /// The PIN the policy lets the agent keep (the configured one, not rejected; or the
@@ -1039,6 +1055,22 @@ impl Token {
     /// Keeps the login flag honest: the worker reports `PinRequired` only when its
     /// session is not logged in, and a removed token has lost its login.
     fn after_op<T>(&self, r: Result<T, AgentError>) -> Result<T, AgentError> {
+        let r = match r {
+            Err(AgentError::Pkcs11 {
+                token,
+                function,
+                rv,
+            }) if self.state().card_out => {
+                tracing::info!(%token, %function, %rv, "module error with the card out: token absent");
+                Err(AgentError::TokenAbsent { token })
+            }
+            // The card answered: it is in.
+            Ok(v) => {
+                self.state().card_out = false;
+                Ok(v)
+            }
+            r => r,
+        };
         if let Err(AgentError::PinRequired { .. } | AgentError::TokenAbsent { .. }) = &r {
             let mut s = self.state();
             s.logged_in = false;
@@ -1095,6 +1127,7 @@ impl Token {
     /// A card came back into the token's reader: the sessions the workers hold belong to
     /// the card that left, so the next request opens new ones.
     pub fn card_inserted(&self) {
+        self.state().card_out = false;
         self.epoch.fetch_add(1, Ordering::SeqCst);
         if let Kind::Piv { present, .. } = &self.kind {
             present.store(true, Ordering::SeqCst);
@@ -1106,14 +1139,21 @@ impl Token {
         !self.reader.is_empty() && (self.reader == name || self.reader.starts_with(name))
     }
 
+    /// A slot listing found the token's card in: module errors mean what they say again.
+    pub fn card_seen(&self) {
+        self.state().card_out = false;
+    }
+
     /// The card left its reader: the login and any cached PIN go with it. (The sessions
     /// are found dead by the next request, which reopens them once the card is back:
     /// reopening them here, while the card is out, leaves OpenSC 0.23 with a card lock
-    /// held that deadlocks the next operation.)
+    /// held that deadlocks the next operation.) Until it is back, a module error on this
+    /// token is reported as "not present".
     pub fn card_removed(&self) {
         let mut s = self.state();
         s.logged_in = false;
         s.cached_pin = None;
+        s.card_out = true;
         drop(s);
         if let Kind::Piv { present, .. } = &self.kind {
             // A native card's connection is dead: the next job opens a fresh one (or says

@@ -38,6 +38,10 @@ use crate::trust::{PathVerdict, TrustPolicy, dsa};
 pub struct Verified {
     /// The signer's certificate (matched by the SignerInfo's `sid`).
     pub signer: Certificate,
+    /// The signer's certificate as encoded in the message (re-encoded if it came from the
+    /// trust policy): for its fingerprint, and for dates `signer` cannot hold
+    /// (`crate::trust::pre1970`).
+    pub signer_der: Vec<u8>,
     /// The signed `signingTime` attribute, if present.
     pub signing_time: Option<SystemTime>,
     /// The SignerInfo's digest algorithm.
@@ -309,7 +313,9 @@ fn parse_signed_data(bin: &[u8]) -> Result<ParsedSignedData<'_>, Error> {
                 continue;
             }
             let der = child.to_der()?;
-            if let Ok(cert) = Certificate::from_der(&der) {
+            // A certificate dated before 1970 is decoded from a copy with the dates moved
+            // up to 1970 (see `trust::pre1970`); `der` stays the original, for signatures.
+            if let Ok(cert) = crate::trust::pre1970::decode(&der) {
                 certs.push(MsgCert { cert, der });
             }
         }
@@ -457,22 +463,23 @@ fn verify_signer(
         }
     }
 
-    check_validity(cert, now, CheckedAt::Now)?;
+    let signer_der = match sd.certs.iter().find(|m| &m.cert == cert) {
+        Some(m) => m.der.clone(),
+        None => cert.to_der().unwrap_or_default(),
+    };
+    check_validity(cert, &signer_der, now, CheckedAt::Now)?;
     if let Some(t) = signing_time {
-        check_validity(cert, t, CheckedAt::SigningTime)?;
+        check_validity(cert, &signer_der, t, CheckedAt::SigningTime)?;
     }
 
     let path = trust.map(|policy| {
-        let signer_der = match sd.certs.iter().find(|m| &m.cert == cert) {
-            Some(m) => m.der.clone(),
-            None => cert.to_der().unwrap_or_default(),
-        };
         let msg_certs: Vec<&[u8]> = sd.certs.iter().map(|m| m.der.as_slice()).collect();
         let msg_crls: Vec<&[u8]> = sd.crls.iter().map(Vec::as_slice).collect();
         policy.validate(cert, &signer_der, &msg_certs, &msg_crls, now, signing_time)
     });
     Ok(Verified {
         signer: cert.clone(),
+        signer_der,
         signing_time,
         digest_alg: hash,
         trusted: path.as_ref().is_some_and(PathVerdict::is_valid),
@@ -573,10 +580,18 @@ fn matches_sid(cert: &Certificate, sid: &SignerIdentifier) -> bool {
     }
 }
 
-fn check_validity(cert: &Certificate, at: SystemTime, which: CheckedAt) -> Result<(), Error> {
+/// `der` is `cert` as encoded: its validity times before 1970, which `cert` holds as the
+/// epoch (`crate::trust::pre1970`), are taken from there.
+fn check_validity(
+    cert: &Certificate,
+    der: &[u8],
+    at: SystemTime,
+    which: CheckedAt,
+) -> Result<(), Error> {
     let v = cert.tbs_certificate().validity();
-    let not_before = v.not_before.to_system_time();
-    let not_after = v.not_after.to_system_time();
+    let [nb, na] = crate::trust::pre1970::pre1970_validity(der);
+    let not_before = nb.unwrap_or_else(|| v.not_before.to_system_time());
+    let not_after = na.unwrap_or_else(|| v.not_after.to_system_time());
     if at < not_before {
         return Err(Error::CertNotYetValid {
             which,

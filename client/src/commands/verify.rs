@@ -539,7 +539,7 @@ fn verify_inner(a: &VerifyArgs) -> Result<(), Failure> {
 
 /// The verdict as JSON (`valid` is true: callers of a failure overwrite it).
 fn verdict_json(v: &Verdict) -> serde_json::Value {
-    let ks = crate::keys::KeySummary::from_certificate(&v.verified.signer);
+    let ks = crate::keys::KeySummary::from_der(&v.verified.signer_der);
     let emails = certificate_emails(&v.verified.signer);
     serde_json::json!({
         "valid": true,
@@ -590,7 +590,7 @@ fn revocation_note(p: &crate::trust::PathVerdict) -> String {
 
 /// The verdict as one line, or as JSON.
 pub(super) fn describe(v: &Verdict, json: bool) -> String {
-    let ks = crate::keys::KeySummary::from_certificate(&v.verified.signer);
+    let ks = crate::keys::KeySummary::from_der(&v.verified.signer_der);
     if json {
         return verdict_json(v).to_string();
     }

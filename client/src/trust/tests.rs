@@ -609,3 +609,177 @@ fn dsa_parameters_are_inherited_only_when_unambiguous() {
         2
     );
 }
+
+/// A leaf issued by `pki`'s root with `openssl ca`, which takes any validity dates (here
+/// UTCTime, `YYMMDDhhmmssZ`); the DER as OpenSSL wrote it.
+fn leaf_dated(pki: &Pki, name: &str, start: &str, end: &str) -> Vec<u8> {
+    let d = pki.dir.path();
+    std::fs::write(
+        d.join("ca.cnf"),
+        "[ca]\ndefault_ca = d\n[d]\ndatabase = index.txt\nnew_certs_dir = .\nserial = serial\n\
+         default_md = sha256\npolicy = p\nunique_subject = no\n[p]\ncommonName = supplied\n",
+    )
+    .unwrap();
+    if !d.join("serial").exists() {
+        std::fs::write(d.join("index.txt"), "").unwrap();
+        std::fs::write(d.join("serial"), "1000\n").unwrap();
+    }
+    std::fs::write(
+        d.join(format!("{name}.ext")),
+        "basicConstraints=CA:FALSE\nauthorityKeyIdentifier=keyid\n\
+         keyUsage=critical,digitalSignature\nextendedKeyUsage=emailProtection\n",
+    )
+    .unwrap();
+    let (csr, pem_out, der_out) = (
+        format!("{name}.csr"),
+        format!("{name}.pem"),
+        format!("{name}.der"),
+    );
+    openssl(
+        d,
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-subj",
+            &format!("/CN={name}"),
+            "-out",
+            &csr,
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "ca",
+            "-batch",
+            "-notext",
+            "-config",
+            "ca.cnf",
+            "-cert",
+            "ca.pem",
+            "-keyfile",
+            "ca.key",
+            "-in",
+            &csr,
+            "-out",
+            &pem_out,
+            "-startdate",
+            start,
+            "-enddate",
+            end,
+            "-extfile",
+            &format!("{name}.ext"),
+        ],
+    );
+    openssl(
+        d,
+        &["x509", "-in", &pem_out, "-outform", "DER", "-out", &der_out],
+    );
+    std::fs::read(d.join(der_out)).unwrap()
+}
+
+/// NIST PKITS 4.2.3 in small: a notBefore in 1950, which `x509-cert` cannot decode.
+#[test]
+fn a_certificate_from_1950_validates_over_its_original_encoding() {
+    use super::pre1970;
+    let pki = Pki::new();
+    let der = leaf_dated(&pki, "old", "500101120100Z", "301231083000Z");
+    assert!(
+        Certificate::from_der(&der).is_err(),
+        "x509-cert decodes 1950 now: drop pre1970?"
+    );
+    let cert = pre1970::decode(&der).unwrap();
+    let now = soon();
+    let v = policy(&pki).validate(&cert, &der, &[], &[], now, Some(now));
+    assert!(v.is_valid(), "{v}");
+    // The verdict shows the certificate's own dates, not the decodable copy's.
+    assert_eq!(
+        crate::cms::fmt_time(v.chain[0].not_before),
+        "1950-01-01T12:01:00Z"
+    );
+    assert_eq!(
+        crate::cms::fmt_time(v.chain[0].not_after),
+        "2030-12-31T08:30:00Z"
+    );
+
+    // The signature is checked over the original: another pre-1970 date, which makes the
+    // very same decodable copy, fails; so does any other change.
+    let at = der.windows(13).position(|w| w == b"500101120100Z").unwrap();
+    let mut other_date = der.clone();
+    other_date[at + 1] = b'1'; // 1951
+    assert_eq!(pre1970::rewrite(&other_date), pre1970::rewrite(&der));
+    let at_cn = der.windows(3).position(|w| w == b"old").unwrap();
+    let mut other_name = der.clone();
+    other_name[at_cn + 2] = b'D';
+    for tampered in [other_date, other_name] {
+        let cert = pre1970::decode(&tampered).unwrap();
+        let v = policy(&pki).validate(&cert, &tampered, &[], &[], now, None);
+        let (_, f) = v.failure().expect("a tampered certificate must fail");
+        assert_eq!(f.check, Check::Signature, "{v}");
+    }
+}
+
+#[test]
+fn a_certificate_that_expired_before_1970_stays_expired() {
+    use super::pre1970;
+    let pki = Pki::new();
+    let der = leaf_dated(&pki, "expired", "500101120100Z", "600101120100Z");
+    let cert = pre1970::decode(&der).unwrap();
+    let [nb, na] = pre1970::pre1970_validity(&der);
+    assert_eq!(crate::cms::fmt_time(nb.unwrap()), "1950-01-01T12:01:00Z");
+    assert_eq!(crate::cms::fmt_time(na.unwrap()), "1960-01-01T12:01:00Z");
+    for at in [soon(), SystemTime::UNIX_EPOCH + Duration::from_secs(1)] {
+        let v = policy(&pki).validate(&cert, &der, &[], &[], at, None);
+        let (_, f) = v.failure().expect("expired in 1960");
+        assert_eq!(f.check, Check::Validity, "{v}");
+    }
+}
+
+#[test]
+fn only_validity_times_before_1970_are_rewritten_in_place() {
+    use super::pre1970;
+    let pki = Pki::new();
+    // A certificate that decodes is left alone.
+    let (_, der) = pki.leaf("new", "keyUsage=critical,digitalSignature");
+    assert_eq!(pre1970::rewrite(&der), None);
+    assert_eq!(pre1970::decodable(&der), None);
+    let old = leaf_dated(&pki, "old", "691231235959Z", "700101000001Z");
+    let copy = pre1970::rewrite(&old).unwrap();
+    assert_eq!(copy.len(), old.len());
+    let diff: Vec<usize> = (0..old.len()).filter(|&i| old[i] != copy[i]).collect();
+    assert!(!diff.is_empty() && diff.len() <= 13, "{diff:?}");
+    assert!(copy.windows(13).any(|w| w == b"700101000000Z"));
+    assert!(
+        copy.windows(13).any(|w| w == b"700101000001Z"),
+        "notAfter kept"
+    );
+    assert_eq!(
+        crate::cms::fmt_time(pre1970::pre1970_validity(&old)[0].unwrap()),
+        "1969-12-31T23:59:59Z"
+    );
+}
+
+/// Two certificates that differ only in a pre-1970 date make the same decodable copy: with
+/// both at hand, neither signature is taken, so the wrong one cannot borrow the right one's.
+#[test]
+fn twins_that_differ_only_before_1970_are_both_refused() {
+    use super::pre1970;
+    let pki = Pki::new();
+    let der = leaf_dated(&pki, "twin", "500101120100Z", "301231083000Z");
+    let at = der.windows(13).position(|w| w == b"500101120100Z").unwrap();
+    let mut twin = der.clone();
+    twin[at + 1] = b'1';
+    let cert = pre1970::decode(&der).unwrap();
+    let now = soon();
+    let v = policy(&pki).validate(&cert, &der, &[&twin], &[], now, None);
+    let (_, f) = v.failure().expect("ambiguous originals");
+    assert_eq!(f.check, Check::Signature, "{v}");
+    let v = policy(&pki).validate(&cert, &der, &[&der], &[], now, None);
+    assert!(v.is_valid(), "{v}");
+}

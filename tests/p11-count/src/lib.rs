@@ -57,7 +57,11 @@
 //!     real module refuses it for lack of a pending re-authentication, the
 //!     PIN is compared with the one from the last successful `CKU_USER` login
 //!     on that slot, which is kept in memory only and zeroized on logout,
-//!     close of the last session, reinsertion and `C_Finalize`.
+//!     close of the last session, reinsertion and `C_Finalize`. Key agreement,
+//!     as OpenSC does it: a context-specific login with no sign/decrypt
+//!     operation pending checks the PIN the same way and lets the next
+//!     `C_DeriveKey` on that session through; without it `C_DeriveKey` with
+//!     such a base key returns `CKR_USER_NOT_LOGGED_IN` (see [`derive_login`]).
 //!   * `delay_token=LABEL` – `delay_ms` applies only to sessions on the token
 //!     with this label (to hang one token while another one answers).
 //!   * `protected_auth_path=1` – `C_GetTokenInfo` reports
@@ -162,6 +166,10 @@ struct Sess {
     generation: u64,
     sign: Auth,
     decrypt: Auth,
+    /// A context-specific login with no sign/decrypt operation pending (OpenSC's
+    /// way for key agreement): `Granted` lets the next `C_DeriveKey` on this
+    /// session use an always-authenticate key.
+    derive: Auth,
 }
 
 impl Sess {
@@ -255,6 +263,7 @@ impl Faults {
         for x in self.sessions.values_mut().filter(|x| x.slot == slot) {
             x.sign = Auth::Idle;
             x.decrypt = Auth::Idle;
+            x.derive = Auth::Idle;
         }
     }
 }
@@ -746,6 +755,7 @@ unsafe extern "C" fn wrap_open_session(
                 generation,
                 sign: Auth::Idle,
                 decrypt: Auth::Idle,
+                derive: Auth::Idle,
             },
         );
     }
@@ -893,7 +903,7 @@ fn context_login(m: &Module, s: CK_SESSION_HANDLE, real_rv: CK_RV, pin: &[u8]) -
     };
     let (slot, pending) = (x.slot, x.sign != Auth::Idle || x.decrypt != Auth::Idle);
     if !pending {
-        return real_rv;
+        return derive_login(&mut f, s, slot, real_rv, pin);
     }
     let rv = match real_rv {
         CKR_OK => CKR_OK,
@@ -916,6 +926,40 @@ fn context_login(m: &Module, s: CK_SESSION_HANDLE, real_rv: CK_RV, pin: &[u8]) -
                 *a = Auth::Granted;
             }
         }
+    }
+    rv
+}
+
+/// A `CKU_CONTEXT_SPECIFIC` login with no sign/decrypt operation pending. With
+/// `always_authenticate` in force this does what OpenSC does (its `C_Login`
+/// only wants the user logged in, then verifies the PIN on the card, which
+/// lets the next private-key operation through): no user login on record gives
+/// `CKR_OPERATION_NOT_INITIALIZED`, a wrong PIN `CKR_PIN_INCORRECT`, the right
+/// one `CKR_OK` and a grant for the next `C_DeriveKey` on this session.
+/// Otherwise the real module's answer stands.
+fn derive_login(
+    f: &mut Faults,
+    s: CK_SESSION_HANDLE,
+    slot: CK_SLOT_ID,
+    real_rv: CK_RV,
+    pin: &[u8],
+) -> CK_RV {
+    let refused = matches!(
+        real_rv,
+        CKR_OPERATION_NOT_INITIALIZED | CKR_USER_TYPE_INVALID | CKR_FUNCTION_NOT_SUPPORTED
+    );
+    if f.knobs.always_authenticate.is_empty() || !refused {
+        return real_rv;
+    }
+    let rv = match f.pins.get(&slot) {
+        None => CKR_OPERATION_NOT_INITIALIZED,
+        Some(p) if p.matches(pin) => CKR_OK,
+        Some(_) => CKR_PIN_INCORRECT,
+    };
+    if rv == CKR_OK
+        && let Some(x) = f.sessions.get_mut(&s)
+    {
+        x.derive = Auth::Granted;
     }
     rv
 }
@@ -1207,11 +1251,24 @@ unsafe extern "C" fn wrap_derive_key(
     out: CK_OBJECT_HANDLE_PTR,
 ) -> CK_RV {
     let (m, real) = setup!(C_DeriveKey);
-    let delay_ms = {
+    let (ids, delay_ms) = {
         let f = m.faults();
         tri!(f.check(s));
-        f.knobs.delay_ms
+        (f.knobs.always_authenticate.clone(), f.knobs.delay_ms)
     };
+    // The grant of a context login is spent by the next derivation, whatever
+    // its key or outcome (a card forgets the PIN after one operation).
+    let granted = {
+        let mut f = m.faults();
+        f.sessions
+            .get_mut(&s)
+            .map(|x| std::mem::take(&mut x.derive))
+            == Some(Auth::Granted)
+    };
+    if !granted && m.key_listed(s, base, &ids) {
+        // What OpenSC answers when the card says "security status not satisfied".
+        return CKR_USER_NOT_LOGGED_IN;
+    }
     tri!(m.delay(s, delay_ms));
     // SAFETY: passed through unchanged.
     unsafe { real(s, mech, base, template, count, out) }

@@ -124,6 +124,7 @@ impl Worker {
                 rv: e.to_string(),
             };
         };
+        tracing::debug!(token = %token, function = %f, rv = %rv, "PKCS#11 error");
         use RvError::*;
         match rv {
             // The session may be logged in and the *key* want a context-specific login
@@ -263,8 +264,20 @@ impl Worker {
     /// new one is opened first, so the token's login survives).
     fn reset_session(&mut self) {
         match self.p11.open_ro_session(self.slot) {
-            Ok(s) => self.session = s,
+            Ok(s) => self.replace_session(s),
             Err(e) => tracing::warn!(token = %self.token, error = %e, "cannot reopen session"),
+        }
+    }
+
+    /// Puts `new` in place of the current session, which is closed, unless the module
+    /// handed out its handle again: then the old session is already gone (OpenSC uses the
+    /// session's address as its handle, and a card reset or a pcscd restart closes every
+    /// session of the slot), and closing "it" would close the new one.
+    fn replace_session(&mut self, new: Session) {
+        let old = std::mem::replace(&mut self.session, new);
+        if old.handle() == self.session.handle() {
+            tracing::debug!(token = %self.token, "the module reused the session handle");
+            std::mem::forget(old);
         }
     }
 
@@ -310,6 +323,69 @@ impl Worker {
         tracing::debug!(token = %self.token, "context-specific login done");
         let r = call(&raw, self.session.handle()).map_err(|e| self.err(e, function));
         self.track(r)
+    }
+
+    /// One `C_DeriveKey` with a CKA_ALWAYS_AUTHENTICATE key. Key agreement has no Init
+    /// call to hang the re-authentication on, so the context-specific login comes right
+    /// before `C_DeriveKey`, on the same session: that is what OpenSC takes (its
+    /// `C_Login(CKU_CONTEXT_SPECIFIC)` verifies the PIN on the card, which then allows
+    /// the next private-key operation; without it the card answers "security status not
+    /// satisfied" and `C_DeriveKey` fails with CKR_USER_NOT_LOGGED_IN). A wrong PIN is
+    /// reported, never retried.
+    fn context_derive(
+        &mut self,
+        cka_id: &[u8],
+        pin: Option<&Pin>,
+        source: PinSource,
+        point: &[u8],
+    ) -> Result<Option<Vec<u8>>, AgentError> {
+        let r = self.context_derive_once(cka_id, pin, source, point);
+        self.track(r)
+    }
+
+    fn context_derive_once(
+        &mut self,
+        cka_id: &[u8],
+        pin: Option<&Pin>,
+        source: PinSource,
+        point: &[u8],
+    ) -> Result<Option<Vec<u8>>, AgentError> {
+        self.check_pin_flags(source)?;
+        // The login is spent by the next derivation, so the handle must be good before
+        // it: a stale cached one is looked up again now, not after a wasted login.
+        let mut h = self.key_handle(cka_id)?;
+        if let Err(CkError::Pkcs11(RvError::KeyHandleInvalid | RvError::ObjectHandleInvalid, _)) =
+            self.session.get_attributes(h, &[AttributeType::Id])
+        {
+            self.handles.remove(cka_id);
+            h = self.key_handle(cka_id)?;
+        }
+        // No PIN: the reader's PIN pad asks the user.
+        let secret = pin.map(|p| cryptoki::types::AuthPin::from(p.expose().to_owned()));
+        match self
+            .session
+            .login(UserType::ContextSpecific, secret.as_ref())
+        {
+            Ok(()) => {}
+            // The module knows no context login outside a sign or decrypt operation
+            // (ykcs11 answers USER_TYPE_INVALID, SoftHSM OPERATION_NOT_INITIALIZED).
+            Err(CkError::Pkcs11(
+                rv @ (RvError::UserTypeInvalid | RvError::OperationNotInitialized),
+                _,
+            )) => {
+                return Err(AgentError::Pkcs11 {
+                    token: self.token.clone(),
+                    function: "C_Login(CKU_CONTEXT_SPECIFIC)".into(),
+                    rv: format!(
+                        "{rv}: the module takes no context-specific login for key agreement, \
+                         so this always-authenticate key cannot do ECDH through it"
+                    ),
+                });
+            }
+            Err(e) => return Err(self.login_error(e, source)),
+        }
+        tracing::debug!(token = %self.token, "context-specific login done (key agreement)");
+        derive_z(&self.session, h, point).map_err(|e| self.err(e, "C_DeriveKey"))
     }
 
     /// Runs `op` (sign or decrypt) on the key: through [`Worker::with_key`], or, for an
@@ -582,7 +658,7 @@ impl Worker {
         match self.p11.open_ro_session(self.slot) {
             Ok(session) => {
                 tracing::info!(token = %self.token, "session reopened");
-                self.session = session;
+                self.replace_session(session);
                 self.handles.clear();
                 self.session_epoch = current;
             }
@@ -688,11 +764,14 @@ impl Worker {
     }
 
     /// ECDH (CKM_ECDH1_DERIVE, no KDF): derives a session secret, reads Z, destroys it.
+    /// An always-authenticate key (`ctx` holds the PIN) gets its context-specific login
+    /// right before each `C_DeriveKey` (see [`Worker::context_derive`]).
     pub(super) fn ecdh(
         &mut self,
         cka_id: &[u8],
         curve: KeyAlgorithm,
         peer: &[u8],
+        ctx: Option<(Option<&Pin>, PinSource)>,
     ) -> Result<SecretBytes, AgentError> {
         // The point must lie on the key's curve: a token that does not check it would
         // leak the private key to an invalid-curve attack.
@@ -710,16 +789,28 @@ impl Worker {
                 "the peer point must be an uncompressed SEC1 point (04 || X || Y) on the key's curve ({curve:?})"
             )));
         }
+        let derive = |w: &mut Self, point: &[u8]| match ctx {
+            None => w.with_key(cka_id, |s, h| derive_z(s, h, point), "C_DeriveKey"),
+            Some((pin, source)) => w.context_derive(cka_id, pin, source, point),
+        };
         // Modules disagree on the point's form: try it raw, then DER OCTET STRING wrapped.
-        let z = match self.with_key(cka_id, |s, h| derive_z(s, h, peer), "C_DeriveKey") {
+        let z = match derive(self, peer) {
             Ok(z) => z,
-            Err(e @ (AgentError::PinRequired { .. } | AgentError::TokenAbsent { .. })) => {
+            Err(
+                e @ (AgentError::PinRequired { .. }
+                | AgentError::TokenAbsent { .. }
+                | AgentError::PinIncorrect { .. }
+                | AgentError::PinLocked { .. }
+                | AgentError::PinFinalTry { .. }
+                | AgentError::PinLenRange { .. }
+                | AgentError::KeyNeedsPinPerUse { .. }),
+            ) => {
                 return Err(e);
             }
             Err(_) if peer.len() < 128 => {
                 let mut wrapped = vec![0x04, u8::try_from(peer.len()).unwrap_or(0)];
                 wrapped.extend_from_slice(peer);
-                self.with_key(cka_id, |s, h| derive_z(s, h, &wrapped), "C_DeriveKey")?
+                derive(self, &wrapped)?
             }
             Err(e) => return Err(e),
         };
