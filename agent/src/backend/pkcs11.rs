@@ -1,10 +1,10 @@
 //! PKCS#11 backend: one [`Module`] per shared library, one [`Token`] per token in it.
 //!
 //! ```text
-//!  tokio task ──Token::submit(job)──► JobQueue ──► worker 1 (Session A) ─┐
-//!       ▲                                      └──► worker 2 (Session B) ─┼─► C_Sign …
-//!       └──────────── oneshot reply ◄─── finish(result) on the worker ◄────┘
-//!                                          └─► response written to the client
+//!  tokio task ──Token::submit(job)──► crossbeam queue ──► worker 1 (Session A) ─┐
+//!       ▲                                             └──► worker 2 (Session B) ─┼─► C_Sign …
+//!       └──────────── oneshot reply ◄────────── finish(result) on the worker ◄────┘
+//!                                                 └─► response written to the client
 //! ```
 //!
 //! A key operation's `finish` runs on the worker thread: for a request from a client it
@@ -200,7 +200,7 @@ pub struct Token {
     reader: String,
     /// The workers' session generation: bumped when the token's sessions are dead.
     epoch: Arc<AtomicU64>,
-    jobs: Arc<JobQueue>,
+    jobs: Mutex<Option<crossbeam_channel::Sender<Job>>>,
     /// Serializes logins, so two clients cannot spend two PIN tries at once.
     login_lock: tokio::sync::Mutex<()>,
     /// One pinentry dialog at a time per token.
@@ -245,19 +245,14 @@ impl Token {
             .unwrap_or_default();
         let policy = config.policy_for(info.label().trim(), info.serial_number().trim());
         let protected_path = info.protected_authentication_path();
-        let queue = Arc::new(JobQueue::default());
-        // Workers already started stop again if a later session cannot be opened.
-        let stop_on_error = |e| {
-            queue.close();
-            e
-        };
+        let (tx, rx) = crossbeam_channel::bounded::<Job>(QUEUE_DEPTH);
         let epoch = Arc::new(AtomicU64::new(0));
         let label = info.label().trim().to_owned();
         let serial = info.serial_number().trim().to_owned();
         let mut workers = Vec::new();
         for n in 0..sessions.max(1) {
-            let session = module.p11.open_ro_session(slot).map_err(stop_on_error)?;
-            let rx = queue.clone();
+            let session = module.p11.open_ro_session(slot)?;
+            let rx = rx.clone();
             let ops = module.ops.clone();
             let mut w = Worker::new(
                 session,
@@ -270,17 +265,17 @@ impl Token {
             let handle = std::thread::Builder::new()
                 .name(format!("p11-{label}-{n}"))
                 .spawn(move || {
-                    while let Some(job) = rx.pop() {
+                    while let Ok(job) = rx.recv() {
                         let _shared = ops.read().unwrap_or_else(|e| e.into_inner());
                         w.revive();
                         job(&mut w);
                     }
                 })
                 .map_err(|_| {
-                    stop_on_error(CkError::Pkcs11(
+                    CkError::Pkcs11(
                         RvError::HostMemory,
                         cryptoki::context::Function::OpenSession,
-                    ))
+                    )
                 })?;
             workers.push(handle);
         }
@@ -294,7 +289,7 @@ impl Token {
             ops: module.ops.clone(),
             reader,
             epoch,
-            jobs: queue,
+            jobs: Mutex::new(Some(tx)),
             login_lock: tokio::sync::Mutex::new(()),
             prompt_lock: tokio::sync::Mutex::new(()),
             policy: Mutex::new(policy),
@@ -387,7 +382,9 @@ impl Token {
             };
             let _ = tx.send(finish(r));
         });
-        self.jobs.push(job)?;
+        let jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        let sender = jobs.as_ref().ok_or(AgentError::Busy)?;
+        sender.try_send(job).map_err(|_| AgentError::Busy)?;
         Ok(rx)
     }
 
@@ -959,7 +956,7 @@ impl Token {
 
     /// Stops the workers (after the jobs already queued) and closes their sessions.
     pub fn shutdown(&self) {
-        self.jobs.close();
+        self.jobs.lock().unwrap_or_else(|e| e.into_inner()).take();
         for h in self
             .workers
             .lock()
@@ -983,78 +980,6 @@ impl Token {
     /// The key with this CKA_ID, if enumerated.
     pub fn key(&self, id: &KeyId) -> Option<KeyEntry> {
         self.state().keys.iter().find(|k| &k.info.id == id).cloned()
-    }
-}
-
-/// A token's job queue. A worker with nothing to do sleeps on the condition variable at
-/// once, and a job wakes one only if one sleeps. (crossbeam's channel, used before, spins
-/// and calls `sched_yield` before it sleeps: on two shared cores that handed the CPU back
-/// and forth about three times per request.)
-#[derive(Default)]
-struct JobQueue {
-    state: Mutex<Queue>,
-    ready: std::sync::Condvar,
-}
-
-#[derive(Default)]
-struct Queue {
-    jobs: std::collections::VecDeque<Job>,
-    /// Workers asleep in [`JobQueue::pop`].
-    idle: usize,
-    closed: bool,
-}
-
-impl std::fmt::Debug for JobQueue {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let q = self.lock();
-        f.debug_struct("JobQueue")
-            .field("jobs", &q.jobs.len())
-            .field("idle", &q.idle)
-            .field("closed", &q.closed)
-            .finish()
-    }
-}
-
-impl JobQueue {
-    fn lock(&self) -> MutexGuard<'_, Queue> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Queues a job; `Busy` when [`QUEUE_DEPTH`] jobs wait already or the token stopped.
-    fn push(&self, job: Job) -> Result<(), AgentError> {
-        let mut q = self.lock();
-        if q.closed || q.jobs.len() >= QUEUE_DEPTH {
-            return Err(AgentError::Busy);
-        }
-        q.jobs.push_back(job);
-        let wake = q.idle > 0;
-        drop(q);
-        if wake {
-            self.ready.notify_one();
-        }
-        Ok(())
-    }
-
-    /// The next job; `None` once the queue is closed and empty.
-    fn pop(&self) -> Option<Job> {
-        let mut q = self.lock();
-        loop {
-            if let Some(job) = q.jobs.pop_front() {
-                return Some(job);
-            }
-            if q.closed {
-                return None;
-            }
-            q.idle += 1;
-            q = self.ready.wait(q).unwrap_or_else(|e| e.into_inner());
-            q.idle -= 1;
-        }
-    }
-
-    /// No more jobs: the workers finish those queued and stop.
-    fn close(&self) {
-        self.lock().closed = true;
-        self.ready.notify_all();
     }
 }
 
