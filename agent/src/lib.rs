@@ -9,6 +9,7 @@
 //!                       └─► Handler per connection ─► Session (hello, dispatch, audit)
 //!                                                        └─► Keystore ─► backend::pkcs11::Token
 //!                                                                         └─► worker threads ─► PKCS#11 module
+//!  client ◄──────────── response (written by the worker thread, see session::Sink) ◄──┘
 //! ```
 //!
 //! [`run`] starts everything; tests call it in-process with their own shutdown future.

@@ -24,9 +24,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use zeroize::Zeroizing;
 
 use crate::keystore::Keystore;
-use crate::session::{Peer, Session};
+use crate::session::{Answer, Done, Later, Peer, Session, Sink, encode};
 
 /// A frame that has started must be complete within this time (slow-loris guard).
 const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
@@ -209,11 +210,14 @@ pub async fn serve(
             continue;
         };
         let (ks, cancel) = (keystore.clone(), cancel.clone());
+        let stream = Arc::new(stream);
+        let sink = Sink::new(stream.clone());
         tracker.spawn(async move {
             Handler {
                 stream,
-                session: Session::new(peer, ks),
+                session: Session::new(peer, ks, Some(sink)),
                 cancel,
+                pending: None,
             }
             .run()
             .await;
@@ -232,10 +236,18 @@ pub async fn serve(
 }
 
 /// One connection: read a frame, answer it, repeat.
+///
+/// A private-key operation is answered by the token's worker thread, which writes the
+/// response itself; meanwhile the handler goes back to reading, and waits for that answer
+/// ([`Handler::pending`]) before it answers the next request, so responses keep their
+/// order. A client that waits for each response finds the answer long done by then, and
+/// the worker never has to wake the handler.
 struct Handler {
-    stream: Stream,
+    stream: Arc<Stream>,
     session: Session,
     cancel: CancellationToken,
+    /// The answer a worker thread is giving to the last request.
+    pending: Option<Later>,
 }
 
 enum Next {
@@ -245,54 +257,56 @@ enum Next {
 
 impl Handler {
     async fn run(mut self) {
+        self.serve().await;
+        // A request still with a worker: its answer is written (or dropped) before the
+        // connection's slot is given back.
+        let _ = self.settle().await;
+    }
+
+    async fn serve(&mut self) {
         let mut decoder = FrameDecoder::with_limit(MAX_REQUEST_LEN);
         let mut bucket = RateLimit::new();
         loop {
             bucket.wait().await;
-            let payload = match self.next_frame(&mut decoder).await {
-                Ok(Next::Frame(p)) => zeroize::Zeroizing::new(p), // may hold a PIN
+            let next = self.next_frame(&mut decoder).await;
+            if !self.settle().await {
+                return;
+            }
+            let payload = match next {
+                Ok(Next::Frame(p)) => Zeroizing::new(p), // may hold a PIN
                 Ok(Next::Closed) => return,
                 Err(e) => {
                     tracing::debug!(peer = ?self.session.peer(), error = %e, "closing connection");
                     return;
                 }
             };
-            let (response, keep_open) = match Request::decode(&payload) {
+            let (answer, keep_open) = match Request::decode(&payload) {
                 Ok(req) => (self.session.handle(req).await, true),
                 Err(smime_proto::DecodeError::UnknownOperation(op)) => (
-                    Response::Error(ErrorResponse::new(
+                    now(Response::Error(ErrorResponse::new(
                         ErrorCode::UNKNOWN_OPERATION,
                         format!("unknown operation {op:?}"),
-                    )),
+                    ))),
                     true,
                 ),
                 Err(e) => {
                     tracing::warn!(peer = ?self.session.peer(), error = %e, "malformed request; closing");
                     (
-                        Response::Error(ErrorResponse::new(ErrorCode::BAD_REQUEST, e.to_string())),
+                        now(Response::Error(ErrorResponse::new(
+                            ErrorCode::BAD_REQUEST,
+                            e.to_string(),
+                        ))),
                         false,
                     )
                 }
             };
-            let frame = response.encode_frame().or_else(|e| {
-                tracing::error!(error = %e, "response does not fit a frame");
-                Response::Error(ErrorResponse::new(
-                    ErrorCode::INTERNAL,
-                    format!("the response is too large: {e}"),
-                ))
-                .encode_frame()
-            });
-            let Ok(frame) = frame else { return };
-            match tokio::time::timeout(WRITE_TIMEOUT, self.stream.write_all(&frame)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %e, "client went away");
-                    return;
+            match answer {
+                Answer::Now(frame) => {
+                    if frame.is_empty() || !self.write(&frame).await {
+                        return;
+                    }
                 }
-                Err(_) => {
-                    tracing::warn!(peer = ?self.session.peer(), "client does not read its responses; closing");
-                    return;
-                }
+                Answer::Later(done) => self.pending = Some(done),
             }
             if !keep_open {
                 return;
@@ -300,12 +314,42 @@ impl Handler {
         }
     }
 
+    /// Waits until the worker has answered the last request and writes what it left
+    /// (a full socket, or an error). False when the connection is done for.
+    async fn settle(&mut self) -> bool {
+        let Some(pending) = self.pending.take() else {
+            return true;
+        };
+        match pending.done.await {
+            Done::Sent => true,
+            Done::Write(frame) => self.write(&frame).await,
+            Done::Gone => false,
+        }
+    }
+
+    /// Writes a frame, within [`WRITE_TIMEOUT`].
+    async fn write(&mut self, frame: &[u8]) -> bool {
+        match tokio::time::timeout(WRITE_TIMEOUT, (&*self.stream).write_all(frame)).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "client went away");
+                false
+            }
+            Err(_) => {
+                tracing::warn!(peer = ?self.session.peer(), "client does not read its responses; closing");
+                false
+            }
+        }
+    }
+
     /// Reads the next frame. Between frames the connection may idle (up to
-    /// [`IDLE_TIMEOUT`]) and shutdown ends it; once a frame has begun, all of it must
-    /// arrive within [`FRAME_TIMEOUT`].
+    /// [`IDLE_TIMEOUT`], counted from the last answer) and shutdown ends it; once a frame
+    /// has begun, all of it must arrive within [`FRAME_TIMEOUT`].
     async fn next_frame(&mut self, decoder: &mut FrameDecoder) -> Result<Next, io::Error> {
         let mut buf = [0u8; 4 * 1024];
+        let stream = self.stream.clone();
         let mut deadline: Option<tokio::time::Instant> = None;
+        let mut idle_from = tokio::time::Instant::now();
         loop {
             if let Some(p) = decoder.next_frame().map_err(invalid)? {
                 return Ok(Next::Frame(p));
@@ -317,13 +361,32 @@ impl Handler {
             } else {
                 FRAME_TIMEOUT
             };
-            let until = deadline.unwrap_or_else(|| tokio::time::Instant::now() + idle);
+            let until = deadline.unwrap_or(idle_from + idle);
             // Read no more than the decoder wants, so a flood never sits in our buffer.
             let want = decoder.wanted().clamp(1, buf.len());
+            let mut reader = &*stream;
+            let attention = self.pending.as_ref().map(|p| p.attention.clone());
             let n = tokio::select! {
                 _ = self.cancel.cancelled(), if deadline.is_none() => return Ok(Next::Closed),
-                r = tokio::time::timeout_at(until, self.stream.read(&mut buf[..want])) => match r {
+                // The worker could not give the whole answer: write the rest (or the error) now.
+                _ = async { attention.as_ref()?.notified().await; Some(()) }, if attention.is_some() => {
+                    if !self.settle().await {
+                        return Ok(Next::Closed);
+                    }
+                    idle_from = tokio::time::Instant::now();
+                    continue;
+                }
+                r = tokio::time::timeout_at(until, reader.read(&mut buf[..want])) => match r {
                     Ok(r) => r?,
+                    // Idle while a worker still answers the last request (a token waiting
+                    // for a touch, say): the idle time starts once it has answered.
+                    Err(_) if deadline.is_none() && self.pending.is_some() => {
+                        if !self.settle().await {
+                            return Ok(Next::Closed);
+                        }
+                        idle_from = tokio::time::Instant::now();
+                        continue;
+                    }
                     Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "read timed out")),
                 },
             };
@@ -337,6 +400,10 @@ impl Handler {
             }
         }
     }
+}
+
+fn now(response: Response) -> Answer {
+    Answer::Now(encode(&response).unwrap_or_default())
 }
 
 /// A token bucket: [`RATE_BURST`] requests at once, then [`RATE_PER_SEC`].

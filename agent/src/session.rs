@@ -1,8 +1,18 @@
 //! Request → Response for one connection, bound to the peer that opened it.
+//!
+//! Private-key operations are answered by the token's worker thread: it writes a
+//! successful response to the client itself ([`Sink`]) and logs the audit line, so a
+//! request costs no hop back through tokio. The server waits for that ([`Answer::Later`])
+//! only before it reads the next request's answer, by which time it is long done.
 
+use std::future::Future;
+use std::pin::Pin as StdPin;
 use std::sync::Arc;
 
-use smime_proto::{AgentStatus, ErrorCode, ErrorResponse, PROTOCOL_VERSION, Request, Response};
+use smime_proto::{
+    AgentStatus, ErrorCode, ErrorResponse, KeyId, PROTOCOL_VERSION, Request, Response,
+};
+use zeroize::Zeroizing;
 
 use crate::backend::pkcs11::PinSource;
 use crate::error::AgentError;
@@ -30,23 +40,161 @@ impl Peer {
     }
 }
 
+/// The connection a worker thread writes a response to.
+#[derive(Debug, Clone)]
+pub struct Sink(Arc<interprocess::local_socket::tokio::Stream>);
+
+impl Sink {
+    /// A sink writing to `stream` (the server keeps reading from it).
+    pub fn new(stream: Arc<interprocess::local_socket::tokio::Stream>) -> Self {
+        Self(stream)
+    }
+
+    /// Writes as much of `frame` as the socket takes now, without blocking; returns what
+    /// is left (empty when all went out), or `None` when the client is gone.
+    fn send<'a>(&self, mut frame: &'a [u8]) -> Option<&'a [u8]> {
+        use rustix::net::{SendFlags, send};
+        use std::os::fd::AsFd;
+        let interprocess::local_socket::tokio::Stream::UdSocket(s) = &*self.0;
+        while !frame.is_empty() {
+            match send(s.as_fd(), frame, SendFlags::DONTWAIT | SendFlags::NOSIGNAL) {
+                Ok(n) => frame = &frame[n..],
+                Err(rustix::io::Errno::INTR) => {}
+                Err(rustix::io::Errno::AGAIN) => break,
+                Err(_) => return None,
+            }
+        }
+        Some(frame)
+    }
+}
+
+/// What became of a response.
+#[derive(Debug)]
+pub enum Done {
+    /// The worker wrote all of it.
+    Sent,
+    /// The server must write this (all or the rest of the frame).
+    Write(Zeroizing<Vec<u8>>),
+    /// The client went away.
+    Gone,
+}
+
+/// The answer to one request.
+#[derive(Debug)]
+pub enum Answer {
+    /// Write this frame now.
+    Now(Zeroizing<Vec<u8>>),
+    /// A worker thread answers.
+    Later(Later),
+}
+
+/// An answer a worker thread gives. The worker writes a successful response itself and
+/// wakes nobody; when the server has something to do (an error to write, the rest of a
+/// response the socket did not take, a client gone), the worker notifies
+/// [`Later::attention`].
+pub struct Later {
+    /// Await this before the next answer goes out (and after [`Later::attention`]).
+    pub done: StdPin<Box<dyn Future<Output = Done> + Send>>,
+    /// Notified when the server must act on `done` without waiting for the next request.
+    pub attention: Arc<tokio::sync::Notify>,
+}
+
+impl std::fmt::Debug for Later {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Later")
+    }
+}
+
+/// A response as a frame; one too large for a frame becomes an `INTERNAL` error. May
+/// hold a secret (zeroized on drop).
+pub fn encode(response: &Response) -> Option<Zeroizing<Vec<u8>>> {
+    response
+        .encode_frame()
+        .or_else(|e| {
+            tracing::error!(error = %e, "response does not fit a frame");
+            Response::Error(ErrorResponse::new(
+                ErrorCode::INTERNAL,
+                format!("the response is too large: {e}"),
+            ))
+            .encode_frame()
+        })
+        .ok()
+        .map(Zeroizing::new)
+}
+
+/// Who asked for a private-key operation, for the audit line.
+#[derive(Debug, Clone)]
+struct Requester {
+    pid: Option<u32>,
+    uid: Option<u32>,
+    exe: Option<String>,
+    client: String,
+}
+
+/// One audit line per private-key operation: who, which key, what, outcome.
+#[derive(Debug)]
+struct Audit {
+    who: Arc<Requester>,
+    key: KeyId,
+    op: &'static str,
+}
+
+impl Audit {
+    fn log(&self, r: Result<(), &AgentError>) {
+        let outcome = match r {
+            Ok(()) => "ok".to_owned(),
+            Err(e) => ErrorResponse::from(e).code.to_string(),
+        };
+        let w = &self.who;
+        tracing::info!(target: "smime_agent::audit", pid = ?w.pid, uid = ?w.uid,
+            exe = ?w.exe, client = %w.client, key = %self.key, op = self.op, outcome = %outcome);
+    }
+
+    /// On the worker thread: a successful `response` goes to the client at once (or back
+    /// to the server when there is no sink or the socket is full); then the audit line.
+    fn deliver(&self, response: &Response, sink: Option<&Sink>) -> Done {
+        let Some(frame) = encode(response) else {
+            return Done::Gone;
+        };
+        let done = match sink {
+            None => Done::Write(frame),
+            Some(sink) => match sink.send(&frame) {
+                Some([]) => Done::Sent,
+                Some(rest) => Done::Write(Zeroizing::new(rest.to_vec())),
+                None => Done::Gone,
+            },
+        };
+        self.log(Ok(()));
+        done
+    }
+}
+
 /// Per-connection protocol state.
 #[derive(Debug)]
 pub struct Session {
     peer: Peer,
     keystore: Arc<Keystore>,
     version: Option<u32>,
-    client: String,
+    who: Arc<Requester>,
+    sink: Option<Sink>,
 }
 
 impl Session {
-    /// A session for `peer`, before `Hello`.
-    pub fn new(peer: Peer, keystore: Arc<Keystore>) -> Self {
+    /// A session for `peer`, before `Hello`. With a `sink`, worker threads write
+    /// successful key operation responses to it themselves.
+    pub fn new(peer: Peer, keystore: Arc<Keystore>, sink: Option<Sink>) -> Self {
+        let who = Arc::new(Requester {
+            pid: peer.pid,
+            uid: peer.uid,
+            exe: peer.exe.clone(),
+            client: String::new(),
+        });
         Self {
             peer,
             keystore,
             version: None,
-            client: String::new(),
+            who,
+            sink,
         }
     }
 
@@ -61,11 +209,110 @@ impl Session {
     }
 
     /// Answers one request. Operation failures become `Response::Error`.
-    pub async fn handle(&mut self, req: Request) -> Response {
-        match self.dispatch(req).await {
-            Ok(r) => r,
-            Err(e) => Response::Error(ErrorResponse::from(&e)),
+    pub async fn handle(&mut self, req: Request) -> Answer {
+        let r = match req {
+            Request::Sign { .. } | Request::Decrypt { .. } | Request::Ecdh { .. }
+                if self.greeted() =>
+            {
+                return self.key_op(req).await;
+            }
+            req => self.dispatch(req).await,
+        };
+        let response = r.unwrap_or_else(|e| Response::Error(ErrorResponse::from(&e)));
+        match encode(&response) {
+            Some(frame) => Answer::Now(frame),
+            None => Answer::Now(Zeroizing::new(Vec::new())),
         }
+    }
+
+    /// Sign, decrypt and ECDH: queued on the key's token; its worker answers.
+    async fn key_op(&mut self, req: Request) -> Answer {
+        let fail = |e: &AgentError| {
+            Answer::Now(
+                encode(&Response::Error(ErrorResponse::from(e)))
+                    .unwrap_or_else(|| Zeroizing::new(Vec::new())),
+            )
+        };
+        let who = self.who();
+        let (key, op) = match &req {
+            Request::Sign { key, .. } => (key.clone(), "sign"),
+            Request::Decrypt { key, .. } => (key.clone(), "decrypt"),
+            Request::Ecdh { key, .. } => (key.clone(), "ecdh"),
+            _ => return fail(&AgentError::Internal("not a key operation".into())),
+        };
+        let (token, entry) = match self.keystore.key(&key) {
+            Ok(te) => te,
+            Err(e) => return fail(&e),
+        };
+        let audit = Arc::new(Audit {
+            who: self.who.clone(),
+            key,
+            op,
+        });
+        let attention = Arc::new(tokio::sync::Notify::new());
+        let (a, sink, n) = (audit.clone(), self.sink.clone(), attention.clone());
+        // On the worker thread: answer, and call the server only when it has to act.
+        let deliver = move |r: Result<Response, AgentError>| {
+            let done = r.map(|response| a.deliver(&response, sink.as_ref()));
+            if !matches!(done, Ok(Done::Sent)) {
+                n.notify_one();
+            }
+            done
+        };
+        let submitted = match req {
+            Request::Sign {
+                algorithm, digest, ..
+            } => {
+                token
+                    .submit_sign(&entry, algorithm, digest.into_vec(), &who, move |r| {
+                        deliver(r.map(|sig| Response::Signature {
+                            signature: serde_bytes::ByteBuf::from(sig),
+                        }))
+                    })
+                    .await
+            }
+            Request::Decrypt {
+                algorithm,
+                ciphertext,
+                ..
+            } => {
+                token
+                    .submit_decrypt(&entry, algorithm, ciphertext.into_vec(), &who, move |r| {
+                        deliver(r.map(|secret| Response::Secret { secret }))
+                    })
+                    .await
+            }
+            Request::Ecdh { peer_point, .. } => {
+                token
+                    .submit_ecdh(&entry, peer_point.into_vec(), &who, move |r| {
+                        deliver(r.map(|secret| Response::Secret { secret }))
+                    })
+                    .await
+            }
+            _ => return fail(&AgentError::Internal("not a key operation".into())),
+        };
+        let submitted = match submitted {
+            Ok(s) => s,
+            Err(e) => {
+                audit.log(Err(&e));
+                return fail(&e);
+            }
+        };
+        Answer::Later(Later {
+            done: Box::pin(async move {
+                match submitted.wait(&token).await {
+                    Ok(done) => done,
+                    Err(e) => {
+                        audit.log(Err(&e));
+                        match encode(&Response::Error(ErrorResponse::from(&e))) {
+                            Some(frame) => Done::Write(frame),
+                            None => Done::Gone,
+                        }
+                    }
+                }
+            }),
+            attention,
+        })
     }
 
     async fn dispatch(&mut self, req: Request) -> Result<Response, AgentError> {
@@ -79,7 +326,10 @@ impl Session {
                 )));
             }
             self.version = Some(PROTOCOL_VERSION);
-            self.client = client.clone();
+            self.who = Arc::new(Requester {
+                client: client.clone(),
+                ..(*self.who).clone()
+            });
             tracing::debug!(peer = ?self.peer, client = %client, "hello");
             return Ok(Response::Hello {
                 version: PROTOCOL_VERSION,
@@ -101,38 +351,6 @@ impl Session {
             Request::ListKeys => Ok(Response::Keys {
                 keys: ks.list_keys(),
             }),
-            Request::Sign {
-                key,
-                algorithm,
-                digest,
-            } => {
-                let (token, entry) = ks.key(&key)?;
-                let r = token
-                    .sign(&entry, algorithm, digest.into_vec(), &self.who())
-                    .await;
-                self.audit("sign", &key, &r);
-                Ok(Response::Signature {
-                    signature: serde_bytes::ByteBuf::from(r?),
-                })
-            }
-            Request::Decrypt {
-                key,
-                algorithm,
-                ciphertext,
-            } => {
-                let (token, entry) = ks.key(&key)?;
-                let r = token
-                    .decrypt(&entry, algorithm, ciphertext.into_vec(), &self.who())
-                    .await;
-                self.audit("decrypt", &key, &r);
-                Ok(Response::Secret { secret: r? })
-            }
-            Request::Ecdh { key, peer_point } => {
-                let (token, entry) = ks.key(&key)?;
-                let r = token.ecdh(&entry, peer_point.into_vec(), &self.who()).await;
-                self.audit("ecdh", &key, &r);
-                Ok(Response::Secret { secret: r? })
-            }
             Request::Unlock {
                 token,
                 pin,
@@ -190,15 +408,5 @@ impl Session {
             Some(pid) => format!("{exe} (pid {pid})"),
             None => exe.to_owned(),
         }
-    }
-
-    /// One audit line per private-key operation: who, which key, what, outcome.
-    fn audit<T>(&self, op: &str, key: &smime_proto::KeyId, r: &Result<T, AgentError>) {
-        let outcome = match r {
-            Ok(_) => "ok".to_owned(),
-            Err(e) => ErrorResponse::from(e).code.to_string(),
-        };
-        tracing::info!(target: "smime_agent::audit", pid = ?self.peer.pid, uid = ?self.peer.uid,
-            exe = ?self.peer.exe, client = %self.client, key = %key, op, outcome = %outcome);
     }
 }

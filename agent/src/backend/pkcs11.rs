@@ -1,10 +1,16 @@
 //! PKCS#11 backend: one [`Module`] per shared library, one [`Token`] per token in it.
 //!
 //! ```text
-//!  tokio task ──Token::run(job)──► crossbeam queue ──► worker 1 (Session A) ─┐
-//!       ▲                                          └──► worker 2 (Session B) ─┼─► C_Sign …
-//!       └──────────── oneshot reply ◄─────────────────────────────────────────┘
+//!  tokio task ──Token::submit(job)──► crossbeam queue ──► worker 1 (Session A) ─┐
+//!       ▲                                             └──► worker 2 (Session B) ─┼─► C_Sign …
+//!       └──────────── oneshot reply ◄────────── finish(result) on the worker ◄────┘
+//!                                                 └─► response written to the client
 //! ```
+//!
+//! A key operation's `finish` runs on the worker thread: for a request from a client it
+//! writes a successful response to the socket itself (`session::Sink`), so the answer
+//! does not wait for the tokio thread to be woken; the tokio task collects the oneshot
+//! only when the client's next request arrives (see `server::Handler`).
 //!
 //! **No PKCS#11 call runs on a tokio thread.** Each worker thread owns one `Session`
 //! (`Send`, not `Sync`) and takes jobs from the token's queue, so `sessions` requests can
@@ -544,20 +550,33 @@ impl Token {
         what: &'static str,
         f: impl FnOnce(&mut Device) -> Result<T, AgentError> + Send + 'static,
     ) -> Result<T, AgentError> {
+        self.submit(what, f, |r| r)?.await.map_err(|_| stopped())?
+    }
+
+    /// Queues `f` for one of the token's worker threads; `finish` then runs on that
+    /// worker thread with the result (the server uses it to write a response to the client
+    /// straight from the worker: no hop back through tokio), and the receiver gets what
+    /// `finish` returns.
+    fn submit<T: Send + 'static, U: Send + 'static>(
+        &self,
+        what: &'static str,
+        f: impl FnOnce(&mut Device) -> Result<T, AgentError> + Send + 'static,
+        finish: impl FnOnce(Result<T, AgentError>) -> U + Send + 'static,
+    ) -> Result<tokio::sync::oneshot::Receiver<U>, AgentError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let id = self.next_job.fetch_add(1, Ordering::Relaxed);
         let inflight = self.inflight.clone();
         let job: Job = Box::new(move |w| {
-            let _running = Running::start(inflight, id, what);
-            let _ = tx.send(f(w));
+            let r = {
+                let _running = Running::start(inflight, id, what);
+                f(w)
+            };
+            let _ = tx.send(finish(r));
         });
-        {
-            let jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
-            let sender = jobs.as_ref().ok_or(AgentError::Busy)?;
-            sender.try_send(job).map_err(|_| AgentError::Busy)?;
-        }
-        rx.await
-            .map_err(|_| AgentError::Internal("token worker stopped".into()))?
+        let jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        let sender = jobs.as_ref().ok_or(AgentError::Busy)?;
+        sender.try_send(job).map_err(|_| AgentError::Busy)?;
+        Ok(rx)
     }
 
     /// Re-reads the token's keys and certificates.
@@ -946,13 +965,18 @@ impl Token {
     }
 
     /// Signs `digest`. RSA signatures come back raw, ECDSA signatures DER-encoded.
-    pub async fn sign(
+    ///
+    /// The checks, login and dialogs run here; the token call is queued for a worker,
+    /// which hands its result to `finish` (on the worker thread). Await the returned
+    /// [`Submitted`] for what `finish` returned.
+    pub async fn submit_sign<U: Send + 'static>(
         &self,
         key: &KeyEntry,
         alg: SignAlgorithm,
         digest: Vec<u8>,
         who: &str,
-    ) -> Result<Vec<u8>, AgentError> {
+        finish: impl FnOnce(Result<Vec<u8>, AgentError>) -> Result<U, AgentError> + Send + 'static,
+    ) -> Result<Submitted<U>, AgentError> {
         self.confirm_sign(key, who).await?;
         let fresh = self.ensure_login(key, who).await?;
         let key = &self.current(key);
@@ -970,24 +994,26 @@ impl Token {
         );
         let what = wait_reason(&ctx);
         let reauth = self.kept_pin();
-        let r = self
-            .run_as(what, move |w| {
+        let rx = self.submit(
+            what,
+            move |w| {
                 let c = c.as_ref().map(|(p, s)| (p.as_deref(), *s));
                 w.sign(&id, kalg, alg, &digest, c, reauth.as_deref())
-            })
-            .await;
-        self.after_context(&r, &ctx);
-        self.after_op(r)
+            },
+            finish,
+        )?;
+        Ok(Submitted { rx, ctx })
     }
 
-    /// Decrypts a wrapped content-encryption key.
-    pub async fn decrypt(
+    /// Decrypts a wrapped content-encryption key (see [`Token::submit_sign`] for `finish`).
+    pub async fn submit_decrypt<U: Send + 'static>(
         &self,
         key: &KeyEntry,
         alg: DecryptAlgorithm,
         ct: Vec<u8>,
         who: &str,
-    ) -> Result<SecretBytes, AgentError> {
+        finish: impl FnOnce(Result<SecretBytes, AgentError>) -> Result<U, AgentError> + Send + 'static,
+    ) -> Result<Submitted<U>, AgentError> {
         let fresh = self.ensure_login(key, who).await?;
         let key = &self.current(key);
         self.ready(key, Operation::Decrypt)?;
@@ -1000,23 +1026,25 @@ impl Token {
         let (id, bits, c) = (key.cka_id.clone(), key.info.bits, ctx.clone());
         let what = wait_reason(&ctx);
         let reauth = self.kept_pin();
-        let r = self
-            .run_as(what, move |w| {
+        let rx = self.submit(
+            what,
+            move |w| {
                 let c = c.as_ref().map(|(p, s)| (p.as_deref(), *s));
                 w.decrypt(&id, bits, alg, &ct, c, reauth.as_deref())
-            })
-            .await;
-        self.after_context(&r, &ctx);
-        self.after_op(r)
+            },
+            finish,
+        )?;
+        Ok(Submitted { rx, ctx })
     }
 
-    /// ECDH with a peer point; returns Z.
-    pub async fn ecdh(
+    /// ECDH with a peer point; Z goes to `finish` (see [`Token::submit_sign`]).
+    pub async fn submit_ecdh<U: Send + 'static>(
         &self,
         key: &KeyEntry,
         peer: Vec<u8>,
         who: &str,
-    ) -> Result<SecretBytes, AgentError> {
+        finish: impl FnOnce(Result<SecretBytes, AgentError>) -> Result<U, AgentError> + Send + 'static,
+    ) -> Result<Submitted<U>, AgentError> {
         let fresh = self.ensure_login(key, who).await?;
         let key = &self.current(key);
         self.ready(key, Operation::Ecdh)?;
@@ -1029,14 +1057,15 @@ impl Token {
         let (id, curve, c) = (key.cka_id.clone(), key.info.algorithm, ctx.clone());
         let what = wait_reason(&ctx);
         let reauth = self.kept_pin();
-        let r = self
-            .run_as(what, move |w| {
+        let rx = self.submit(
+            what,
+            move |w| {
                 let c = c.as_ref().map(|(p, s)| (p.as_deref(), *s));
                 w.ecdh(&id, curve, &peer, c, reauth.as_deref())
-            })
-            .await;
-        self.after_context(&r, &ctx);
-        self.after_op(r)
+            },
+            finish,
+        )?;
+        Ok(Submitted { rx, ctx })
     }
 
     /// The PIN the policy lets the agent keep (the configured one, not rejected; or the
@@ -1050,6 +1079,17 @@ impl Token {
             .clone()
             .filter(|_| s.configured_pin_rejected.is_none());
         configured.or_else(|| s.cached_pin.clone())
+    }
+
+    /// The bookkeeping after a key operation that failed: a rejected cached PIN is
+    /// dropped, a lost login noted.
+    fn settle<T>(
+        &self,
+        r: Result<T, AgentError>,
+        ctx: &Option<(Option<Arc<Pin>>, PinSource)>,
+    ) -> Result<T, AgentError> {
+        self.after_context(&r, ctx);
+        self.after_op(r)
     }
 
     /// Keeps the login flag honest: the worker reports `PinRequired` only when its
@@ -1252,6 +1292,26 @@ impl Token {
     pub fn key(&self, id: &KeyId) -> Option<KeyEntry> {
         self.state().keys.iter().find(|k| &k.info.id == id).cloned()
     }
+}
+
+/// A key operation queued on a token's worker (from [`Token::submit_sign`] and friends).
+#[derive(Debug)]
+pub struct Submitted<U> {
+    rx: tokio::sync::oneshot::Receiver<Result<U, AgentError>>,
+    /// The PIN of a context-specific login, for the bookkeeping after a failure.
+    ctx: Option<(Option<Arc<Pin>>, PinSource)>,
+}
+
+impl<U> Submitted<U> {
+    /// Waits for the worker; a failure updates `token`'s login state first.
+    pub async fn wait(self, token: &Token) -> Result<U, AgentError> {
+        let r = self.rx.await.map_err(|_| stopped())?;
+        token.settle(r, &self.ctx)
+    }
+}
+
+fn stopped() -> AgentError {
+    AgentError::Internal("token worker stopped".into())
 }
 
 /// A job's entry in [`Token::inflight`] while it runs; removed on drop, even if the job
