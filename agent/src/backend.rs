@@ -7,3 +7,47 @@
 
 pub mod piv;
 pub mod pkcs11;
+
+use smime_proto::KeyAlgorithm;
+
+/// How a token hands back an ECDSA signature.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum EcdsaForm {
+    /// `r || s` (PKCS#11).
+    Raw,
+    /// DER `Ecdsa-Sig-Value` (PIV cards).
+    Der,
+}
+
+/// An ECDSA signature as the wire wants it (DER), checked on the way; on a malformed one,
+/// what is wrong with it. Signatures of other algorithms pass through unchanged.
+pub(crate) fn ecdsa_der(
+    alg: KeyAlgorithm,
+    sig: Vec<u8>,
+    form: EcdsaForm,
+) -> Result<Vec<u8>, String> {
+    let e = |e: p256::ecdsa::Error| e.to_string();
+    Ok(match (alg, form) {
+        (KeyAlgorithm::EcP256, EcdsaForm::Raw) => p256::ecdsa::Signature::from_slice(&sig)
+            .map_err(e)?
+            .to_der()
+            .as_bytes()
+            .to_vec(),
+        (KeyAlgorithm::EcP256, EcdsaForm::Der) => p256::ecdsa::Signature::from_der(&sig)
+            .map_err(e)?
+            .to_der()
+            .as_bytes()
+            .to_vec(),
+        (KeyAlgorithm::EcP384, EcdsaForm::Raw) => p384::ecdsa::Signature::from_slice(&sig)
+            .map_err(e)?
+            .to_der()
+            .as_bytes()
+            .to_vec(),
+        (KeyAlgorithm::EcP384, EcdsaForm::Der) => p384::ecdsa::Signature::from_der(&sig)
+            .map_err(e)?
+            .to_der()
+            .as_bytes()
+            .to_vec(),
+        _ => sig,
+    })
+}

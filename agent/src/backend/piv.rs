@@ -603,16 +603,10 @@ impl PivWorker {
         };
         Ok(match kalg {
             // The card answers ECDSA in DER, as the wire wants; checked and re-encoded.
-            KeyAlgorithm::EcP256 => p256::ecdsa::Signature::from_der(&sig)
-                .map_err(|e| malformed(&e))?
-                .to_der()
-                .as_bytes()
-                .to_vec(),
-            KeyAlgorithm::EcP384 => p384::ecdsa::Signature::from_der(&sig)
-                .map_err(|e| malformed(&e))?
-                .to_der()
-                .as_bytes()
-                .to_vec(),
+            KeyAlgorithm::EcP256 | KeyAlgorithm::EcP384 => {
+                crate::backend::ecdsa_der(kalg, sig.to_vec(), crate::backend::EcdsaForm::Der)
+                    .map_err(|e| malformed(&e))?
+            }
             _ => {
                 let k = (bits as usize).div_ceil(8);
                 if sig.len() > k {

@@ -983,22 +983,43 @@ impl Token {
         self.ready(key, Operation::Sign)?;
         self.state().last_used = Instant::now();
         check_alg(key, alg.is_rsa(), matches!(alg, SignAlgorithm::Unknown))?;
+        let (id, kalg) = (key.cka_id.clone(), (key.info.algorithm, key.info.bits));
+        self.submit_key_op(key, "signature", who, fresh, finish, move |w, c, reauth| {
+            w.sign(&id, kalg, alg, &digest, c, reauth)
+        })
+        .await
+    }
+
+    /// The common tail of a key operation: the context-specific login of an
+    /// always-authenticate key (`op` names it in the dialog), then `f` queued for a worker
+    /// with that PIN and the PIN a native card may be re-verified with ([`Token::kept_pin`]).
+    async fn submit_key_op<T: Send + 'static, U: Send + 'static>(
+        &self,
+        key: &KeyEntry,
+        op: &str,
+        who: &str,
+        fresh: Option<(Arc<Pin>, PinSource)>,
+        finish: impl FnOnce(Result<T, AgentError>) -> Result<U, AgentError> + Send + 'static,
+        f: impl FnOnce(
+            &mut Device,
+            Option<(Option<&Pin>, PinSource)>,
+            Option<&Pin>,
+        ) -> Result<T, AgentError>
+        + Send
+        + 'static,
+    ) -> Result<Submitted<U>, AgentError> {
         let ctx = match key.info.always_authenticate {
-            true => Some(self.context_pin(key, "signature", who, fresh).await?),
+            true => Some(self.context_pin(key, op, who, fresh).await?),
             false => None,
         };
-        let (id, kalg, c) = (
-            key.cka_id.clone(),
-            (key.info.algorithm, key.info.bits),
-            ctx.clone(),
-        );
+        let c = ctx.clone();
         let what = wait_reason(&ctx);
         let reauth = self.kept_pin();
         let rx = self.submit(
             what,
             move |w| {
                 let c = c.as_ref().map(|(p, s)| (p.as_deref(), *s));
-                w.sign(&id, kalg, alg, &digest, c, reauth.as_deref())
+                f(w, c, reauth.as_deref())
             },
             finish,
         )?;
@@ -1019,22 +1040,16 @@ impl Token {
         self.ready(key, Operation::Decrypt)?;
         self.state().last_used = Instant::now();
         check_alg(key, true, matches!(alg, DecryptAlgorithm::Unknown))?;
-        let ctx = match key.info.always_authenticate {
-            true => Some(self.context_pin(key, "decryption", who, fresh).await?),
-            false => None,
-        };
-        let (id, bits, c) = (key.cka_id.clone(), key.info.bits, ctx.clone());
-        let what = wait_reason(&ctx);
-        let reauth = self.kept_pin();
-        let rx = self.submit(
-            what,
-            move |w| {
-                let c = c.as_ref().map(|(p, s)| (p.as_deref(), *s));
-                w.decrypt(&id, bits, alg, &ct, c, reauth.as_deref())
-            },
+        let (id, bits) = (key.cka_id.clone(), key.info.bits);
+        self.submit_key_op(
+            key,
+            "decryption",
+            who,
+            fresh,
             finish,
-        )?;
-        Ok(Submitted { rx, ctx })
+            move |w, c, reauth| w.decrypt(&id, bits, alg, &ct, c, reauth),
+        )
+        .await
     }
 
     /// ECDH with a peer point; Z goes to `finish` (see [`Token::submit_sign`]).
@@ -1050,22 +1065,16 @@ impl Token {
         self.ready(key, Operation::Ecdh)?;
         self.state().last_used = Instant::now();
         check_alg(key, false, false)?;
-        let ctx = match key.info.always_authenticate {
-            true => Some(self.context_pin(key, "key agreement", who, fresh).await?),
-            false => None,
-        };
-        let (id, curve, c) = (key.cka_id.clone(), key.info.algorithm, ctx.clone());
-        let what = wait_reason(&ctx);
-        let reauth = self.kept_pin();
-        let rx = self.submit(
-            what,
-            move |w| {
-                let c = c.as_ref().map(|(p, s)| (p.as_deref(), *s));
-                w.ecdh(&id, curve, &peer, c, reauth.as_deref())
-            },
+        let (id, curve) = (key.cka_id.clone(), key.info.algorithm);
+        self.submit_key_op(
+            key,
+            "key agreement",
+            who,
+            fresh,
             finish,
-        )?;
-        Ok(Submitted { rx, ctx })
+            move |w, c, reauth| w.ecdh(&id, curve, &peer, c, reauth),
+        )
+        .await
     }
 
     /// The PIN the policy lets the agent keep (the configured one, not rejected; or the

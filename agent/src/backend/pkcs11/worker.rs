@@ -676,24 +676,13 @@ impl Worker {
     ) -> Result<Vec<u8>, AgentError> {
         let (mech, input) = sign_input(alg, digest)?;
         let sig = self.key_op(cka_id, ctx, &mech, &input, Op::Sign, |r| r)?;
-        let der = |bad: &dyn std::fmt::Display| AgentError::Pkcs11 {
-            token: self.token.clone(),
-            function: "C_Sign".into(),
-            rv: format!("malformed ECDSA signature from the token: {bad}"),
-        };
         // PKCS#11 returns ECDSA as r || s; CMS and X.509 want DER.
-        Ok(match key_alg {
-            KeyAlgorithm::EcP256 => p256::ecdsa::Signature::from_slice(&sig)
-                .map_err(|e| der(&e))?
-                .to_der()
-                .as_bytes()
-                .to_vec(),
-            KeyAlgorithm::EcP384 => p384::ecdsa::Signature::from_slice(&sig)
-                .map_err(|e| der(&e))?
-                .to_der()
-                .as_bytes()
-                .to_vec(),
-            _ => sig,
+        crate::backend::ecdsa_der(key_alg, sig, crate::backend::EcdsaForm::Raw).map_err(|bad| {
+            AgentError::Pkcs11 {
+                token: self.token.clone(),
+                function: "C_Sign".into(),
+                rv: format!("malformed ECDSA signature from the token: {bad}"),
+            }
         })
     }
 
