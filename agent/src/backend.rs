@@ -51,3 +51,22 @@ pub(crate) fn ecdsa_der(
         _ => sig,
     })
 }
+
+/// Refuses a peer point that is not an uncompressed SEC1 point on the key's curve: a
+/// token that does not check it would leak the private key to an invalid-curve attack.
+pub(crate) fn check_peer_point(
+    curve: KeyAlgorithm,
+    peer: &[u8],
+) -> Result<(), crate::error::AgentError> {
+    let on_curve = match curve {
+        KeyAlgorithm::EcP256 => peer.len() == 65 && p256::PublicKey::from_sec1_bytes(peer).is_ok(),
+        KeyAlgorithm::EcP384 => peer.len() == 97 && p384::PublicKey::from_sec1_bytes(peer).is_ok(),
+        _ => false,
+    };
+    if !on_curve || peer.first() != Some(&0x04) {
+        return Err(crate::error::AgentError::BadRequest(format!(
+            "the peer point must be an uncompressed SEC1 point (04 || X || Y) on the key's curve ({curve:?})"
+        )));
+    }
+    Ok(())
+}

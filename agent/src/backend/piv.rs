@@ -669,21 +669,7 @@ impl PivWorker {
         reauth: Option<&Pin>,
     ) -> Result<SecretBytes, AgentError> {
         let slot = slot_id(slot)?;
-        // The point must lie on the key's curve (no invalid-curve attack on the card).
-        let on_curve = match curve {
-            KeyAlgorithm::EcP256 => {
-                peer.len() == 65 && p256::PublicKey::from_sec1_bytes(peer).is_ok()
-            }
-            KeyAlgorithm::EcP384 => {
-                peer.len() == 97 && p384::PublicKey::from_sec1_bytes(peer).is_ok()
-            }
-            _ => false,
-        };
-        if !on_curve || peer.first() != Some(&0x04) {
-            return Err(AgentError::BadRequest(format!(
-                "the peer point must be an uncompressed SEC1 point (04 || X || Y) on the key's curve ({curve:?})"
-            )));
-        }
+        crate::backend::check_peer_point(curve, peer)?;
         let card_alg = algorithm_id(curve, 0)?;
         self.context_login(ctx)?;
         let z = self.op("GENERAL AUTHENTICATE (ECDH)", reauth, |yk| {

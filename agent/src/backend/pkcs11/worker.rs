@@ -762,22 +762,7 @@ impl Worker {
         peer: &[u8],
         ctx: Option<(Option<&Pin>, PinSource)>,
     ) -> Result<SecretBytes, AgentError> {
-        // The point must lie on the key's curve: a token that does not check it would
-        // leak the private key to an invalid-curve attack.
-        let on_curve = match curve {
-            KeyAlgorithm::EcP256 => {
-                peer.len() == 65 && p256::PublicKey::from_sec1_bytes(peer).is_ok()
-            }
-            KeyAlgorithm::EcP384 => {
-                peer.len() == 97 && p384::PublicKey::from_sec1_bytes(peer).is_ok()
-            }
-            _ => false,
-        };
-        if !on_curve || peer.first() != Some(&0x04) {
-            return Err(AgentError::BadRequest(format!(
-                "the peer point must be an uncompressed SEC1 point (04 || X || Y) on the key's curve ({curve:?})"
-            )));
-        }
+        crate::backend::check_peer_point(curve, peer)?;
         let derive = |w: &mut Self, point: &[u8]| match ctx {
             None => w.with_key(cka_id, |s, h| derive_z(s, h, point), "C_DeriveKey"),
             Some((pin, source)) => w.context_derive(cka_id, pin, source, point),
