@@ -194,51 +194,64 @@ fn a_card_provisioned_by_smime_card_signs_mail_openssl_verifies() {
     let cert_pub = openssl_in(dir, &["x509", "-in", s(&cert), "-pubkey", "-noout"]);
     assert_eq!(req_pub.stdout, cert_pub.stdout);
 
-    // The agent, over OpenSC, signs with the provisioned key.
+    // The agent signs with the provisioned key twice: over OpenSC's PKCS#11 module, then
+    // with its native PIV backend; openssl verifies both, each by the imported certificate.
     let token = Token::new();
-    let agent = Agent::start_with(
-        &token,
-        AgentOptions {
-            module: Some(OPENSC_MODULE.into()),
-            pin_file: Some(Some(card.pin_file())),
-            ..Default::default()
-        },
-    );
     let mail = card.file("mail.eml");
     std::fs::write(&mail, MAIL).unwrap();
-    let signed = card.file("signed.eml");
-    assert_ok(
-        &agent.sign("alice@example.org", &mail, &signed, &["--mime"]),
-        "smime sign --mime with the provisioned key",
-    );
-    let content = card.file("verified.txt");
-    let signer = card.file("signer.pem");
-    let r = run(Command::new("openssl").args([
-        "smime",
-        "-verify",
-        "-in",
-        s(&signed),
-        "-CAfile",
-        s(&ca.cert),
-        "-purpose",
-        "smimesign",
-        "-signer",
-        s(&signer),
-        "-out",
-        s(&content),
-    ]));
-    assert_ok(&r, "openssl smime -verify");
-    assert!(
-        String::from_utf8_lossy(&std::fs::read(&content).unwrap())
-            .contains("Signed with a key smime card made."),
-        "the verified content is the message"
-    );
-    assert_eq!(
-        cert_der(&signer),
-        cert_der(&cert),
-        "signed by the provisioned key"
-    );
-    drop(agent);
+    for (route, options) in [
+        (
+            "OpenSC",
+            AgentOptions {
+                module: Some(OPENSC_MODULE.into()),
+                pin_file: Some(Some(card.pin_file())),
+                ..Default::default()
+            },
+        ),
+        (
+            "native",
+            AgentOptions {
+                config: Some(super::piv_native::native_config(&[])),
+                pin_file: Some(Some(card.pin_file())),
+                ..Default::default()
+            },
+        ),
+    ] {
+        let agent = Agent::start_with(&token, options);
+        let signed = card.file(&format!("signed-{route}.eml"));
+        assert_ok(
+            &agent.sign("alice@example.org", &mail, &signed, &["--mime"]),
+            &format!("smime sign --mime with the provisioned key ({route})"),
+        );
+        let content = card.file(&format!("verified-{route}.txt"));
+        let signer = card.file(&format!("signer-{route}.pem"));
+        let r = run(Command::new("openssl").args([
+            "smime",
+            "-verify",
+            "-in",
+            s(&signed),
+            "-CAfile",
+            s(&ca.cert),
+            "-purpose",
+            "smimesign",
+            "-signer",
+            s(&signer),
+            "-out",
+            s(&content),
+        ]));
+        assert_ok(&r, &format!("openssl smime -verify ({route})"));
+        assert!(
+            String::from_utf8_lossy(&std::fs::read(&content).unwrap())
+                .contains("Signed with a key smime card made."),
+            "the verified content is the message ({route})"
+        );
+        assert_eq!(
+            cert_der(&signer),
+            cert_der(&cert),
+            "signed by the provisioned key ({route})"
+        );
+        drop(agent);
+    }
 }
 
 /// A self-signed certificate: written to the slot and to --out, parsed and checked by

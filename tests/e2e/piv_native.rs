@@ -19,7 +19,7 @@ use super::piv::{EC_KM, MAIL, RSA_KM, SIGNER, master, pem_der};
 const SERIAL: &str = "5437251";
 
 /// `[[card]]` giving the virtual reader to the native backend.
-fn native_config(modules: &[&str]) -> String {
+pub(super) fn native_config(modules: &[&str]) -> String {
     let modules: Vec<String> = modules.iter().map(|m| format!("{m:?}")).collect();
     format!(
         "modules = [{}]\n[[card]]\nreader = {VIRTUAL_READER:?}\nbackend = \"native\"\n",
