@@ -520,19 +520,7 @@ impl SoftCa {
         let subj = format!("/CN={cn}");
         args.extend(["-nodes", "-keyout", &keyf, "-out", &csr, "-subj", &subj]);
         openssl_in(&self.dir, &args);
-        let ku = match key {
-            SoftKey::Rsa => "digitalSignature,keyEncipherment",
-            SoftKey::P256 => "digitalSignature,keyAgreement",
-        };
-        let ext = format!("{file}.ext");
-        std::fs::write(
-            self.dir.join(&ext),
-            format!(
-                "basicConstraints=CA:FALSE\nkeyUsage={ku}\nextendedKeyUsage=emailProtection\n\
-                 subjectAltName=email:{email}\n"
-            ),
-        )
-        .unwrap();
+        let ext = leaf_ext(&self.dir, file, key, email);
         let serial = self
             .serial
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -763,4 +751,23 @@ pub fn lf(data: &[u8]) -> Vec<u8> {
     String::from_utf8_lossy(data)
         .replace("\r\n", "\n")
         .into_bytes()
+}
+
+/// Writes `<file>.ext`, the extensions of an S/MIME end-entity certificate for `email`
+/// (key usage by key type), for `openssl x509 -req -extfile`; returns its name.
+pub(crate) fn leaf_ext(dir: &Path, file: &str, key: SoftKey, email: &str) -> String {
+    let ku = match key {
+        SoftKey::Rsa => "digitalSignature,keyEncipherment",
+        SoftKey::P256 => "digitalSignature,keyAgreement",
+    };
+    let ext = format!("{file}.ext");
+    std::fs::write(
+        dir.join(&ext),
+        format!(
+            "basicConstraints=CA:FALSE\nkeyUsage={ku}\nextendedKeyUsage=emailProtection\n\
+             subjectAltName=email:{email}\n"
+        ),
+    )
+    .unwrap();
+    ext
 }

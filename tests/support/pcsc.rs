@@ -381,19 +381,7 @@ impl SoftCa {
                 &format!("/CN={cn}"),
             ],
         );
-        let ku = match kind {
-            SoftKey::Rsa => "digitalSignature,keyEncipherment",
-            SoftKey::P256 => "digitalSignature,keyAgreement",
-        };
-        let ext = format!("{file}.ext");
-        std::fs::write(
-            self.dir.join(&ext),
-            format!(
-                "basicConstraints=CA:FALSE\nkeyUsage={ku}\nextendedKeyUsage=emailProtection\n\
-                 subjectAltName=email:{email}\n"
-            ),
-        )
-        .unwrap();
+        let ext = crate::leaf_ext(&self.dir, file, kind, email);
         let serial = self
             .serial
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
