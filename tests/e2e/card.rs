@@ -308,26 +308,6 @@ fn a_self_signed_generate_writes_a_certificate_for_the_card_key() {
         "the slot holds it too"
     );
     // The card's key in 9c (OpenSC id 02) signs; the certificate's key verifies.
-    std::fs::write(card.file("digest.bin"), [9u8; 32]).unwrap();
-    let sig = run(Command::new("pkcs11-tool").args([
-        "--module",
-        OPENSC_MODULE,
-        "--login",
-        "--pin",
-        CARD_PIN,
-        "--sign",
-        "--id",
-        "02",
-        "-m",
-        "ECDSA",
-        "-i",
-        s(&card.file("digest.bin")),
-        "-o",
-        s(&card.file("digest.sig")),
-        "--signature-format",
-        "openssl",
-    ]));
-    assert_ok(&sig, "pkcs11-tool --sign with 9c");
     openssl_in(
         dir,
         &[
@@ -340,20 +320,7 @@ fn a_self_signed_generate_writes_a_certificate_for_the_card_key() {
             "self.pub",
         ],
     );
-    openssl_in(
-        dir,
-        &[
-            "pkeyutl",
-            "-verify",
-            "-pubin",
-            "-inkey",
-            "self.pub",
-            "-in",
-            "digest.bin",
-            "-sigfile",
-            "digest.sig",
-        ],
-    );
+    super::piv::pkcs11_tool_signs(dir, "02", "self.pub", "pkcs11-tool --sign with 9c");
 }
 
 /// `smime card list` says what `yubico-piv-tool -a status` says (serial, version, slots

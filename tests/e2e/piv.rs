@@ -261,41 +261,7 @@ fn other_pcsc_clients_share_the_card_with_the_agent() {
         String::from_utf8_lossy(&list.stdout)
     );
     // A second PKCS#11 user logs in and signs with the same key.
-    std::fs::write(t.p("digest.bin"), [7u8; 32]).unwrap();
-    let sig = run(Command::new("pkcs11-tool").args([
-        "--module",
-        OPENSC_MODULE,
-        "--login",
-        "--pin",
-        CARD_PIN,
-        "--sign",
-        "--id",
-        "01",
-        "-m",
-        "ECDSA",
-        "-i",
-        s(&t.p("digest.bin")),
-        "-o",
-        s(&t.p("other.sig")),
-        "--signature-format",
-        "openssl",
-    ]));
-    assert_ok(&sig, "pkcs11-tool --sign");
-    let pubkey = t.p("9a.pub.pem");
-    openssl_in(
-        t.card.dir.path(),
-        &[
-            "pkeyutl",
-            "-verify",
-            "-pubin",
-            "-inkey",
-            s(&pubkey),
-            "-in",
-            "digest.bin",
-            "-sigfile",
-            "other.sig",
-        ],
-    );
+    pkcs11_tool_signs(t.card.dir.path(), "01", "9a.pub.pem", "pkcs11-tool --sign");
     sign_and_verify(&t, "after");
 }
 
@@ -583,4 +549,44 @@ fn a_pcscd_restart_is_survived_without_an_agent_restart() {
     sign_and_verify(&t, "after-restart");
     assert_eq!(t.agent.pid(), agent_pid, "the agent was restarted");
     assert!(t.agent.is_running());
+}
+
+/// Another PKCS#11 user (pkcs11-tool over OpenSC, its own login) signs a digest with the
+/// card key of OpenSC id `id`; `openssl pkeyutl` verifies it with `pubkey` (a file in
+/// `dir`).
+pub(super) fn pkcs11_tool_signs(dir: &Path, id: &str, pubkey: &str, what: &str) {
+    std::fs::write(dir.join("digest.bin"), [7u8; 32]).unwrap();
+    let sig = run(Command::new("pkcs11-tool").args([
+        "--module",
+        OPENSC_MODULE,
+        "--login",
+        "--pin",
+        CARD_PIN,
+        "--sign",
+        "--id",
+        id,
+        "-m",
+        "ECDSA",
+        "-i",
+        s(&dir.join("digest.bin")),
+        "-o",
+        s(&dir.join("other.sig")),
+        "--signature-format",
+        "openssl",
+    ]));
+    assert_ok(&sig, what);
+    openssl_in(
+        dir,
+        &[
+            "pkeyutl",
+            "-verify",
+            "-pubin",
+            "-inkey",
+            pubkey,
+            "-in",
+            "digest.bin",
+            "-sigfile",
+            "other.sig",
+        ],
+    );
 }

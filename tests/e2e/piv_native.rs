@@ -284,40 +284,7 @@ fn native_and_opensc_share_the_card_and_openssl_verifies_both() {
     let name = run(Command::new("opensc-tool").args(["-r", VIRTUAL_READER, "-n"]));
     assert_ok(&name, "opensc-tool -n");
     sign_and_verify(&t.agent, &t.card, "native-2");
-    std::fs::write(t.p("digest.bin"), [7u8; 32]).unwrap();
-    let sig = run(Command::new("pkcs11-tool").args([
-        "--module",
-        OPENSC_MODULE,
-        "--login",
-        "--pin",
-        CARD_PIN,
-        "--sign",
-        "--id",
-        "01",
-        "-m",
-        "ECDSA",
-        "-i",
-        s(&t.p("digest.bin")),
-        "-o",
-        s(&t.p("other.sig")),
-        "--signature-format",
-        "openssl",
-    ]));
-    assert_ok(&sig, "pkcs11-tool --sign");
-    openssl_in(
-        t.card.dir.path(),
-        &[
-            "pkeyutl",
-            "-verify",
-            "-pubin",
-            "-inkey",
-            "9a.pub.pem",
-            "-in",
-            "digest.bin",
-            "-sigfile",
-            "other.sig",
-        ],
-    );
+    super::piv::pkcs11_tool_signs(t.card.dir.path(), "01", "9a.pub.pem", "pkcs11-tool --sign");
     sign_and_verify(&opensc, &t.card, "opensc-2");
     sign_and_verify(&t.agent, &t.card, "native-3");
     assert!(
