@@ -4,12 +4,14 @@
 //!
 //! Phases (each against the same SoftHSM token, one after the other):
 //! 1. raw cryptoki in this process, 1 and 2 threads;
-//! 2. the same operations through the agent, 1, 8 and 32 clients;
+//! 2. the same operations through the agent, 1, 8 and 32 clients, and through the socket
+//!    floor (the thinnest possible server: read → C_Sign → write, in this process);
 //! 3. `smime sign` of 1 KiB vs `openssl cms -sign` (pkcs11 engine) vs gpgsm;
 //! 4. large files: sign/verify/encrypt/decrypt vs `openssl cms` and `openssl dgst`;
 //! 5. agent start-to-ready and idle RSS.
 
 mod agent;
+mod floor;
 mod measure;
 mod peers;
 mod raw;
@@ -69,22 +71,22 @@ struct Opts {
     /// Large file sizes in MiB.
     #[arg(long, value_delimiter = ',', default_value = "100,1024")]
     sizes: Vec<u64>,
-    /// Phases to run (for profiling one of them): raw, agent, cli, large, start.
+    /// Phases to run (for profiling one of them): raw, agent, floor, cli, large, start.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "raw,agent,cli,large,start"
+        default_value = "raw,agent,floor,cli,large,start"
     )]
     phases: Vec<String>,
-    /// Operations (rsa-sign, ecdsa-sign, rsa-decrypt) and client counts for the raw and
-    /// agent phases, e.g. `--ops ecdsa-sign --clients 1`.
+    /// Operations (rsa-sign, ecdsa-sign, rsa-decrypt) and client counts for the raw, agent
+    /// and floor phases, e.g. `--ops ecdsa-sign --clients 1`.
     #[arg(
         long,
         value_delimiter = ',',
         default_value = "rsa-sign,ecdsa-sign,rsa-decrypt"
     )]
     ops: Vec<String>,
-    /// Client counts through the agent.
+    /// Client counts through the agent and the socket floor.
     #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
     clients: Vec<usize>,
     /// Skip gpgsm.
@@ -182,6 +184,7 @@ pub(crate) struct Results {
     pub(crate) raw: Vec<(Op, usize, R<Stats>)>,
     pub(crate) agent: Vec<(Op, usize, R<Stats>)>,
     pub(crate) agent_fresh: Vec<(Op, usize, R<Stats>)>,
+    pub(crate) floor: Vec<(Op, usize, R<Stats>)>,
     pub(crate) cli: Vec<(&'static str, R<OneShot>)>,
     pub(crate) large: Vec<Large>,
     pub(crate) start: Option<R<Start>>,
@@ -201,6 +204,9 @@ impl Results {
     }
     pub(crate) fn agent_fresh(&self, op: Op, n: usize) -> Option<&Stats> {
         find(&self.agent_fresh, op, n)
+    }
+    pub(crate) fn floor(&self, op: Op, n: usize) -> Option<&Stats> {
+        find(&self.floor, op, n)
     }
     pub(crate) fn cli(&self, name: &str) -> Option<&OneShot> {
         self.cli
@@ -406,10 +412,14 @@ fn main() -> anyhow::Result<()> {
     )?;
     let ct = std::fs::read(&ct_path)?;
 
-    // 1. Raw.
-    if phase("raw") {
+    // 1. Raw. The module stays initialized and logged in for the socket floor.
+    let rawp = if phase("raw") || phase("floor") {
+        Some(raw::Raw::open(&env)?)
+    } else {
+        None
+    };
+    if let Some(rawp) = rawp.as_ref().filter(|_| phase("raw")) {
         let p = Phase::begin("raw cryptoki", None);
-        let rawp = raw::Raw::open(&env)?;
         for &op in &ops {
             for n in [1, 2] {
                 let s = r(rawp.bench(op, n, &ct, warm, dur));
@@ -417,9 +427,22 @@ fn main() -> anyhow::Result<()> {
                 res.raw.push((op, n, s));
             }
         }
-        drop(rawp);
         p.end(&mut res, None, 0);
     }
+
+    // 2c. The socket floor (reported after the agent), run while no agent is up.
+    if let Some(rawp) = rawp.as_ref().filter(|_| phase("floor")) {
+        let p = Phase::begin("socket floor", None);
+        for &op in &ops {
+            for &n in &opts.clients {
+                let s = r(floor::bench(&env, rawp, op, n, &ct, warm, dur));
+                eprintln!("    {} x{n}: {}", op.name(), report::stats_line(&s));
+                res.floor.push((op, n, s));
+            }
+        }
+        p.end(&mut res, None, 0);
+    }
+    drop(rawp);
 
     // 2. Through the agent.
     let p = Phase::begin("through the agent", None);

@@ -75,6 +75,24 @@ impl Raw {
         })
     }
 
+    /// A new session of the logged-in application (C_Login holds for all of them).
+    pub(crate) fn session(&self) -> anyhow::Result<Session> {
+        Ok(self.p11.open_ro_session(self.slot)?)
+    }
+
+    /// The key and the exact input of C_Sign / C_Decrypt for `op`: CKM_RSA_PKCS signs
+    /// DigestInfo || hash, CKM_ECDSA signs the bare hash, decrypt takes the ciphertext.
+    pub(crate) fn input(&self, op: Op, ct: &[u8]) -> (ObjectHandle, Vec<u8>) {
+        match op {
+            Op::RsaSign => (
+                self.rsa,
+                [crate::SHA256_DIGEST_INFO, &crate::DIGEST].concat(),
+            ),
+            Op::EcdsaSign => (self.ec, crate::DIGEST.to_vec()),
+            Op::RsaDecrypt => (self.rsa, ct.to_vec()),
+        }
+    }
+
     /// `threads` threads doing `op` back to back, each in its own session.
     pub(crate) fn bench(
         &self,
@@ -84,19 +102,11 @@ impl Raw {
         warm: Duration,
         dur: Duration,
     ) -> anyhow::Result<Stats> {
-        // CKM_RSA_PKCS signs DigestInfo || hash; CKM_ECDSA signs the bare hash.
-        let (key, input) = match op {
-            Op::RsaSign => (
-                self.rsa,
-                [crate::SHA256_DIGEST_INFO, &crate::DIGEST].concat(),
-            ),
-            Op::EcdsaSign => (self.ec, crate::DIGEST.to_vec()),
-            Op::RsaDecrypt => (self.rsa, ct.to_vec()),
-        };
+        let (key, input) = self.input(op, ct);
         let workers = (0..threads)
             .map(|_| {
                 Ok(Worker {
-                    session: self.p11.open_ro_session(self.slot)?,
+                    session: self.session()?,
                     key,
                     op,
                     input: input.clone(),
@@ -104,22 +114,38 @@ impl Raw {
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         run_threads(workers, warm, dur, &|w: &mut Worker| {
-            match w.op {
-                Op::RsaDecrypt => {
-                    let pt = w.session.decrypt(&Mechanism::RsaPkcs, w.key, &w.input)?;
-                    ensure!(pt.len() == 32, "decrypted {} bytes, want 32", pt.len());
-                }
-                Op::RsaSign | Op::EcdsaSign => {
-                    let mech = if w.op == Op::RsaSign {
-                        Mechanism::RsaPkcs
-                    } else {
-                        Mechanism::Ecdsa
-                    };
-                    let sig = w.session.sign(&mech, w.key, &w.input)?;
-                    ensure!(!sig.is_empty(), "empty signature");
-                }
-            }
-            Ok(())
+            check(w.op, &private_op(&w.session, w.key, w.op, &w.input)?)
         })
     }
+}
+
+/// One C_Sign or C_Decrypt: the operation every phase measures.
+pub(crate) fn private_op(
+    session: &Session,
+    key: ObjectHandle,
+    op: Op,
+    input: &[u8],
+) -> anyhow::Result<Vec<u8>> {
+    Ok(match op {
+        Op::RsaDecrypt => session.decrypt(&Mechanism::RsaPkcs, key, input)?,
+        Op::RsaSign => session.sign(&Mechanism::RsaPkcs, key, input)?,
+        Op::EcdsaSign => session.sign(&Mechanism::Ecdsa, key, input)?,
+    })
+}
+
+/// The result has the size it must have, so a benchmark cannot time nothing: a 2048-bit
+/// RSA signature, a P-256 r || s, the 32-byte content key.
+pub(crate) fn check(op: Op, out: &[u8]) -> anyhow::Result<()> {
+    let want = match op {
+        Op::RsaSign => 256,
+        Op::EcdsaSign => 64,
+        Op::RsaDecrypt => 32,
+    };
+    ensure!(
+        out.len() == want,
+        "{}: {} bytes, want {want}",
+        op.name(),
+        out.len()
+    );
+    Ok(())
 }

@@ -105,6 +105,9 @@ fn targets(res: &Results) -> Vec<Target> {
                 a.ops_per_s / r.ops_per_s
             );
         }
+        if let (Some(f), Some(r)) = (res.floor(op, 8), res.raw(op, 2)) {
+            let _ = write!(measured, "; socket floor: {:.2}", f.ops_per_s / r.ops_per_s);
+        }
         t.push(Target {
             measure: format!("{} through agent, 8 clients", op.name()),
             target: format!("≥ {min:.2} × raw 2-thread"),
@@ -128,6 +131,13 @@ fn targets(res: &Results) -> Vec<Target> {
                 measured,
                 "; fresh connections: {:.0} µs",
                 (a.p50.as_secs_f64() - r.p50.as_secs_f64()) * 1e6
+            );
+        }
+        if let (Some(f), Some(r)) = (res.floor(op, 1), res.raw(op, 1)) {
+            let _ = write!(
+                measured,
+                "; socket floor: {:.0} µs",
+                (f.p50.as_secs_f64() - r.p50.as_secs_f64()) * 1e6
             );
         }
         t.push(Target {
@@ -340,6 +350,14 @@ pub(crate) fn markdown(res: &Results) -> String {
             verdict(t.pass)
         );
     }
+    if !res.floor.is_empty() {
+        let _ = writeln!(
+            w,
+            "\n\"socket floor\": the same measure for the thinnest possible server behind a Unix \
+             socket (section 2c), what an agent could reach on this machine; the result is \
+             judged on the agent's numbers only."
+        );
+    }
 
     let _ = writeln!(
         w,
@@ -391,6 +409,27 @@ pub(crate) fn markdown(res: &Results) -> String {
             "| operation | clients | ops/s | p50 | p99 | ÷ raw 2-thread ops/s | p50 − raw 1-thread p50 |\n|---|---|---|---|---|---|---|"
         );
         agent_rows(w, res, &res.agent_fresh);
+    }
+
+    if !res.floor.is_empty() {
+        let _ = writeln!(
+            w,
+            "\n#### 2c. Socket floor: one thread per client, read → C_Sign → write\n\nThe \
+             thinnest server an agent behind a socket could be, measured in the same run: a \
+             Unix socket in the benchmark process, one thread per connection with its own \
+             session (the module logged in once, as in section 1) that reads a 4-byte length \
+             and the input, does the same C_Sign / C_Decrypt as section 1 and writes a 4-byte \
+             length and the result; no protocol, no logging, no limits. The clients are \
+             threads on the same machine, one connection each, as in section 2. Its ops/s \
+             are an upper bound, and its added p50 a lower bound, for any agent behind a \
+             socket that wakes a thread for each request, on this machine with its clients \
+             on the same machine.\n"
+        );
+        let _ = writeln!(
+            w,
+            "| operation | clients | ops/s | p50 | p99 | ÷ raw 2-thread ops/s | p50 − raw 1-thread p50 |\n|---|---|---|---|---|---|---|"
+        );
+        agent_rows(w, res, &res.floor);
     }
 
     let _ = writeln!(
@@ -581,6 +620,35 @@ mod tests {
         let new = splice(&old, &format!("{BEGIN}\nnew\n{END}\n"));
         assert_eq!(new, format!("head\n{BEGIN}\nnew\n{END}\ntail\n"));
         assert!(splice("", "x").contains("## Where we miss and why"));
+    }
+
+    #[test]
+    fn the_floor_is_reported_beside_the_agent() {
+        let st = |ops_per_s: f64, p50_us: u64| {
+            Ok(Stats {
+                ops: 1,
+                ops_per_s,
+                p50: Duration::from_micros(p50_us),
+                p99: Duration::from_micros(p50_us),
+            })
+        };
+        let res = Results {
+            raw: vec![
+                (Op::EcdsaSign, 1, st(100.0, 50)),
+                (Op::EcdsaSign, 2, st(200.0, 60)),
+            ],
+            agent: vec![(Op::EcdsaSign, 8, st(100.0, 300))],
+            floor: vec![
+                (Op::EcdsaSign, 1, st(80.0, 70)),
+                (Op::EcdsaSign, 8, st(150.0, 90)),
+            ],
+            ..Results::default()
+        };
+        let md = markdown(&res);
+        assert!(md.contains("| 0.50 (100 / 200 ops/s); socket floor: 0.75 | **MISS** |"));
+        assert!(md.contains("not measured; socket floor: 20 µs | n/a |"));
+        assert!(md.contains("#### 2c. Socket floor"));
+        assert!(md.contains("| ECDSA P-256 sign | 8 | 150 | 90 µs | 90 µs | 0.75 | +40 µs |"));
     }
 
     #[test]
