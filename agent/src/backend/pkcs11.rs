@@ -1,7 +1,7 @@
 //! PKCS#11 backend: one [`Module`] per shared library, one [`Token`] per token in it.
 //!
 //! ```text
-//!  tokio task ──Token::submit(job)──► crossbeam queue ──► worker 1 (Session A) ─┐
+//!  tokio task ──Token::submit(job)──► job queue ───────► worker 1 (Session A) ─┐
 //!       ▲                                             └──► worker 2 (Session B) ─┼─► C_Sign …
 //!       └──────────── oneshot reply ◄────────── finish(result) on the worker ◄────┘
 //!                                                 └─► response written to the client
@@ -28,6 +28,7 @@
 
 pub(crate) mod mechanism;
 pub(crate) mod oaep;
+mod queue;
 mod raw;
 mod worker;
 
@@ -49,6 +50,7 @@ use smime_proto::{
 use super::piv::{self, PivWorker};
 use crate::config::{AlwaysAuth, Config, PinPolicy, PinSourceKind};
 use crate::error::AgentError;
+use queue::JobQueue;
 pub(crate) use worker::Login;
 pub use worker::PinSource;
 use worker::Worker;
@@ -328,7 +330,7 @@ pub struct Token {
     reader: String,
     /// The workers' session generation: bumped when the token's sessions are dead.
     epoch: Arc<AtomicU64>,
-    jobs: Mutex<Option<crossbeam_channel::Sender<Job>>>,
+    jobs: Arc<JobQueue<Job>>,
     /// Serializes logins, so two clients cannot spend two PIN tries at once.
     login_lock: tokio::sync::Mutex<()>,
     /// One pinentry dialog at a time per token.
@@ -359,6 +361,16 @@ fn wait_reason<P, S>(ctx: &Option<(Option<P>, S)>) -> &'static str {
     }
 }
 
+/// How long an idle worker keeps looking for its next job before it sleeps, when no other
+/// worker of its token runs or looks (see [`queue`]).
+///
+/// A client that sends one request after another sends the next about 20–150 µs after its
+/// answer (its own wake-up, then the tokio thread's). Looking that long costs at most this
+/// much CPU time after each burst of requests, and it yields the CPU to anything else that
+/// wants it. While another worker is busy, the load is already high and the next job comes
+/// soon anyway: then the CPU is better left to the clients and that worker.
+const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(250);
+
 /// Queue depth per token: beyond it requests get `BUSY` instead of piling up.
 const QUEUE_DEPTH: usize = 4096;
 
@@ -373,14 +385,14 @@ impl Token {
             .unwrap_or_default();
         let policy = config.policy_for(info.label().trim(), info.serial_number().trim());
         let protected_path = info.protected_authentication_path();
-        let (tx, rx) = crossbeam_channel::bounded::<Job>(QUEUE_DEPTH);
+        let jobs = Arc::new(JobQueue::<Job>::new(QUEUE_DEPTH));
         let epoch = Arc::new(AtomicU64::new(0));
         let label = info.label().trim().to_owned();
         let serial = info.serial_number().trim().to_owned();
         let mut workers = Vec::new();
         for n in 0..sessions.max(1) {
             let session = module.p11.open_ro_session(slot)?;
-            let rx = rx.clone();
+            let queue = jobs.clone();
             let ops = module.ops.clone();
             let mut d = Device::P11(Worker::new(
                 session,
@@ -393,7 +405,7 @@ impl Token {
             let handle = std::thread::Builder::new()
                 .name(format!("p11-{label}-{n}"))
                 .spawn(move || {
-                    while let Ok(job) = rx.recv() {
+                    while let Some((job, _running)) = queue.take(SPIN_BEFORE_SLEEP) {
                         let _shared = ops.read().unwrap_or_else(|e| e.into_inner());
                         if let Device::P11(w) = &mut d {
                             w.revive();
@@ -421,7 +433,7 @@ impl Token {
             },
             reader,
             epoch,
-            jobs: Mutex::new(Some(tx)),
+            jobs,
             login_lock: tokio::sync::Mutex::new(()),
             prompt_lock: tokio::sync::Mutex::new(()),
             policy: Mutex::new(policy),
@@ -452,13 +464,15 @@ impl Token {
         let reader = card.reader.clone();
         let version = card.version.clone();
         let policy = config.policy_for(&label, &serial);
-        let (tx, rx) = crossbeam_channel::bounded::<Job>(QUEUE_DEPTH);
+        let jobs = Arc::new(JobQueue::<Job>::new(QUEUE_DEPTH));
+        let queue = jobs.clone();
         let epoch = Arc::new(AtomicU64::new(0));
         let mut d = Device::Piv(PivWorker::new(card, label.clone(), epoch.clone()));
         let handle = std::thread::Builder::new()
             .name(format!("piv-{serial}"))
             .spawn(move || {
-                while let Ok(job) = rx.recv() {
+                // A card takes milliseconds per operation: its worker sleeps at once.
+                while let Some((job, _running)) = queue.take(Duration::ZERO) {
                     job(&mut d);
                 }
                 // `d` drops here: the card is left with disconnect(LeaveCard).
@@ -474,7 +488,7 @@ impl Token {
             },
             reader,
             epoch,
-            jobs: Mutex::new(Some(tx)),
+            jobs,
             login_lock: tokio::sync::Mutex::new(()),
             prompt_lock: tokio::sync::Mutex::new(()),
             policy: Mutex::new(policy),
@@ -573,9 +587,7 @@ impl Token {
             };
             let _ = tx.send(finish(r));
         });
-        let jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
-        let sender = jobs.as_ref().ok_or(AgentError::Busy)?;
-        sender.try_send(job).map_err(|_| AgentError::Busy)?;
+        self.jobs.push(job).map_err(|_| AgentError::Busy)?;
         Ok(rx)
     }
 
@@ -1276,7 +1288,7 @@ impl Token {
 
     /// Stops the workers (after the jobs already queued) and closes their sessions.
     pub fn shutdown(&self) {
-        self.jobs.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.jobs.close();
         for h in self
             .workers
             .lock()
