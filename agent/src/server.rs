@@ -348,8 +348,9 @@ impl Handler {
     async fn next_frame(&mut self, decoder: &mut FrameDecoder) -> Result<Next, io::Error> {
         let mut buf = [0u8; 4 * 1024];
         let stream = self.stream.clone();
-        let mut deadline: Option<tokio::time::Instant> = None;
         let mut idle_from = tokio::time::Instant::now();
+        // Bytes of the next frame that came with the last one: it has begun.
+        let mut deadline = decoder.is_mid_frame().then(|| idle_from + FRAME_TIMEOUT);
         loop {
             if let Some(p) = decoder.next_frame().map_err(invalid)? {
                 return Ok(Next::Frame(p));
@@ -362,8 +363,9 @@ impl Handler {
                 FRAME_TIMEOUT
             };
             let until = deadline.unwrap_or(idle_from + idle);
-            // Read no more than the decoder wants, so a flood never sits in our buffer.
-            let want = decoder.wanted().clamp(1, buf.len());
+            // One read takes a whole request (header and body: one system call, not two).
+            // What follows it stays in the decoder and is served before anything more is
+            // read, so a flood never holds more than one buffer here.
             let mut reader = &*stream;
             let attention = self.pending.as_ref().map(|p| p.attention.clone());
             let n = tokio::select! {
@@ -376,7 +378,7 @@ impl Handler {
                     idle_from = tokio::time::Instant::now();
                     continue;
                 }
-                r = tokio::time::timeout_at(until, reader.read(&mut buf[..want])) => match r {
+                r = tokio::time::timeout_at(until, reader.read(&mut buf)) => match r {
                     Ok(r) => r?,
                     // Idle while a worker still answers the last request (a token waiting
                     // for a touch, say): the idle time starts once it has answered.

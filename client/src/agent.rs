@@ -222,18 +222,22 @@ impl<S: Read + Write> AgentClient<S> {
             {
                 break p;
             }
-            let mut buf = vec![0u8; self.decoder.wanted()];
-            self.stream
-                .read_exact(&mut buf)
-                .map_err(|e| match e.kind() {
-                    std::io::ErrorKind::UnexpectedEof => {
-                        AgentError::Transport("the agent closed the connection".into())
-                    }
-                    _ => AgentError::from(e),
-                })?;
+            // One read takes a whole response (header and body) when it is there. It may
+            // hold a secret (an unwrapped key): the buffer is zeroized.
+            let mut buf = zeroize::Zeroizing::new([0u8; 4096]);
+            let n = match self.stream.read(&mut buf[..]) {
+                Ok(0) => {
+                    return Err(AgentError::Transport(
+                        "the agent closed the connection".into(),
+                    ));
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(AgentError::from(e)),
+            };
             if let Some(p) = self
                 .decoder
-                .feed(&buf)
+                .feed(&buf[..n])
                 .map_err(|e| AgentError::Transport(e.to_string()))?
             {
                 break p;
