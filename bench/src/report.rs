@@ -353,9 +353,9 @@ pub(crate) fn markdown(res: &Results) -> String {
     if !res.floor.is_empty() {
         let _ = writeln!(
             w,
-            "\n\"socket floor\": the same measure for the thinnest possible server behind a Unix \
-             socket (section 2c), what an agent could reach on this machine; the result is \
-             judged on the agent's numbers only."
+            "\n\"socket floor\": the same measure for the thinnest blocking server behind a Unix \
+             socket (section 2c), what the socket and the wake-ups alone cost on this machine; \
+             the result is judged on the agent's numbers only."
         );
     }
 
@@ -420,10 +420,11 @@ pub(crate) fn markdown(res: &Results) -> String {
              session (the module logged in once, as in section 1) that reads a 4-byte length \
              and the input, does the same C_Sign / C_Decrypt as section 1 and writes a 4-byte \
              length and the result; no protocol, no logging, no limits. The clients are \
-             threads on the same machine, one connection each, as in section 2. Its ops/s \
-             are an upper bound, and its added p50 a lower bound, for any agent behind a \
-             socket that wakes a thread for each request, on this machine with its clients \
-             on the same machine.\n"
+             threads on the same machine, one connection each, as in section 2. Its threads \
+             sleep in `read` between requests, so it shows what the socket and the wake-ups \
+             cost on this machine: an agent behind a socket can beat its added latency only \
+             by not sleeping between requests (the agent's workers look for their next job \
+             for 250 µs first), and its ops/s only by serving several requests per wake-up.\n"
         );
         let _ = writeln!(
             w,
