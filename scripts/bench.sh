@@ -8,7 +8,7 @@
 # Installs what it needs (Debian 12, as root or with sudo), builds the release binaries,
 # provisions a throwaway token in a temporary directory, runs target/release/smime-bench and
 # deletes the temporary directory (it holds up to 1 GiB files plus their outputs, ~4 GiB).
-# Takes about 2 minutes on 2 cores. Not part of CI or the tests: it measures time and
+# Takes about 5 minutes on 2 cores. Not part of CI or the tests: it measures time and
 # needs a quiet machine; it refuses to run when CI is set.
 set -euo pipefail
 cd "$(dirname "$0")/.."

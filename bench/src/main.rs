@@ -59,9 +59,14 @@ struct Opts {
     /// Write the results into this file between its smime-bench markers.
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Measured seconds per throughput configuration (after 0.5 s warm-up).
-    #[arg(long, default_value_t = 2.0)]
+    /// Measured seconds per throughput cell (after 0.5 s warm-up).
+    #[arg(long, default_value_t = 1.0)]
     secs: f64,
+    /// Rounds of the raw, socket-floor and agent cells. Each round measures every
+    /// operation's raw, floor and agent cells back to back, so a ratio compares cells taken
+    /// seconds apart; each cell is reported as its median over the rounds.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Runs of each one-shot command (median).
     #[arg(long, default_value_t = 20)]
     runs: usize,
@@ -193,6 +198,42 @@ pub(crate) struct Results {
     pub(crate) loadavg: (String, String),
     pub(crate) command: String,
     pub(crate) secs: f64,
+    /// Rounds of the raw, floor and agent cells (each cell is the median of its rounds).
+    pub(crate) rounds: usize,
+}
+
+/// The rounds of each (operation, clients) cell, in the order first measured.
+#[derive(Debug, Default)]
+struct Cells(Vec<(Op, usize, Vec<R<Stats>>)>);
+
+impl Cells {
+    fn new() -> Self {
+        Self::default()
+    }
+
+    fn add(&mut self, op: Op, n: usize, s: R<Stats>) {
+        match self.0.iter_mut().find(|(o, m, _)| *o == op && *m == n) {
+            Some((_, _, v)) => v.push(s),
+            None => self.0.push((op, n, vec![s])),
+        }
+    }
+
+    /// Each cell's median over its rounds ([`measure::median_stats`]); a cell with no
+    /// successful round keeps its first error.
+    fn medians(self) -> Vec<(Op, usize, R<Stats>)> {
+        self.0
+            .into_iter()
+            .map(|(op, n, v)| {
+                let ok: Vec<Stats> = v.iter().filter_map(|s| s.as_ref().ok().cloned()).collect();
+                let s = measure::median_stats(&ok).ok_or_else(|| {
+                    v.into_iter()
+                        .find_map(Result::err)
+                        .unwrap_or_else(|| "no rounds".to_owned())
+                });
+                (op, n, s)
+            })
+            .collect()
+    }
 }
 
 impl Results {
@@ -412,84 +453,86 @@ fn main() -> anyhow::Result<()> {
     )?;
     let ct = std::fs::read(&ct_path)?;
 
-    // 1. Raw. The module stays initialized and logged in for the socket floor.
+    // 1, 2 and 2c: raw, through the agent, and the socket floor, in rounds. Within a round
+    // each operation's cells run back to back (raw, floor, agent, agent reconnecting), so
+    // the ratios compare cells measured seconds apart on this noisy machine; every cell is
+    // the median of its rounds. The module stays logged in here for raw and the floor.
     let rawp = if phase("raw") || phase("floor") {
         Some(raw::Raw::open(&env)?)
     } else {
         None
     };
-    if let Some(rawp) = rawp.as_ref().filter(|_| phase("raw")) {
-        let p = Phase::begin("raw cryptoki", None);
-        for &op in &ops {
-            for n in [1, 2] {
-                let s = r(rawp.bench(op, n, &ct, warm, dur));
-                eprintln!("    {} x{n}: {}", op.name(), report::stats_line(&s));
-                res.raw.push((op, n, s));
-            }
-        }
-        p.end(&mut res, None, 0);
-    }
-
-    // 2c. The socket floor (reported after the agent), run while no agent is up.
-    if let Some(rawp) = rawp.as_ref().filter(|_| phase("floor")) {
-        let p = Phase::begin("socket floor", None);
-        for &op in &ops {
-            for &n in &opts.clients {
-                let s = r(floor::bench(&env, rawp, op, n, &ct, warm, dur));
-                eprintln!("    {} x{n}: {}", op.name(), report::stats_line(&s));
-                res.floor.push((op, n, s));
-            }
-        }
-        p.end(&mut res, None, 0);
-    }
-    drop(rawp);
-
-    // 2. Through the agent.
-    let p = Phase::begin("through the agent", None);
     let mut main_agent = agent::Agent::start(&env, "bench")?;
     let apid = Some(main_agent.pid());
     let (rsa_id, ec_id) = agent::key_ids(&main_agent.socket)?;
-    for &op in ops.iter().filter(|_| phase("agent")) {
-        for &n in &opts.clients {
-            let s = r(agent::bench(
-                &main_agent.socket,
-                None,
-                &rsa_id,
-                &ec_id,
-                op,
-                n,
-                &ct,
-                warm,
-                dur,
-            ));
-            eprintln!("    {} x{n}: {}", op.name(), report::stats_line(&s));
-            res.agent.push((op, n, s));
-        }
-    }
-    // The same with a fresh connection every RECONNECT requests: never throttled by the
-    // agent's per-connection request rate (burst 500), so this is the pipeline alone.
-    for &op in ops.iter().filter(|_| phase("agent")) {
-        for &n in opts.clients.iter().filter(|&&n| n <= 8) {
-            let s = r(agent::bench(
-                &main_agent.socket,
-                Some(RECONNECT),
-                &rsa_id,
-                &ec_id,
-                op,
-                n,
-                &ct,
-                warm,
-                dur,
-            ));
-            eprintln!(
-                "    {} x{n}, reconnecting: {}",
-                op.name(),
-                report::stats_line(&s)
-            );
-            res.agent_fresh.push((op, n, s));
+    let p = Phase::begin("raw, socket floor and agent, interleaved", apid);
+    let (mut raw_c, mut floor_c, mut agent_c, mut fresh_c) =
+        (Cells::new(), Cells::new(), Cells::new(), Cells::new());
+    for round in 1..=opts.rounds.max(1) {
+        eprintln!("  round {round} of {}", opts.rounds.max(1));
+        for &op in &ops {
+            if let Some(rawp) = rawp.as_ref().filter(|_| phase("raw")) {
+                for n in [1, 2] {
+                    let s = r(rawp.bench(op, n, &ct, warm, dur));
+                    eprintln!("    raw {} x{n}: {}", op.name(), report::stats_line(&s));
+                    raw_c.add(op, n, s);
+                }
+            }
+            if let Some(rawp) = rawp.as_ref().filter(|_| phase("floor")) {
+                for &n in &opts.clients {
+                    let s = r(floor::bench(&env, rawp, op, n, &ct, warm, dur));
+                    eprintln!("    floor {} x{n}: {}", op.name(), report::stats_line(&s));
+                    floor_c.add(op, n, s);
+                }
+            }
+            if !phase("agent") {
+                continue;
+            }
+            for &n in &opts.clients {
+                let s = r(agent::bench(
+                    &main_agent.socket,
+                    None,
+                    &rsa_id,
+                    &ec_id,
+                    op,
+                    n,
+                    &ct,
+                    warm,
+                    dur,
+                ));
+                eprintln!("    agent {} x{n}: {}", op.name(), report::stats_line(&s));
+                agent_c.add(op, n, s);
+            }
+            // The same with a fresh connection every RECONNECT requests: never throttled
+            // by the agent's per-connection request rate, so this is the pipeline alone.
+            for &n in opts.clients.iter().filter(|&&n| n <= 8) {
+                let s = r(agent::bench(
+                    &main_agent.socket,
+                    Some(RECONNECT),
+                    &rsa_id,
+                    &ec_id,
+                    op,
+                    n,
+                    &ct,
+                    warm,
+                    dur,
+                ));
+                eprintln!(
+                    "    agent {} x{n}, reconnecting: {}",
+                    op.name(),
+                    report::stats_line(&s)
+                );
+                fresh_c.add(op, n, s);
+            }
         }
     }
     p.end(&mut res, apid, 0);
+    drop(rawp);
+    res.raw = raw_c.medians();
+    res.floor = floor_c.medians();
+    res.agent = agent_c.medians();
+    res.agent_fresh = fresh_c.medians();
+    res.rounds = opts.rounds.max(1);
 
     // 3. One-shot CLI signing of 1 KiB, the agent warm.
     let ossl = peers::OpenSsl::new(&env);

@@ -123,6 +123,21 @@ pub(crate) fn median(samples: &[f64]) -> f64 {
     }
 }
 
+/// The median of each field over rounds of the same cell (`None` for no rounds): ops/s,
+/// p50 and p99 each taken on its own, `ops` summed.
+pub(crate) fn median_stats(rounds: &[Stats]) -> Option<Stats> {
+    if rounds.is_empty() {
+        return None;
+    }
+    let of = |f: &dyn Fn(&Stats) -> f64| median(&rounds.iter().map(f).collect::<Vec<_>>());
+    Some(Stats {
+        ops: rounds.iter().map(|s| s.ops).sum(),
+        ops_per_s: of(&|s| s.ops_per_s),
+        p50: Duration::from_secs_f64(of(&|s| s.p50.as_secs_f64())),
+        p99: Duration::from_secs_f64(of(&|s| s.p99.as_secs_f64())),
+    })
+}
+
 /// Runs a prepared command to completion with stdio on /dev/null (stderr kept for errors);
 /// returns its wall time.
 pub(crate) fn timed(cmd: &mut Command) -> anyhow::Result<Duration> {
@@ -173,6 +188,23 @@ pub(crate) fn timed_rss(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_field_takes_its_own_median() {
+        let st = |ops_per_s: f64, p50: u64, p99: u64| Stats {
+            ops: 10,
+            ops_per_s,
+            p50: Duration::from_micros(p50),
+            p99: Duration::from_micros(p99),
+        };
+        let m = median_stats(&[st(100.0, 70, 900), st(300.0, 50, 100), st(200.0, 60, 300)])
+            .expect("three rounds");
+        assert_eq!(m.ops, 30);
+        assert!((m.ops_per_s - 200.0).abs() < 1e-9);
+        assert_eq!(m.p50, Duration::from_micros(60));
+        assert_eq!(m.p99, Duration::from_micros(300));
+        assert!(median_stats(&[]).is_none());
+    }
 
     #[test]
     fn percentiles_and_medians() {
