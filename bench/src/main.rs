@@ -488,10 +488,10 @@ fn main() -> anyhow::Result<()> {
             if !phase("agent") {
                 continue;
             }
-            for &n in &opts.clients {
-                let s = r(agent::bench(
+            let cell = |reconnect: Option<u64>, n: usize| {
+                r(agent::bench(
                     &main_agent.socket,
-                    None,
+                    reconnect,
                     &rsa_id,
                     &ec_id,
                     op,
@@ -499,24 +499,17 @@ fn main() -> anyhow::Result<()> {
                     &ct,
                     warm,
                     dur,
-                ));
+                ))
+            };
+            for &n in &opts.clients {
+                let s = cell(None, n);
                 eprintln!("    agent {} x{n}: {}", op.name(), report::stats_line(&s));
                 agent_c.add(op, n, s);
             }
             // The same with a fresh connection every RECONNECT requests: never throttled
             // by the agent's per-connection request rate, so this is the pipeline alone.
             for &n in opts.clients.iter().filter(|&&n| n <= 8) {
-                let s = r(agent::bench(
-                    &main_agent.socket,
-                    Some(RECONNECT),
-                    &rsa_id,
-                    &ec_id,
-                    op,
-                    n,
-                    &ct,
-                    warm,
-                    dur,
-                ));
+                let s = cell(Some(RECONNECT), n);
                 eprintln!(
                     "    agent {} x{n}, reconnecting: {}",
                     op.name(),
