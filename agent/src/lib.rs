@@ -20,6 +20,7 @@ pub mod cards;
 pub mod config;
 pub mod error;
 pub mod keystore;
+pub mod logwriter;
 pub mod pinentry;
 pub mod server;
 pub mod session;

@@ -6,6 +6,7 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use smime_agent::logwriter::LogWriter;
 use smime_agent::{Config, Flags};
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
@@ -24,10 +25,12 @@ fn main() -> ExitCode {
     let targets: Targets = filter
         .parse()
         .unwrap_or_else(|_| Targets::new().with_default(tracing::Level::INFO));
+    // Audit lines are written in batches when the agent is busy (see `logwriter`).
+    let log = LogWriter::stderr();
     tracing_subscriber::registry()
         .with(
             tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
+                .with_writer(log.clone())
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
         )
         .with(targets)
@@ -44,6 +47,7 @@ fn main() -> ExitCode {
     } else {
         detach(&config)
     };
+    log.flush();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

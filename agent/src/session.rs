@@ -122,13 +122,19 @@ pub fn encode(response: &Response) -> Option<Zeroizing<Vec<u8>>> {
         .map(Zeroizing::new)
 }
 
-/// Who asked for a private-key operation, for the audit line.
-#[derive(Debug, Clone)]
-struct Requester {
-    pid: Option<u32>,
-    uid: Option<u32>,
-    exe: Option<String>,
-    client: String,
+/// Who asked for a private-key operation, for the audit line: its part that stays the
+/// same for the whole connection, formatted once (`pid=… uid=… exe=… client=…`). The
+/// `client` string comes from the client and is escaped, so it cannot forge a line.
+#[derive(Debug)]
+struct Requester(String);
+
+impl Requester {
+    fn new(peer: &Peer, client: &str) -> Self {
+        Self(format!(
+            "pid={:?} uid={:?} exe={:?} client={client:?}",
+            peer.pid, peer.uid, peer.exe
+        ))
+    }
 }
 
 /// One audit line per private-key operation: who, which key, what, outcome.
@@ -145,9 +151,8 @@ impl Audit {
             Ok(()) => "ok".to_owned(),
             Err(e) => ErrorResponse::from(e).code.to_string(),
         };
-        let w = &self.who;
-        tracing::info!(target: "smime_agent::audit", pid = ?w.pid, uid = ?w.uid,
-            exe = ?w.exe, client = %w.client, key = %self.key, op = self.op, outcome = %outcome);
+        tracing::info!(target: "smime_agent::audit", key = %self.key, op = self.op,
+            outcome = %outcome, "{}", self.who.0);
     }
 
     /// On the worker thread: a successful `response` goes to the client at once (or back
@@ -183,12 +188,7 @@ impl Session {
     /// A session for `peer`, before `Hello`. With a `sink`, worker threads write
     /// successful key operation responses to it themselves.
     pub fn new(peer: Peer, keystore: Arc<Keystore>, sink: Option<Sink>) -> Self {
-        let who = Arc::new(Requester {
-            pid: peer.pid,
-            uid: peer.uid,
-            exe: peer.exe.clone(),
-            client: String::new(),
-        });
+        let who = Arc::new(Requester::new(&peer, ""));
         Self {
             peer,
             keystore,
@@ -326,10 +326,7 @@ impl Session {
                 )));
             }
             self.version = Some(PROTOCOL_VERSION);
-            self.who = Arc::new(Requester {
-                client: client.clone(),
-                ..(*self.who).clone()
-            });
+            self.who = Arc::new(Requester::new(&self.peer, client));
             tracing::debug!(peer = ?self.peer, client = %client, "hello");
             return Ok(Response::Hello {
                 version: PROTOCOL_VERSION,
@@ -408,5 +405,26 @@ impl Session {
             Some(pid) => format!("{exe} (pid {pid})"),
             None => exe.to_owned(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_audit_line_escapes_what_the_client_says() {
+        let peer = Peer {
+            pid: Some(7),
+            uid: Some(1000),
+            exe: Some("/usr/bin/mutt".into()),
+        };
+        let forged = "mutt\n2026-01-01T00:00:00Z  INFO smime_agent::audit: pid=Some(1) \"x\"";
+        let line = Requester::new(&peer, forged).0;
+        assert!(!line.contains('\n'), "{line}");
+        assert_eq!(
+            line,
+            r#"pid=Some(7) uid=Some(1000) exe=Some("/usr/bin/mutt") client="mutt\n2026-01-01T00:00:00Z  INFO smime_agent::audit: pid=Some(1) \"x\"""#
+        );
     }
 }
