@@ -181,6 +181,8 @@ pub struct Session {
     keystore: Arc<Keystore>,
     version: Option<u32>,
     who: Arc<Requester>,
+    /// The requesting program as PIN dialogs name it ("/usr/bin/mutt (pid 7)").
+    asker: String,
     sink: Option<Sink>,
 }
 
@@ -189,11 +191,17 @@ impl Session {
     /// successful key operation responses to it themselves.
     pub fn new(peer: Peer, keystore: Arc<Keystore>, sink: Option<Sink>) -> Self {
         let who = Arc::new(Requester::new(&peer, ""));
+        let exe = peer.exe.as_deref().unwrap_or("an unknown program");
+        let asker = match peer.pid {
+            Some(pid) => format!("{exe} (pid {pid})"),
+            None => exe.to_owned(),
+        };
         Self {
             peer,
             keystore,
             version: None,
             who,
+            asker,
             sink,
         }
     }
@@ -233,7 +241,7 @@ impl Session {
                     .unwrap_or_else(|| Zeroizing::new(Vec::new())),
             )
         };
-        let who = self.who();
+        let who = &self.asker;
         let (key, op) = match &req {
             Request::Sign { key, .. } => (key.clone(), "sign"),
             Request::Decrypt { key, .. } => (key.clone(), "decrypt"),
@@ -264,7 +272,7 @@ impl Session {
                 algorithm, digest, ..
             } => {
                 token
-                    .submit_sign(&entry, algorithm, digest.into_vec(), &who, move |r| {
+                    .submit_sign(&entry, algorithm, digest.into_vec(), who, move |r| {
                         deliver(r.map(|sig| Response::Signature {
                             signature: serde_bytes::ByteBuf::from(sig),
                         }))
@@ -277,14 +285,14 @@ impl Session {
                 ..
             } => {
                 token
-                    .submit_decrypt(&entry, algorithm, ciphertext.into_vec(), &who, move |r| {
+                    .submit_decrypt(&entry, algorithm, ciphertext.into_vec(), who, move |r| {
                         deliver(r.map(|secret| Response::Secret { secret }))
                     })
                     .await
             }
             Request::Ecdh { peer_point, .. } => {
                 token
-                    .submit_ecdh(&entry, peer_point.into_vec(), &who, move |r| {
+                    .submit_ecdh(&entry, peer_point.into_vec(), who, move |r| {
                         deliver(r.map(|secret| Response::Secret { secret }))
                     })
                     .await
@@ -395,15 +403,6 @@ impl Session {
             }
             Request::Hello { .. } => Err(AgentError::Internal("hello handled above".into())),
             _ => Err(AgentError::BadRequest("operation not supported".into())),
-        }
-    }
-
-    /// The requesting program, for PIN dialogs.
-    fn who(&self) -> String {
-        let exe = self.peer.exe.as_deref().unwrap_or("an unknown program");
-        match self.peer.pid {
-            Some(pid) => format!("{exe} (pid {pid})"),
-            None => exe.to_owned(),
         }
     }
 }
