@@ -100,7 +100,10 @@ pub struct Flags {
     /// unlocked with (held in zeroizing memory while logged in).
     #[arg(long, value_name = "POLICY", value_parser = ["prompt", "cached-pin"])]
     pub always_auth: Option<String>,
-    /// Log filter, e.g. `info` or `smime_agent=debug`. Also SMIME_AGENT_LOG.
+    /// Log filter, e.g. `info` or `smime_agent=debug`. Also SMIME_AGENT_LOG. The log goes
+    /// to standard error; at `info` it has one audit line per private-key operation
+    /// (target `smime_agent::audit`), which a busy agent writes in batches, at most 10 ms
+    /// late.
     #[arg(long, value_name = "FILTER")]
     pub log: Option<String>,
     /// Do not watch PC/SC card events. By default the agent watches readers and cards
