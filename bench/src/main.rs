@@ -65,7 +65,7 @@ struct Opts {
     /// Rounds of the raw, socket-floor and agent cells. Each round measures every
     /// operation's raw, floor and agent cells back to back, so a ratio compares cells taken
     /// seconds apart; each cell is reported as its median over the rounds.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     rounds: usize,
     /// Runs of each one-shot command (median).
     #[arg(long, default_value_t = 20)]
