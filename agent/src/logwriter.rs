@@ -66,8 +66,8 @@ impl LogWriter {
         Self::to(Box::new(io::stderr()))
     }
 
-    /// The same, writing to `out`.
-    pub fn to(out: Box<dyn Write + Send>) -> Self {
+    /// The same, writing to `out` (a buffer in the tests).
+    fn to(out: Box<dyn Write + Send>) -> Self {
         let shared = Arc::new(Shared {
             pending: Mutex::new(Pending::default()),
             kick: Condvar::new(),

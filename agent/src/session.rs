@@ -151,7 +151,7 @@ impl Audit {
             Ok(()) => "ok".to_owned(),
             Err(e) => ErrorResponse::from(e).code.to_string(),
         };
-        tracing::info!(target: "smime_agent::audit", key = %self.key, op = self.op,
+        tracing::info!(target: crate::logwriter::AUDIT_TARGET, key = %self.key, op = self.op,
             outcome = %outcome, "{}", self.who.0);
     }
 
