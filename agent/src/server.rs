@@ -397,7 +397,8 @@ impl Handler {
                 return Ok(Next::Closed);
             }
             deadline.get_or_insert_with(|| tokio::time::Instant::now() + FRAME_TIMEOUT);
-            if let Some(p) = decoder.feed(&buf[..n]).map_err(invalid)? {
+            // The request may hold a PIN: what was read is wiped once fed.
+            if let Some(p) = decoder.feed_wiping(&mut buf[..n]).map_err(invalid)? {
                 return Ok(Next::Frame(p));
             }
         }

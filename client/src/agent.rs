@@ -223,9 +223,9 @@ impl<S: Read + Write> AgentClient<S> {
                 break p;
             }
             // One read takes a whole response (header and body) when it is there. It may
-            // hold a secret (an unwrapped key): the buffer is zeroized.
-            let mut buf = zeroize::Zeroizing::new([0u8; 4096]);
-            let n = match self.stream.read(&mut buf[..]) {
+            // hold a secret (an unwrapped key): what was read is wiped once fed.
+            let mut buf = [0u8; 4096];
+            let n = match self.stream.read(&mut buf) {
                 Ok(0) => {
                     return Err(AgentError::Transport(
                         "the agent closed the connection".into(),
@@ -237,7 +237,7 @@ impl<S: Read + Write> AgentClient<S> {
             };
             if let Some(p) = self
                 .decoder
-                .feed(&buf[..n])
+                .feed_wiping(&mut buf[..n])
                 .map_err(|e| AgentError::Transport(e.to_string()))?
             {
                 break p;
