@@ -7,8 +7,8 @@
 use std::io::{BufReader, ErrorKind, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, ensure};
 use cryptoki::object::ObjectHandle;
@@ -23,6 +23,22 @@ const MAX_BODY: usize = 4096;
 /// A client waiting longer than this for a reply fails instead of hanging the run.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How the floor server serves its connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Server {
+    /// One blocking thread and session per connection.
+    Threads,
+    /// [`EVENT_THREADS`] threads (one session each, as the agent's default) over one epoll
+    /// of all connections; a thread that finds nothing looks again for up to
+    /// [`EVENT_SPIN`] (yielding) before it blocks, while no other thread looks.
+    Events,
+}
+
+/// Server threads of [`Server::Events`]: the agent's default sessions per token.
+const EVENT_THREADS: usize = 2;
+/// How long an idle [`Server::Events`] thread keeps looking: the agent workers' time.
+const EVENT_SPIN: Duration = Duration::from_micros(250);
+
 /// A client's connection and its buffers.
 struct Client {
     rd: BufReader<UnixStream>,
@@ -34,9 +50,11 @@ struct Client {
 
 /// `clients` threads, one connection each, doing `op` back to back through the floor
 /// server. The clients send exactly what the raw phase passes to the token.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn bench(
     env: &Env,
     raw: &Raw,
+    server: Server,
     op: Op,
     clients: usize,
     ct: &[u8],
@@ -47,8 +65,12 @@ pub(crate) fn bench(
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path).with_context(|| format!("binding {path:?}"))?;
     let (key, input) = raw.input(op, ct);
-    // Sessions are opened here (`Raw` is not Sync) and handed out one per connection.
-    let sessions = (0..clients)
+    // Sessions are opened here (`Raw` is not Sync) and handed out one per server thread.
+    let threads = match server {
+        Server::Threads => clients,
+        Server::Events => EVENT_THREADS,
+    };
+    let sessions = (0..threads)
         .map(|_| raw.session())
         .collect::<anyhow::Result<Vec<_>>>()?;
     let sessions = Mutex::new(sessions);
@@ -58,6 +80,15 @@ pub(crate) fn bench(
     let res = std::thread::scope(|s| {
         let (listener, sessions, stop) = (&listener, &sessions, &stop);
         let acceptor = s.spawn(move || -> anyhow::Result<()> {
+            if server == Server::Events {
+                let conns = (0..clients)
+                    .map(|_| listener.accept().map(|(c, _)| c))
+                    .collect::<Result<Vec<_>, _>>()
+                    .context("accept")?;
+                let sessions =
+                    std::mem::take(&mut *sessions.lock().map_err(|_| anyhow!("poisoned"))?);
+                return serve_events(&conns, sessions, key, op, stop);
+            }
             let mut conns = vec![];
             for stream in listener.incoming() {
                 if stop.load(Ordering::Relaxed) {
@@ -92,6 +123,9 @@ pub(crate) fn bench(
             .and_then(|workers| {
                 run_threads(workers, warm, dur, &|c: &mut Client| {
                     c.wr.write_all(&c.req)?;
+                    if c.rd.buffer().is_empty() {
+                        smime::agent::AgentStream::wait_readable(&c.wr)?;
+                    }
                     let mut len = [0u8; 4];
                     c.rd.read_exact(&mut len).context("reading the reply")?;
                     c.resp.resize(u32::from_be_bytes(len) as usize, 0);
@@ -123,6 +157,11 @@ fn serve(stream: &UnixStream, session: &Session, key: ObjectHandle, op: Op) -> a
     let mut body = vec![];
     let mut out = vec![];
     loop {
+        // Wait as the agent's clients do (see `smime::agent::AgentStream`): a thread blocked
+        // in `read` would also be woken each time its client reads a reply.
+        if rd.buffer().is_empty() {
+            smime::agent::AgentStream::wait_readable(stream)?;
+        }
         let mut len = [0u8; 4];
         match rd.read_exact(&mut len) {
             Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(()),
@@ -138,4 +177,96 @@ fn serve(stream: &UnixStream, session: &Session, key: ObjectHandle, op: Op) -> a
         out.extend_from_slice(&result);
         wr.write_all(&out)?;
     }
+}
+
+/// [`Server::Events`]: `sessions.len()` threads over one epoll of `conns` (each connection
+/// armed for one event at a time), until `stop`.
+fn serve_events(
+    conns: &[UnixStream],
+    sessions: Vec<Session>,
+    key: ObjectHandle,
+    op: Op,
+    stop: &AtomicBool,
+) -> anyhow::Result<()> {
+    use rustix::event::epoll;
+    let armed = epoll::EventFlags::IN | epoll::EventFlags::ONESHOT;
+    let ep = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+    for (i, c) in conns.iter().enumerate() {
+        c.set_nonblocking(true)?;
+        epoll::add(&ep, c, epoll::EventData::new_u64(i as u64), armed)?;
+    }
+    let looking = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        let threads: Vec<_> = sessions
+            .into_iter()
+            .map(|session| {
+                let (ep, looking) = (&ep, &looking);
+                s.spawn(move || -> anyhow::Result<()> {
+                    let now = rustix::event::Timespec {
+                        tv_sec: 0,
+                        tv_nsec: 0,
+                    };
+                    // Short, so that `stop` is seen soon.
+                    let block = rustix::event::Timespec {
+                        tv_sec: 0,
+                        tv_nsec: 50_000_000,
+                    };
+                    let mut events = Vec::with_capacity(16);
+                    let (mut buf, mut out) = (vec![0u8; 4 + MAX_BODY], vec![]);
+                    let mut idle_since: Option<Instant> = None;
+                    while !stop.load(Ordering::Relaxed) {
+                        let look = match idle_since {
+                            Some(t) => t.elapsed() < EVENT_SPIN,
+                            None => looking.load(Ordering::Relaxed) == 0,
+                        };
+                        events.clear();
+                        let wait = if look { &now } else { &block };
+                        epoll::wait(ep, rustix::buffer::spare_capacity(&mut events), Some(wait))?;
+                        if events.is_empty() && look {
+                            if idle_since.is_none() {
+                                looking.fetch_add(1, Ordering::Relaxed);
+                                idle_since = Some(Instant::now());
+                            }
+                            std::thread::yield_now();
+                            continue;
+                        }
+                        if idle_since.take().is_some() {
+                            looking.fetch_sub(1, Ordering::Relaxed);
+                        }
+                        for ev in &events {
+                            let i = ev.data.u64();
+                            let mut c = &conns[usize::try_from(i)?];
+                            // The clients send a request with one write and wait for its
+                            // reply: one read takes all of it.
+                            let n = match c.read(&mut buf) {
+                                Ok(0) => continue, // hung up: not armed again
+                                Ok(n) => n,
+                                Err(e) if e.kind() == ErrorKind::WouldBlock => 0,
+                                Err(e) => return Err(e.into()),
+                            };
+                            if n > 0 {
+                                let len = u32::from_be_bytes(buf[..4].try_into()?) as usize;
+                                ensure!(
+                                    n == 4 + len,
+                                    "a request in pieces ({n} of {} bytes)",
+                                    4 + len
+                                );
+                                let result = private_op(&session, key, op, &buf[4..n])?;
+                                out.clear();
+                                out.extend_from_slice(&(result.len() as u32).to_be_bytes());
+                                out.extend_from_slice(&result);
+                                c.write_all(&out)?;
+                            }
+                            epoll::modify(ep, c, epoll::EventData::new_u64(i), armed)?;
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        threads.into_iter().try_for_each(|t| {
+            t.join()
+                .unwrap_or_else(|_| Err(anyhow!("server thread panicked")))
+        })
+    })
 }

@@ -77,6 +77,8 @@ struct Opts {
     #[arg(long, value_delimiter = ',', default_value = "100,1024")]
     sizes: Vec<u64>,
     /// Phases to run (for profiling one of them): raw, agent, floor, cli, large, start.
+    /// Not run by default: event-floor (a socket floor with two threads over one epoll of
+    /// all connections; printed to stderr only).
     #[arg(
         long,
         value_delimiter = ',',
@@ -457,7 +459,7 @@ fn main() -> anyhow::Result<()> {
     // each operation's cells run back to back (raw, floor, agent, agent reconnecting), so
     // the ratios compare cells measured seconds apart on this noisy machine; every cell is
     // the median of its rounds. The module stays logged in here for raw and the floor.
-    let rawp = if phase("raw") || phase("floor") {
+    let rawp = if phase("raw") || phase("floor") || phase("event-floor") {
         Some(raw::Raw::open(&env)?)
     } else {
         None
@@ -480,9 +482,37 @@ fn main() -> anyhow::Result<()> {
             }
             if let Some(rawp) = rawp.as_ref().filter(|_| phase("floor")) {
                 for &n in &opts.clients {
-                    let s = r(floor::bench(&env, rawp, op, n, &ct, warm, dur));
+                    let s = r(floor::bench(
+                        &env,
+                        rawp,
+                        floor::Server::Threads,
+                        op,
+                        n,
+                        &ct,
+                        warm,
+                        dur,
+                    ));
                     eprintln!("    floor {} x{n}: {}", op.name(), report::stats_line(&s));
                     floor_c.add(op, n, s);
+                }
+            }
+            if let Some(rawp) = rawp.as_ref().filter(|_| phase("event-floor")) {
+                for &n in &opts.clients {
+                    let s = r(floor::bench(
+                        &env,
+                        rawp,
+                        floor::Server::Events,
+                        op,
+                        n,
+                        &ct,
+                        warm,
+                        dur,
+                    ));
+                    eprintln!(
+                        "    event floor {} x{n}: {}",
+                        op.name(),
+                        report::stats_line(&s)
+                    );
                 }
             }
             if !phase("agent") {

@@ -58,9 +58,54 @@ pub const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120
 /// How long to wait for the agent to take a request.
 pub const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// A stream to the agent.
+pub trait AgentStream: Read + Write {
+    /// Waits until the stream has something to read (or an error or hang-up to report),
+    /// before [`Read::read`] is called. The default returns at once.
+    ///
+    /// # Errors
+    /// When waiting fails, or nothing comes within [`READ_TIMEOUT`].
+    fn wait_readable(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A Unix socket waits in `poll(POLLIN)`, not in a blocking `read`. The agent's reading of
+/// a request frees the memory that request took on this socket, and the kernel then tells
+/// this socket's waiters that it may write again. A thread blocked in `read` on a Unix
+/// stream socket is woken by that too, only to go back to sleep; `poll` for input
+/// ignores it. So each request costs one wake-up of the client (its response) instead of
+/// two (BENCHMARKS.md, round 5).
+impl AgentStream for UnixStream {
+    fn wait_readable(&self) -> std::io::Result<()> {
+        use rustix::event::{PollFd, PollFlags, Timespec, poll};
+        let limit = Timespec {
+            tv_sec: READ_TIMEOUT.as_secs().try_into().unwrap_or(i64::MAX),
+            tv_nsec: 0,
+        };
+        loop {
+            let mut fds = [PollFd::new(self, PollFlags::IN)];
+            match poll(&mut fds, Some(&limit)) {
+                Ok(0) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!(
+                            "no response from the agent within {} s",
+                            READ_TIMEOUT.as_secs()
+                        ),
+                    ));
+                }
+                Ok(_) => return Ok(()),
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
 /// A connection to the agent, after `Hello`.
 #[derive(Debug)]
-pub struct AgentClient<S: Read + Write = UnixStream> {
+pub struct AgentClient<S: AgentStream = UnixStream> {
     stream: S,
     decoder: FrameDecoder,
     /// The agent's name and version, from `Hello`.
@@ -155,7 +200,7 @@ impl AgentClient<UnixStream> {
     }
 }
 
-impl<S: Read + Write> AgentClient<S> {
+impl<S: AgentStream> AgentClient<S> {
     /// Says hello over an open stream.
     ///
     /// # Errors
@@ -225,6 +270,7 @@ impl<S: Read + Write> AgentClient<S> {
             // One read takes a whole response (header and body) when it is there. It may
             // hold a secret (an unwrapped key): what was read is wiped once fed.
             let mut buf = [0u8; 4096];
+            self.stream.wait_readable()?;
             let n = match self.stream.read(&mut buf) {
                 Ok(0) => {
                     return Err(AgentError::Transport(
@@ -335,5 +381,86 @@ impl<S: Read + Write> AgentClient<S> {
             Response::Ok => Ok(()),
             other => Err(AgentError::Unexpected(format!("{other:?}"))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// This thread's count of voluntary context switches (each time it slept).
+    fn sleeps() -> u64 {
+        let status = std::fs::read_to_string("/proc/thread-self/status").expect("status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("voluntary_ctxt_switches")
+    }
+
+    /// An agent on the other end of `theirs` that answers `Hello`, then takes one request
+    /// `late` after it came and answers it `late` after that.
+    fn slow_agent(theirs: UnixStream, late: Duration) -> std::thread::JoinHandle<()> {
+        std::thread::spawn(move || {
+            let mut s = theirs;
+            let mut decoder = FrameDecoder::new();
+            let mut next = |s: &mut UnixStream| loop {
+                if let Some(p) = decoder.next_frame().expect("frame") {
+                    return p;
+                }
+                let mut buf = [0u8; 512];
+                let n = s.read(&mut buf).expect("read");
+                assert!(n > 0, "client hung up");
+                if let Some(p) = decoder.feed(&buf[..n]).expect("feed") {
+                    return p;
+                }
+            };
+            next(&mut s);
+            let hello = Response::Hello {
+                version: PROTOCOL_VERSION,
+                agent: "test".into(),
+                capabilities: vec![],
+            };
+            s.write_all(&hello.encode_frame().expect("encode"))
+                .expect("write");
+            // The client sends its request and waits; it is read only after a while.
+            std::thread::sleep(late);
+            next(&mut s);
+            std::thread::sleep(late);
+            s.write_all(&Response::Ok.encode_frame().expect("encode"))
+                .expect("write");
+        })
+    }
+
+    #[test]
+    fn waiting_for_a_response_sleeps_once() {
+        let (ours, theirs) = UnixStream::pair().expect("pair");
+        let agent = slow_agent(theirs, Duration::from_millis(30));
+        let mut c = AgentClient::hello(ours).expect("hello");
+        let before = sleeps();
+        let r = c.request(&Request::Status).expect("response");
+        let slept = sleeps() - before;
+        assert!(matches!(r, Response::Ok), "{r:?}");
+        // Blocked in `read`, the client would also wake when the agent reads the request
+        // (the socket has room to write again), and sleep a second time.
+        assert_eq!(
+            slept, 1,
+            "the client slept {slept} times waiting for one response"
+        );
+        agent.join().expect("agent");
+    }
+
+    #[test]
+    fn a_hang_up_ends_the_wait() {
+        let (ours, theirs) = UnixStream::pair().expect("pair");
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            drop(theirs);
+        });
+        ours.wait_readable().expect("wait");
+        let mut buf = [0u8; 8];
+        assert_eq!((&ours).read(&mut buf).expect("read"), 0);
+        t.join().expect("peer");
     }
 }
