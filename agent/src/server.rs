@@ -14,13 +14,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use interprocess::local_socket::tokio::{Listener, Stream, prelude::*};
+use interprocess::local_socket::tokio::{Listener, prelude::*};
 use interprocess::local_socket::{GenericFilePath, ListenerOptions};
 use interprocess::os::unix::local_socket::ListenerOptionsExt;
 use smime_proto::{
     ErrorCode, ErrorResponse, FrameDecoder, FrameError, MAX_REQUEST_LEN, Request, Response,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncWriteExt, Interest};
+use tokio::net::UnixStream;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -210,7 +211,8 @@ pub async fn serve(
             continue;
         };
         let (ks, cancel) = (keystore.clone(), cancel.clone());
-        let stream = Arc::new(stream);
+        let interprocess::local_socket::tokio::Stream::UdSocket(stream) = stream;
+        let stream = Arc::new(UnixStream::from(stream));
         let sink = Sink::new(stream.clone());
         tracker.spawn(async move {
             Handler {
@@ -243,7 +245,7 @@ pub async fn serve(
 /// order. A client that waits for each response finds the answer long done by then, and
 /// the worker never has to wake the handler.
 struct Handler {
-    stream: Arc<Stream>,
+    stream: Arc<UnixStream>,
     session: Session,
     cancel: CancellationToken,
     /// The answer a worker thread is giving to the last request.
@@ -329,7 +331,7 @@ impl Handler {
 
     /// Writes a frame, within [`WRITE_TIMEOUT`].
     async fn write(&mut self, frame: &[u8]) -> bool {
-        match tokio::time::timeout(WRITE_TIMEOUT, (&*self.stream).write_all(frame)).await {
+        match tokio::time::timeout(WRITE_TIMEOUT, write_all(&self.stream, frame)).await {
             Ok(Ok(())) => true,
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "client went away");
@@ -366,7 +368,6 @@ impl Handler {
             // One read takes a whole request (header and body: one system call, not two).
             // What follows it stays in the decoder and is served before anything more is
             // read, so a flood never holds more than one buffer here.
-            let mut reader = &*stream;
             let attention = self.pending.as_ref().map(|p| p.attention.clone());
             let n = tokio::select! {
                 _ = self.cancel.cancelled(), if deadline.is_none() => return Ok(Next::Closed),
@@ -378,7 +379,7 @@ impl Handler {
                     idle_from = tokio::time::Instant::now();
                     continue;
                 }
-                r = tokio::time::timeout_at(until, reader.read(&mut buf)) => match r {
+                r = tokio::time::timeout_at(until, read_some(&stream, &mut buf)) => match r {
                     Ok(r) => r?,
                     // Idle while a worker still answers the last request (a token waiting
                     // for a touch, say): the idle time starts once it has answered.
@@ -403,6 +404,55 @@ impl Handler {
             }
         }
     }
+}
+
+/// Reads what the socket holds, up to `buf.len()` bytes, waiting until there is something.
+///
+/// A read that leaves room in `buf` has drained the socket, so the socket's readiness is
+/// cleared then: the next read waits for the next request instead of asking the kernel
+/// once more only to hear `EAGAIN`. tokio's own `poll_read` does the same; the reader of
+/// interprocess's `&Stream` did not, which cost a second `recvfrom` per request.
+async fn read_some(s: &UnixStream, buf: &mut [u8]) -> io::Result<usize> {
+    let room = buf.len();
+    loop {
+        s.readable().await?;
+        let mut got = 0;
+        let r = s.try_io(Interest::READABLE, || {
+            got = rustix::io::read(s, &mut *buf)?;
+            if 0 < got && got < room {
+                // tokio clears the readiness on `WouldBlock`; `got` is what was read.
+                Err(io::ErrorKind::WouldBlock.into())
+            } else {
+                Ok(got)
+            }
+        });
+        match r {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => return Ok(got),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) => {}
+            r => return r,
+        }
+    }
+}
+
+/// Writes all of `frame`, waiting while the socket is full.
+async fn write_all(s: &UnixStream, mut frame: &[u8]) -> io::Result<()> {
+    while !frame.is_empty() {
+        s.writable().await?;
+        match s.try_write(frame) {
+            Ok(n) => frame = &frame[n..],
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 fn now(response: Response) -> Answer {
@@ -441,4 +491,61 @@ impl RateLimit {
 
 fn invalid(e: FrameError) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair() -> (UnixStream, std::os::unix::net::UnixStream) {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().expect("pair");
+        ours.set_nonblocking(true).expect("nonblocking");
+        (UnixStream::from_std(ours).expect("register"), theirs)
+    }
+
+    async fn soon(s: &UnixStream, buf: &mut [u8]) -> io::Result<usize> {
+        tokio::time::timeout(Duration::from_secs(5), read_some(s, buf))
+            .await
+            .expect("read_some waited although there was something to read")
+    }
+
+    #[tokio::test]
+    async fn what_a_full_buffer_leaves_is_read_without_new_data() {
+        use std::io::Write;
+        let (ours, mut theirs) = pair();
+        theirs.write_all(&[7u8; 6000]).expect("write");
+        let mut buf = [0u8; 4096];
+        assert_eq!(soon(&ours, &mut buf).await.expect("read"), 4096);
+        // The socket still holds 1904 bytes: its readiness must not have been cleared.
+        assert_eq!(soon(&ours, &mut buf).await.expect("read"), 1904);
+        // A short read drained it: the next read waits for new data, then returns it.
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            theirs.write_all(b"next").expect("write");
+            theirs
+        });
+        assert_eq!(soon(&ours, &mut buf).await.expect("read"), 4);
+        assert_eq!(&buf[..4], b"next");
+        drop(writer.join().expect("writer"));
+        assert_eq!(
+            soon(&ours, &mut buf).await.expect("read"),
+            0,
+            "end of stream"
+        );
+    }
+
+    #[tokio::test]
+    async fn write_all_waits_while_the_socket_is_full() {
+        use std::io::Read;
+        let (ours, mut theirs) = pair();
+        let big = vec![1u8; 4 << 20]; // more than a socket buffer holds
+        let reader = std::thread::spawn(move || {
+            let mut all = Vec::new();
+            theirs.read_to_end(&mut all).expect("read");
+            all.len()
+        });
+        write_all(&ours, &big).await.expect("write");
+        drop(ours);
+        assert_eq!(reader.join().expect("reader"), big.len());
+    }
 }

@@ -42,11 +42,11 @@ impl Peer {
 
 /// The connection a worker thread writes a response to.
 #[derive(Debug, Clone)]
-pub struct Sink(Arc<interprocess::local_socket::tokio::Stream>);
+pub struct Sink(Arc<tokio::net::UnixStream>);
 
 impl Sink {
     /// A sink writing to `stream` (the server keeps reading from it).
-    pub fn new(stream: Arc<interprocess::local_socket::tokio::Stream>) -> Self {
+    pub fn new(stream: Arc<tokio::net::UnixStream>) -> Self {
         Self(stream)
     }
 
@@ -54,10 +54,8 @@ impl Sink {
     /// is left (empty when all went out), or `None` when the client is gone.
     fn send<'a>(&self, mut frame: &'a [u8]) -> Option<&'a [u8]> {
         use rustix::net::{SendFlags, send};
-        use std::os::fd::AsFd;
-        let interprocess::local_socket::tokio::Stream::UdSocket(s) = &*self.0;
         while !frame.is_empty() {
-            match send(s.as_fd(), frame, SendFlags::DONTWAIT | SendFlags::NOSIGNAL) {
+            match send(&*self.0, frame, SendFlags::DONTWAIT | SendFlags::NOSIGNAL) {
                 Ok(n) => frame = &frame[n..],
                 Err(rustix::io::Errno::INTR) => {}
                 Err(rustix::io::Errno::AGAIN) => break,
