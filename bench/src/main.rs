@@ -480,39 +480,21 @@ fn main() -> anyhow::Result<()> {
                     raw_c.add(op, n, s);
                 }
             }
-            if let Some(rawp) = rawp.as_ref().filter(|_| phase("floor")) {
+            let floors = [
+                (floor::Server::Threads, "floor"),
+                (floor::Server::Events, "event-floor"),
+            ];
+            for (server, name) in floors {
+                let Some(rawp) = rawp.as_ref().filter(|_| phase(name)) else {
+                    continue;
+                };
                 for &n in &opts.clients {
-                    let s = r(floor::bench(
-                        &env,
-                        rawp,
-                        floor::Server::Threads,
-                        op,
-                        n,
-                        &ct,
-                        warm,
-                        dur,
-                    ));
-                    eprintln!("    floor {} x{n}: {}", op.name(), report::stats_line(&s));
-                    floor_c.add(op, n, s);
-                }
-            }
-            if let Some(rawp) = rawp.as_ref().filter(|_| phase("event-floor")) {
-                for &n in &opts.clients {
-                    let s = r(floor::bench(
-                        &env,
-                        rawp,
-                        floor::Server::Events,
-                        op,
-                        n,
-                        &ct,
-                        warm,
-                        dur,
-                    ));
-                    eprintln!(
-                        "    event floor {} x{n}: {}",
-                        op.name(),
-                        report::stats_line(&s)
-                    );
+                    let s = r(floor::bench(&env, rawp, server, op, n, &ct, warm, dur));
+                    eprintln!("    {name} {} x{n}: {}", op.name(), report::stats_line(&s));
+                    // The event floor is for diagnosis: printed, not reported.
+                    if server == floor::Server::Threads {
+                        floor_c.add(op, n, s);
+                    }
                 }
             }
             if !phase("agent") {
