@@ -411,7 +411,9 @@ impl Handler {
 /// A read that leaves room in `buf` has drained the socket, so the socket's readiness is
 /// cleared then: the next read waits for the next request instead of asking the kernel
 /// once more only to hear `EAGAIN`. tokio's own `poll_read` does the same; the reader of
-/// interprocess's `&Stream` did not, which cost a second `recvfrom` per request.
+/// interprocess's `&Stream` did not, which cost a second `recvfrom` per request. (A read
+/// also stops short at passed file descriptors or an out-of-band mark; a client that sends
+/// those stalls only its own connection, until it writes again or [`FRAME_TIMEOUT`].)
 async fn read_some(s: &UnixStream, buf: &mut [u8]) -> io::Result<usize> {
     let room = buf.len();
     loop {
@@ -443,6 +445,7 @@ async fn write_all(s: &UnixStream, mut frame: &[u8]) -> io::Result<()> {
     while !frame.is_empty() {
         s.writable().await?;
         match s.try_write(frame) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => frame = &frame[n..],
             Err(e)
                 if matches!(

@@ -219,6 +219,10 @@ fn serve_events(
                             Some(t) => t.elapsed() < EVENT_SPIN,
                             None => looking.load(Ordering::Relaxed) == 0,
                         };
+                        if !look && idle_since.take().is_some() {
+                            // Done looking: blocking now, so another thread may look.
+                            looking.fetch_sub(1, Ordering::Relaxed);
+                        }
                         events.clear();
                         let wait = if look { &now } else { &block };
                         epoll::wait(ep, rustix::buffer::spare_capacity(&mut events), Some(wait))?;

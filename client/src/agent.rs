@@ -64,35 +64,35 @@ pub trait AgentStream: Read + Write {
     /// before [`Read::read`] is called. The default returns at once.
     ///
     /// # Errors
-    /// When waiting fails, or nothing comes within [`READ_TIMEOUT`].
+    /// When waiting fails, or nothing comes within the stream's read timeout.
     fn wait_readable(&self) -> std::io::Result<()> {
         Ok(())
     }
 }
 
-/// A Unix socket waits in `poll(POLLIN)`, not in a blocking `read`. The agent's reading of
-/// a request frees the memory that request took on this socket, and the kernel then tells
-/// this socket's waiters that it may write again. A thread blocked in `read` on a Unix
-/// stream socket is woken by that too, only to go back to sleep; `poll` for input
-/// ignores it. So each request costs one wake-up of the client (its response) instead of
-/// two (BENCHMARKS.md, round 5).
+/// A Unix socket waits in `poll(POLLIN)`, not in a blocking `read`, for as long as its read
+/// timeout allows ([`AgentClient::connect`] sets [`READ_TIMEOUT`]; none: no limit). The
+/// agent's reading of a request frees the memory that request took on this socket, and
+/// the kernel then tells this socket's waiters that it may write again. A thread blocked
+/// in `read` on a Unix stream socket is woken by that too, only to go back to sleep;
+/// `poll` for input ignores it. So each request costs one wake-up of the client (its
+/// response) instead of two (BENCHMARKS.md, round 5).
 impl AgentStream for UnixStream {
     fn wait_readable(&self) -> std::io::Result<()> {
         use rustix::event::{PollFd, PollFlags, Timespec, poll};
-        let limit = Timespec {
-            tv_sec: READ_TIMEOUT.as_secs().try_into().unwrap_or(i64::MAX),
-            tv_nsec: 0,
-        };
+        let timeout = self.read_timeout()?;
+        let limit = timeout.map(|t| Timespec {
+            tv_sec: t.as_secs().try_into().unwrap_or(i64::MAX),
+            tv_nsec: t.subsec_nanos().into(),
+        });
         loop {
             let mut fds = [PollFd::new(self, PollFlags::IN)];
-            match poll(&mut fds, Some(&limit)) {
+            match poll(&mut fds, limit.as_ref()) {
                 Ok(0) => {
+                    let secs = timeout.unwrap_or_default().as_secs_f64();
                     return Err(std::io::Error::new(
                         std::io::ErrorKind::TimedOut,
-                        format!(
-                            "no response from the agent within {} s",
-                            READ_TIMEOUT.as_secs()
-                        ),
+                        format!("no response from the agent within {secs} s"),
                     ));
                 }
                 Ok(_) => return Ok(()),
@@ -435,20 +435,44 @@ mod tests {
 
     #[test]
     fn waiting_for_a_response_sleeps_once() {
-        let (ours, theirs) = UnixStream::pair().expect("pair");
-        let agent = slow_agent(theirs, Duration::from_millis(30));
-        let mut c = AgentClient::hello(ours).expect("hello");
-        let before = sleeps();
-        let r = c.request(&Request::Status).expect("response");
-        let slept = sleeps() - before;
-        assert!(matches!(r, Response::Ok), "{r:?}");
+        if std::fs::read_to_string("/proc/thread-self/status").is_err() {
+            eprintln!("no /proc/thread-self/status here; skipped");
+            return;
+        }
+        // A busy machine can add a sleep (a lock, a page fault) or take one away (the
+        // client preempted until its response is there), but not on every try; a blocking
+        // `read` sleeps twice every time.
+        let fewest = (0..3)
+            .map(|_| {
+                let (ours, theirs) = UnixStream::pair().expect("pair");
+                let agent = slow_agent(theirs, Duration::from_millis(30));
+                let mut c = AgentClient::hello(ours).expect("hello");
+                let before = sleeps();
+                let r = c.request(&Request::Status).expect("response");
+                let slept = sleeps() - before;
+                assert!(matches!(r, Response::Ok), "{r:?}");
+                agent.join().expect("agent");
+                slept
+            })
+            .min()
+            .expect("tries");
         // Blocked in `read`, the client would also wake when the agent reads the request
         // (the socket has room to write again), and sleep a second time.
-        assert_eq!(
-            slept, 1,
-            "the client slept {slept} times waiting for one response"
+        assert!(
+            fewest <= 1,
+            "the client slept {fewest} times waiting for one response"
         );
-        agent.join().expect("agent");
+    }
+
+    #[test]
+    fn the_wait_keeps_the_sockets_read_timeout() {
+        let (ours, _theirs) = UnixStream::pair().expect("pair");
+        ours.set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("timeout");
+        let t = std::time::Instant::now();
+        let e = ours.wait_readable().expect_err("nothing to read");
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}");
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     }
 
     #[test]
