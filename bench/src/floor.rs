@@ -124,7 +124,7 @@ pub(crate) fn bench(
                 run_threads(workers, warm, dur, &|c: &mut Client| {
                     c.wr.write_all(&c.req)?;
                     if c.rd.buffer().is_empty() {
-                        smime::agent::AgentStream::wait_readable(&c.wr)?;
+                        smime::agent::AgentStream::wait_readable(&c.wr, Some(REPLY_TIMEOUT))?;
                     }
                     let mut len = [0u8; 4];
                     c.rd.read_exact(&mut len).context("reading the reply")?;
@@ -160,7 +160,7 @@ fn serve(stream: &UnixStream, session: &Session, key: ObjectHandle, op: Op) -> a
         // Wait as the agent's clients do (see `smime::agent::AgentStream`): a thread blocked
         // in `read` would also be woken each time its client reads a reply.
         if rd.buffer().is_empty() {
-            smime::agent::AgentStream::wait_readable(stream)?;
+            smime::agent::AgentStream::wait_readable(stream, None)?;
         }
         let mut len = [0u8; 4];
         match rd.read_exact(&mut len) {

@@ -60,12 +60,22 @@ pub const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30
 
 /// A stream to the agent.
 pub trait AgentStream: Read + Write {
-    /// Waits until the stream has something to read (or an error or hang-up to report),
-    /// before [`Read::read`] is called. The default returns at once.
+    /// How long one read may wait (`None`: no limit). [`AgentClient`] asks once, when it
+    /// says hello. The default is `None`.
     ///
     /// # Errors
-    /// When waiting fails, or nothing comes within the stream's read timeout.
-    fn wait_readable(&self) -> std::io::Result<()> {
+    /// When the stream cannot tell.
+    fn read_limit(&self) -> std::io::Result<Option<std::time::Duration>> {
+        Ok(None)
+    }
+
+    /// Waits until the stream has something to read (or an error or hang-up to report),
+    /// before [`Read::read`] is called, for at most `limit`. The default returns at once.
+    ///
+    /// # Errors
+    /// When waiting fails, or nothing comes within `limit`.
+    fn wait_readable(&self, limit: Option<std::time::Duration>) -> std::io::Result<()> {
+        let _ = limit;
         Ok(())
     }
 }
@@ -78,18 +88,21 @@ pub trait AgentStream: Read + Write {
 /// `poll` for input ignores it. So each request costs one wake-up of the client (its
 /// response) instead of two (BENCHMARKS.md, round 5).
 impl AgentStream for UnixStream {
-    fn wait_readable(&self) -> std::io::Result<()> {
+    fn read_limit(&self) -> std::io::Result<Option<std::time::Duration>> {
+        self.read_timeout()
+    }
+
+    fn wait_readable(&self, limit: Option<std::time::Duration>) -> std::io::Result<()> {
         use rustix::event::{PollFd, PollFlags, Timespec, poll};
-        let timeout = self.read_timeout()?;
-        let limit = timeout.map(|t| Timespec {
+        let timeout = limit.map(|t| Timespec {
             tv_sec: t.as_secs().try_into().unwrap_or(i64::MAX),
             tv_nsec: t.subsec_nanos().into(),
         });
         loop {
             let mut fds = [PollFd::new(self, PollFlags::IN)];
-            match poll(&mut fds, limit.as_ref()) {
+            match poll(&mut fds, timeout.as_ref()) {
                 Ok(0) => {
-                    let secs = timeout.unwrap_or_default().as_secs_f64();
+                    let secs = limit.unwrap_or_default().as_secs_f64();
                     return Err(std::io::Error::new(
                         std::io::ErrorKind::TimedOut,
                         format!("no response from the agent within {secs} s"),
@@ -107,6 +120,8 @@ impl AgentStream for UnixStream {
 #[derive(Debug)]
 pub struct AgentClient<S: AgentStream = UnixStream> {
     stream: S,
+    /// The stream's read limit, asked once (see [`AgentStream::read_limit`]).
+    read_limit: Option<std::time::Duration>,
     decoder: FrameDecoder,
     /// The agent's name and version, from `Hello`.
     pub agent: String,
@@ -207,6 +222,7 @@ impl<S: AgentStream> AgentClient<S> {
     /// When the agent refuses the protocol version.
     pub fn hello(stream: S) -> Result<Self, AgentError> {
         let mut c = Self {
+            read_limit: stream.read_limit()?,
             stream,
             decoder: FrameDecoder::new(),
             agent: String::new(),
@@ -270,7 +286,7 @@ impl<S: AgentStream> AgentClient<S> {
             // One read takes a whole response (header and body) when it is there. It may
             // hold a secret (an unwrapped key): what was read is wiped once fed.
             let mut buf = [0u8; 4096];
-            self.stream.wait_readable()?;
+            self.stream.wait_readable(self.read_limit)?;
             let n = match self.stream.read(&mut buf) {
                 Ok(0) => {
                     return Err(AgentError::Transport(
@@ -470,7 +486,8 @@ mod tests {
         ours.set_read_timeout(Some(Duration::from_millis(50)))
             .expect("timeout");
         let t = std::time::Instant::now();
-        let e = ours.wait_readable().expect_err("nothing to read");
+        let limit = ours.read_limit().expect("read timeout");
+        let e = ours.wait_readable(limit).expect_err("nothing to read");
         assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}");
         assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     }
@@ -482,7 +499,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
             drop(theirs);
         });
-        ours.wait_readable().expect("wait");
+        ours.wait_readable(None).expect("wait");
         let mut buf = [0u8; 8];
         assert_eq!((&ours).read(&mut buf).expect("read"), 0);
         t.join().expect("peer");
