@@ -123,9 +123,7 @@ pub(crate) fn bench(
             .and_then(|workers| {
                 run_threads(workers, warm, dur, &|c: &mut Client| {
                     c.wr.write_all(&c.req)?;
-                    if c.rd.buffer().is_empty() {
-                        smime::agent::AgentStream::wait_readable(&c.wr, Some(REPLY_TIMEOUT))?;
-                    }
+                    wait_for_input(&c.rd, &c.wr, Some(REPLY_TIMEOUT))?;
                     let mut len = [0u8; 4];
                     c.rd.read_exact(&mut len).context("reading the reply")?;
                     c.resp.resize(u32::from_be_bytes(len) as usize, 0);
@@ -157,11 +155,7 @@ fn serve(stream: &UnixStream, session: &Session, key: ObjectHandle, op: Op) -> a
     let mut body = vec![];
     let mut out = vec![];
     loop {
-        // Wait as the agent's clients do (see `smime::agent::AgentStream`): a thread blocked
-        // in `read` would also be woken each time its client reads a reply.
-        if rd.buffer().is_empty() {
-            smime::agent::AgentStream::wait_readable(stream, None)?;
-        }
+        wait_for_input(&rd, stream, None)?;
         let mut len = [0u8; 4];
         match rd.read_exact(&mut len) {
             Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(()),
@@ -179,6 +173,20 @@ fn serve(stream: &UnixStream, session: &Session, key: ObjectHandle, op: Op) -> a
     }
 }
 
+/// Waits, unless `rd` still holds bytes, until `s` has some, as the agent's clients do
+/// (`smime::agent::AgentStream`): a thread blocked in `read` would also be woken each time
+/// its peer reads what it wrote.
+fn wait_for_input<R>(
+    rd: &BufReader<R>,
+    s: &UnixStream,
+    limit: Option<Duration>,
+) -> std::io::Result<()> {
+    if rd.buffer().is_empty() {
+        smime::agent::AgentStream::wait_readable(s, limit)?;
+    }
+    Ok(())
+}
+
 /// [`Server::Events`]: `sessions.len()` threads over one epoll of `conns` (each connection
 /// armed for one event at a time), until `stop`.
 fn serve_events(
@@ -189,88 +197,129 @@ fn serve_events(
     stop: &AtomicBool,
 ) -> anyhow::Result<()> {
     use rustix::event::epoll;
-    let armed = epoll::EventFlags::IN | epoll::EventFlags::ONESHOT;
     let ep = epoll::create(epoll::CreateFlags::CLOEXEC)?;
     for (i, c) in conns.iter().enumerate() {
         c.set_nonblocking(true)?;
-        epoll::add(&ep, c, epoll::EventData::new_u64(i as u64), armed)?;
+        epoll::add(&ep, c, epoll::EventData::new_u64(i as u64), ARMED)?;
     }
     let looking = AtomicUsize::new(0);
+    let events = EventServer {
+        ep: &ep,
+        conns,
+        key,
+        op,
+        stop,
+        looking: &looking,
+    };
     std::thread::scope(|s| {
         let threads: Vec<_> = sessions
             .into_iter()
-            .map(|session| {
-                let (ep, looking) = (&ep, &looking);
-                s.spawn(move || -> anyhow::Result<()> {
-                    let now = rustix::event::Timespec {
-                        tv_sec: 0,
-                        tv_nsec: 0,
-                    };
-                    // Short, so that `stop` is seen soon.
-                    let block = rustix::event::Timespec {
-                        tv_sec: 0,
-                        tv_nsec: 50_000_000,
-                    };
-                    let mut events = Vec::with_capacity(16);
-                    let (mut buf, mut out) = (vec![0u8; 4 + MAX_BODY], vec![]);
-                    let mut idle_since: Option<Instant> = None;
-                    while !stop.load(Ordering::Relaxed) {
-                        let look = match idle_since {
-                            Some(t) => t.elapsed() < EVENT_SPIN,
-                            None => looking.load(Ordering::Relaxed) == 0,
-                        };
-                        if !look && idle_since.take().is_some() {
-                            // Done looking: blocking now, so another thread may look.
-                            looking.fetch_sub(1, Ordering::Relaxed);
-                        }
-                        events.clear();
-                        let wait = if look { &now } else { &block };
-                        epoll::wait(ep, rustix::buffer::spare_capacity(&mut events), Some(wait))?;
-                        if events.is_empty() && look {
-                            if idle_since.is_none() {
-                                looking.fetch_add(1, Ordering::Relaxed);
-                                idle_since = Some(Instant::now());
-                            }
-                            std::thread::yield_now();
-                            continue;
-                        }
-                        if idle_since.take().is_some() {
-                            looking.fetch_sub(1, Ordering::Relaxed);
-                        }
-                        for ev in &events {
-                            let i = ev.data.u64();
-                            let mut c = &conns[usize::try_from(i)?];
-                            // The clients send a request with one write and wait for its
-                            // reply: one read takes all of it.
-                            let n = match c.read(&mut buf) {
-                                Ok(0) => continue, // hung up: not armed again
-                                Ok(n) => n,
-                                Err(e) if e.kind() == ErrorKind::WouldBlock => 0,
-                                Err(e) => return Err(e.into()),
-                            };
-                            if n > 0 {
-                                let len = u32::from_be_bytes(buf[..4].try_into()?) as usize;
-                                ensure!(
-                                    n == 4 + len,
-                                    "a request in pieces ({n} of {} bytes)",
-                                    4 + len
-                                );
-                                let result = private_op(&session, key, op, &buf[4..n])?;
-                                out.clear();
-                                out.extend_from_slice(&(result.len() as u32).to_be_bytes());
-                                out.extend_from_slice(&result);
-                                c.write_all(&out)?;
-                            }
-                            epoll::modify(ep, c, epoll::EventData::new_u64(i), armed)?;
-                        }
-                    }
-                    Ok(())
-                })
-            })
+            .map(|session| s.spawn(move || events.serve(&session)))
             .collect();
         threads.into_iter().try_for_each(|t| {
             t.join()
                 .unwrap_or_else(|_| Err(anyhow!("server thread panicked")))
         })
     })
+}
+
+/// A connection waits for one request at a time.
+const ARMED: rustix::event::epoll::EventFlags =
+    rustix::event::epoll::EventFlags::IN.union(rustix::event::epoll::EventFlags::ONESHOT);
+
+/// What the threads of [`Server::Events`] share.
+#[derive(Clone, Copy)]
+struct EventServer<'a> {
+    ep: &'a std::os::fd::OwnedFd,
+    conns: &'a [UnixStream],
+    key: ObjectHandle,
+    op: Op,
+    stop: &'a AtomicBool,
+    /// Threads looking for work without blocking (at most one starts to).
+    looking: &'a AtomicUsize,
+}
+
+impl EventServer<'_> {
+    /// One thread: takes ready connections and answers their request, until `stop`.
+    fn serve(self, session: &Session) -> anyhow::Result<()> {
+        use rustix::event::{Timespec, epoll};
+        let now = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // Short, so that `stop` is seen soon.
+        let block = Timespec {
+            tv_sec: 0,
+            tv_nsec: 50_000_000,
+        };
+        let mut events = Vec::with_capacity(16);
+        let (mut buf, mut out) = (vec![0u8; 4 + MAX_BODY], vec![]);
+        let mut idle_since: Option<Instant> = None;
+        while !self.stop.load(Ordering::Relaxed) {
+            let look = match idle_since {
+                Some(t) => t.elapsed() < EVENT_SPIN,
+                None => self.looking.load(Ordering::Relaxed) == 0,
+            };
+            if !look && idle_since.take().is_some() {
+                // Done looking: blocking now, so another thread may look.
+                self.looking.fetch_sub(1, Ordering::Relaxed);
+            }
+            events.clear();
+            let wait = if look { &now } else { &block };
+            epoll::wait(
+                self.ep,
+                rustix::buffer::spare_capacity(&mut events),
+                Some(wait),
+            )?;
+            if events.is_empty() && look {
+                if idle_since.is_none() {
+                    self.looking.fetch_add(1, Ordering::Relaxed);
+                    idle_since = Some(Instant::now());
+                }
+                std::thread::yield_now();
+                continue;
+            }
+            if idle_since.take().is_some() {
+                self.looking.fetch_sub(1, Ordering::Relaxed);
+            }
+            for ev in &events {
+                let i = ev.data.u64();
+                let c = &self.conns[usize::try_from(i)?];
+                if self.answer(c, session, &mut buf, &mut out)? {
+                    epoll::modify(self.ep, c, epoll::EventData::new_u64(i), ARMED)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Answers the request waiting on `c`, if any; false when the client hung up.
+    fn answer(
+        &self,
+        mut c: &UnixStream,
+        session: &Session,
+        buf: &mut [u8],
+        out: &mut Vec<u8>,
+    ) -> anyhow::Result<bool> {
+        // The clients send a request with one write and wait for its reply: one read
+        // takes all of it.
+        let n = match c.read(buf) {
+            Ok(0) => return Ok(false),
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(true),
+            Err(e) => return Err(e.into()),
+        };
+        let len = u32::from_be_bytes(buf[..4].try_into()?) as usize;
+        ensure!(
+            n == 4 + len,
+            "a request in pieces ({n} of {} bytes)",
+            4 + len
+        );
+        let result = private_op(session, self.key, self.op, &buf[4..n])?;
+        out.clear();
+        out.extend_from_slice(&(result.len() as u32).to_be_bytes());
+        out.extend_from_slice(&result);
+        c.write_all(out)?;
+        Ok(true)
+    }
 }
