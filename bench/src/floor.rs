@@ -46,6 +46,8 @@ struct Client {
     /// Length prefix and input, sent with one write.
     req: Vec<u8>,
     resp: Vec<u8>,
+    /// Looks for the reply before sleeping, as the agent's clients do.
+    spin: smime::agent::Spin,
 }
 
 /// `clients` threads, one connection each, doing `op` back to back through the floor
@@ -117,13 +119,17 @@ pub(crate) fn bench(
                     wr,
                     req: req.clone(),
                     resp: vec![],
+                    spin: smime::agent::Spin::default(),
                 })
             })
             .collect::<anyhow::Result<Vec<_>>>()
             .and_then(|workers| {
                 run_threads(workers, warm, dur, &|c: &mut Client| {
                     c.wr.write_all(&c.req)?;
-                    wait_for_input(&c.rd, &c.wr, Some(REPLY_TIMEOUT))?;
+                    if c.rd.buffer().is_empty() {
+                        let sent = Instant::now();
+                        c.spin.wait(&c.wr, Some(REPLY_TIMEOUT), sent, true)?;
+                    }
                     let mut len = [0u8; 4];
                     c.rd.read_exact(&mut len).context("reading the reply")?;
                     c.resp.resize(u32::from_be_bytes(len) as usize, 0);
@@ -155,7 +161,9 @@ fn serve(stream: &UnixStream, session: &Session, key: ObjectHandle, op: Op) -> a
     let mut body = vec![];
     let mut out = vec![];
     loop {
-        wait_for_input(&rd, stream, None)?;
+        if rd.buffer().is_empty() {
+            smime::agent::AgentStream::wait_readable(stream, None)?;
+        }
         let mut len = [0u8; 4];
         match rd.read_exact(&mut len) {
             Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(()),
@@ -171,20 +179,6 @@ fn serve(stream: &UnixStream, session: &Session, key: ObjectHandle, op: Op) -> a
         out.extend_from_slice(&result);
         wr.write_all(&out)?;
     }
-}
-
-/// Waits, unless `rd` still holds bytes, until `s` has some, as the agent's clients do
-/// (`smime::agent::AgentStream`): a thread blocked in `read` would also be woken each time
-/// its peer reads what it wrote.
-fn wait_for_input<R>(
-    rd: &BufReader<R>,
-    s: &UnixStream,
-    limit: Option<Duration>,
-) -> std::io::Result<()> {
-    if rd.buffer().is_empty() {
-        smime::agent::AgentStream::wait_readable(s, limit)?;
-    }
-    Ok(())
 }
 
 /// [`Server::Events`]: `sessions.len()` threads over one epoll of `conns` (each connection

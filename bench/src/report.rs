@@ -423,13 +423,15 @@ pub(crate) fn markdown(res: &Results) -> String {
              session (the module logged in once, as in section 1) that reads a 4-byte length \
              and the input, does the same C_Sign / C_Decrypt as section 1 and writes a 4-byte \
              length and the result; no protocol, no logging, no limits. The clients are \
-             threads on the same machine, one connection each, as in section 2; both sides wait \
-             for input in `poll` (PROTOCOL.md 2.3). With a session per connection it signs \
-             with as many sessions as there are clients, where the agent has 2. Its threads \
-             sleep between requests, so it shows what the socket and the wake-ups cost on \
-             this machine: an agent behind a socket can beat its added latency only \
-             by not sleeping between requests (the agent's workers look for their next job \
-             for 250 µs first), and its ops/s only by serving several requests per wake-up.\n"
+             threads on the same machine, one connection each, as in section 2; they look for \
+             the reply before they sleep, as the agent's clients do (`smime::agent::Spin`), \
+             and both sides wait for input in `poll` (PROTOCOL.md 2.3). With a session per \
+             connection it signs with as many sessions as there are clients, where the agent \
+             has 2. Its server threads sleep between requests, so it shows what the socket \
+             and the wake-ups cost on this machine: an agent behind a socket can beat its \
+             added latency only by not sleeping between requests (the agent's workers look \
+             for their next job for 250 µs first), and its ops/s only by serving several \
+             requests per wake-up.\n"
         );
         let _ = writeln!(
             w,

@@ -12,6 +12,9 @@ use smime_proto::{
     ErrorResponse, FrameDecoder, KeyInfo, PROTOCOL_VERSION, Request, Response, SecretBytes,
 };
 
+mod spin;
+pub use spin::{SPIN_LIMIT, Spin, spin_for_input};
+
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -78,9 +81,18 @@ pub trait AgentStream: Read + Write {
         let _ = limit;
         Ok(())
     }
+
+    /// Looks for something to read without sleeping, for up to `budget`, while nothing
+    /// else wants the CPU ([`spin_for_input`]); says whether it found some. The default
+    /// does not look.
+    fn input_within(&self, budget: std::time::Duration) -> bool {
+        let _ = budget;
+        false
+    }
 }
 
-/// A Unix socket waits in `poll(POLLIN)`, not in a blocking `read`, for as long as its read
+/// A Unix socket looks for its response for a while without sleeping ([`Spin`]; BENCHMARKS.md,
+/// round 6), then waits in `poll(POLLIN)`, not in a blocking `read`, for as long as its read
 /// timeout allows ([`AgentClient::connect`] sets [`READ_TIMEOUT`]; none: no limit). The
 /// agent's reading of a request frees the memory that request took on this socket, and
 /// the kernel then tells this socket's waiters that it may write again. A thread blocked
@@ -90,6 +102,10 @@ pub trait AgentStream: Read + Write {
 impl AgentStream for UnixStream {
     fn read_limit(&self) -> std::io::Result<Option<std::time::Duration>> {
         self.read_timeout()
+    }
+
+    fn input_within(&self, budget: std::time::Duration) -> bool {
+        spin_for_input(self, budget)
     }
 
     fn wait_readable(&self, limit: Option<std::time::Duration>) -> std::io::Result<()> {
@@ -128,6 +144,8 @@ pub struct AgentClient<S: AgentStream = UnixStream> {
     /// The socket, for a second connection that tells the user what a slow private-key
     /// operation waits for (see [`Notice`]); `None` over other streams.
     socket: Option<PathBuf>,
+    /// How long to look for a response before sleeping.
+    spin: Spin,
 }
 
 /// While a private-key operation runs, a thread that after a second asks the agent (on a
@@ -227,6 +245,7 @@ impl<S: AgentStream> AgentClient<S> {
             decoder: FrameDecoder::new(),
             agent: String::new(),
             socket: None,
+            spin: Spin::default(),
         };
         let client = format!("smime {}", env!("CARGO_PKG_VERSION"));
         match c.request(&Request::Hello {
@@ -263,7 +282,11 @@ impl<S: AgentStream> AgentClient<S> {
             .stream
             .write_all(&frame)
             .and_then(|()| self.stream.flush());
-        let payload = match (self.read_frame(), sent) {
+        let key_op = matches!(
+            req,
+            Request::Sign { .. } | Request::Decrypt { .. } | Request::Ecdh { .. }
+        );
+        let payload = match (self.read_frame(key_op), sent) {
             (Ok(p), _) => p,
             (Err(_), Err(e)) => return Err(AgentError::from(e)),
             (Err(e), Ok(())) => return Err(e),
@@ -274,7 +297,10 @@ impl<S: AgentStream> AgentClient<S> {
         }
     }
 
-    fn read_frame(&mut self) -> Result<Vec<u8>, AgentError> {
+    /// Reads one response; `key_op` says whether it answers a private-key operation.
+    fn read_frame(&mut self, key_op: bool) -> Result<Vec<u8>, AgentError> {
+        let sent = std::time::Instant::now();
+        let mut first = true;
         Ok(loop {
             if let Some(p) = self
                 .decoder
@@ -286,7 +312,12 @@ impl<S: AgentStream> AgentClient<S> {
             // One read takes a whole response (header and body) when it is there. It may
             // hold a secret (an unwrapped key): what was read is wiped once fed.
             let mut buf = [0u8; 4096];
-            self.stream.wait_readable(self.read_limit)?;
+            if std::mem::take(&mut first) {
+                self.spin
+                    .wait(&self.stream, self.read_limit, sent, key_op)?;
+            } else {
+                self.stream.wait_readable(self.read_limit)?;
+            }
             let n = match self.stream.read(&mut buf) {
                 Ok(0) => {
                     return Err(AgentError::Transport(
@@ -478,6 +509,92 @@ mod tests {
             fewest <= 1,
             "the client slept {fewest} times waiting for one response"
         );
+    }
+
+    /// An agent on the other end of `theirs` that answers `Hello`, then looks for one
+    /// request without ever sleeping, and answers it `late` after it came: a response that
+    /// comes without the client's thread being woken for it.
+    fn busy_agent(theirs: UnixStream, late: Duration) -> std::thread::JoinHandle<()> {
+        std::thread::spawn(move || {
+            let mut s = theirs;
+            let mut decoder = FrameDecoder::new();
+            let mut buf = [0u8; 512];
+            let n = s.read(&mut buf).expect("read");
+            assert!(decoder.feed(&buf[..n]).expect("feed").is_some(), "hello");
+            let hello = Response::Hello {
+                version: PROTOCOL_VERSION,
+                agent: "test".into(),
+                capabilities: vec![],
+            };
+            s.write_all(&hello.encode_frame().expect("encode"))
+                .expect("write");
+            s.set_nonblocking(true).expect("nonblocking");
+            loop {
+                match s.read(&mut buf) {
+                    Ok(n) => {
+                        assert!(n > 0, "client hung up");
+                        if decoder.feed(&buf[..n]).expect("feed").is_some() {
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::hint::spin_loop();
+                    }
+                    Err(e) => panic!("read: {e}"),
+                }
+            }
+            let came = std::time::Instant::now();
+            while came.elapsed() < late {
+                std::hint::spin_loop();
+            }
+            s.set_nonblocking(false).expect("blocking");
+            s.write_all(&Response::Ok.encode_frame().expect("encode"))
+                .expect("write");
+        })
+    }
+
+    #[test]
+    fn a_quick_response_is_found_without_sleeping() {
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        if cpus < 2 || std::fs::read_to_string("/proc/thread-self/status").is_err() {
+            eprintln!("one CPU, or no /proc/thread-self/status here; skipped");
+            return;
+        }
+        // The agent (on the other CPU, never sleeping) answers 300 µs after the request
+        // came; the client is still looking then. A busy machine can end a look early
+        // (another thread wants the client's CPU), but not on every try.
+        let fewest = (0..5)
+            .map(|_| {
+                let (ours, theirs) = UnixStream::pair().expect("pair");
+                let agent = busy_agent(theirs, Duration::from_micros(300));
+                let mut c = AgentClient::hello(ours).expect("hello");
+                let before = sleeps();
+                let r = c.request(&Request::Status).expect("response");
+                let slept = sleeps() - before;
+                assert!(matches!(r, Response::Ok), "{r:?}");
+                agent.join().expect("agent");
+                slept
+            })
+            .min()
+            .expect("tries");
+        assert_eq!(fewest, 0, "the client slept waiting for a quick response");
+    }
+
+    #[test]
+    fn looking_ends_at_the_budget_or_at_a_hang_up() {
+        let (ours, theirs) = UnixStream::pair().expect("pair");
+        let start = std::time::Instant::now();
+        assert!(
+            !spin_for_input(&ours, Duration::from_millis(2)),
+            "nothing sent"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            start.elapsed()
+        );
+        drop(theirs);
+        assert!(spin_for_input(&ours, Duration::from_secs(5)), "hung up");
     }
 
     #[test]
