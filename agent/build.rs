@@ -7,11 +7,14 @@
 //!   through 2 MiB, they kept about 1 MiB more of the binary resident.
 //!   `scripts/order-agent.sh` regenerates the file; names a build no longer has (after a
 //!   dependency or toolchain change) are ignored, and the layout is the default one.
-//! - Relative relocations packed (`DT_RELR`, glibc 2.36 and later): 4 KB instead of 80 KB
-//!   that the loader reads at start.
+//! - Relative relocations packed (`DT_RELR`): 5 KB of relocations instead of 80 KB that the
+//!   loader reads at start. Only when building natively on glibc 2.36 or later, and the
+//!   binary then needs glibc 2.36 or later to run: a packager building on a newer glibc
+//!   for an older one sets `SMIME_AGENT_NO_ORDER`.
 //!
-//! Only where rustc links with its own lld (x86_64 Linux, no other linker configured): other
-//! linkers may not know these options. `SMIME_AGENT_NO_ORDER=1` turns both off.
+//! Only where rustc links with its own lld: x86_64 Linux, rustc 1.90 or later, no other
+//! linker configured (GNU ld and gold do not know these options). Setting
+//! `SMIME_AGENT_NO_ORDER` (to anything) turns both off.
 
 use std::env;
 use std::path::Path;
@@ -24,9 +27,11 @@ fn main() {
     let flags = env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
     let other_linker = env::var_os("RUSTC_LINKER").is_some()
         || flags.contains("linker")
-        || flags.contains("link-self-contained");
+        || flags.contains("link-self-contained")
+        || flags.contains("fuse-ld");
     if target != "x86_64-unknown-linux-gnu"
         || other_linker
+        || !rustc_at_least(90)
         || env::var_os("SMIME_AGENT_NO_ORDER").is_some()
     {
         return;
@@ -40,9 +45,24 @@ fn main() {
         );
         println!("cargo:rustc-link-arg-bin=smime-agent=-Wl,--no-warn-symbol-ordering");
     }
-    if glibc_at_least(2, 36) {
+    if env::var("HOST").is_ok_and(|h| h == target) && glibc_at_least(2, 36) {
         println!("cargo:rustc-link-arg-bin=smime-agent=-Wl,-z,pack-relative-relocs");
     }
+}
+
+/// Whether the rustc that builds this is 1.`minor` or later (1.90 made its own lld the
+/// default linker on x86_64 Linux).
+fn rustc_at_least(minor: u32) -> bool {
+    let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let Ok(out) = Command::new(rustc).arg("-vV").output() else {
+        return false;
+    };
+    // "release: 1.95.0"
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("release: "))
+        .and_then(|v| v.split('.').nth(1)?.parse::<u32>().ok())
+        .is_some_and(|m| m >= minor)
 }
 
 /// Whether this machine's glibc (the one the binary is built for and runs with) is at least

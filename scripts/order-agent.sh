@@ -21,7 +21,7 @@ install_rust
 WORK=$(mktemp -d /tmp/smime-order.XXXXXX)
 AGENT=
 cleanup() {
-    [ -n "$AGENT" ] && kill -KILL "$AGENT" 2>/dev/null
+    if [ -n "$AGENT" ]; then kill -KILL "$AGENT" 2>/dev/null || true; fi
     rm -rf -- "$WORK"
 }
 trap cleanup EXIT
@@ -51,7 +51,7 @@ profile() {
     # Idle and serving: one client says hello. Then the first dump.
     "$BIN/smime" keys >/dev/null
     sleep 1
-    callgrind_control --dump "$AGENT" >/dev/null 2>&1
+    callgrind_control --dump "$AGENT" >/dev/null
     # The requests: sign (RSA, ECDSA), decrypt (RSA), ECDH; then the second dump.
     printf 'order\r\n' >"$WORK/in.txt"
     for k in alice-rsa alice-ec; do
@@ -59,7 +59,7 @@ profile() {
         "$BIN/smime" encrypt --to "$WORK/token/$k.pem" --in "$WORK/in.txt" --out "$WORK/$k.p7m"
         "$BIN/smime" decrypt --in "$WORK/$k.p7m" --out "$WORK/$k.out" 2>/dev/null
     done
-    callgrind_control --dump "$AGENT" >/dev/null 2>&1
+    callgrind_control --dump "$AGENT" >/dev/null
     kill -KILL "$AGENT"
     wait "$AGENT" 2>/dev/null || true
     AGENT=

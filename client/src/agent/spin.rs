@@ -6,7 +6,8 @@
 //! when its response comes costs no wake-up at all. So a client looks for a while first,
 //! and sleeps only after that; but only for about as long as a response takes when the
 //! agent is not busy, and not at all for a while after looking did not pay
-//! ([`Spin`]), and never while another thread wants its CPU ([`spin_for_input`]).
+//! ([`Spin`]), and it stops once another thread is seen to want its CPU
+//! ([`spin_for_input`]).
 
 use std::time::{Duration, Instant};
 
@@ -40,11 +41,14 @@ pub fn spin_for_input(fd: impl rustix::fd::AsFd, budget: Duration) -> bool {
         tv_sec: 0,
         tv_nsec: 0,
     };
+    let ready = || {
+        let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+        matches!(poll(&mut fds, Some(&NOW)), Ok(n) if n > 0)
+    };
     let start = Instant::now();
     let mut yielded = false;
     loop {
-        let mut fds = [PollFd::new(&fd, PollFlags::IN)];
-        if matches!(poll(&mut fds, Some(&NOW)), Ok(n) if n > 0) {
+        if ready() {
             return true;
         }
         let looked = Instant::now();
@@ -53,7 +57,8 @@ pub fn spin_for_input(fd: impl rustix::fd::AsFd, budget: Duration) -> bool {
         }
         std::thread::yield_now();
         if looked.elapsed() > CONTENDED && std::mem::replace(&mut yielded, true) {
-            return false;
+            // One last look: the response may have come while the other thread ran.
+            return ready();
         }
     }
 }
@@ -80,8 +85,11 @@ impl Spin {
             self.skip -= 1;
             return Duration::ZERO;
         }
-        self.fastest
-            .map_or(SPIN_LIMIT, |f| (f + f / MARGIN_DIV + SLACK).min(SPIN_LIMIT))
+        self.fastest.map_or(SPIN_LIMIT, |f| {
+            f.saturating_add(f / MARGIN_DIV)
+                .saturating_add(SLACK)
+                .min(SPIN_LIMIT)
+        })
     }
 
     /// Takes note of one wait: whether it looked and found the response, and how long the
@@ -89,7 +97,7 @@ impl Spin {
     pub fn record(&mut self, looked: bool, found: bool, took: Duration, key_op: bool) {
         if key_op {
             self.fastest = Some(match self.fastest {
-                Some(f) => took.min(f + f / 8),
+                Some(f) => took.min(f.saturating_add(f / 8)),
                 None => took,
             });
         }
@@ -151,6 +159,24 @@ mod tests {
         let mut slow = Spin::default();
         slow.record(true, true, Duration::from_millis(5), true);
         assert_eq!(slow.budget(), SPIN_LIMIT);
+    }
+
+    #[test]
+    fn an_absurd_answer_time_does_not_overflow() {
+        let mut s = Spin::default();
+        s.record(true, true, Duration::MAX, true);
+        s.record(true, true, Duration::MAX, true);
+        assert_eq!(s.budget(), SPIN_LIMIT);
+    }
+
+    #[test]
+    fn the_back_off_stops_growing_at_its_cap() {
+        let mut s = Spin::default();
+        for _ in 0..20 {
+            s.skip = 0;
+            s.record(true, false, US(900), true);
+        }
+        assert_eq!(s.skip, MAX_SKIP);
     }
 
     #[test]
