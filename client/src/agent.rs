@@ -446,6 +446,17 @@ mod tests {
             .expect("voluntary_ctxt_switches")
     }
 
+    /// A test agent's answer to `Hello`.
+    fn say_hello(s: &mut UnixStream) {
+        let hello = Response::Hello {
+            version: PROTOCOL_VERSION,
+            agent: "test".into(),
+            capabilities: vec![],
+        };
+        s.write_all(&hello.encode_frame().expect("encode"))
+            .expect("write");
+    }
+
     /// An agent on the other end of `theirs` that answers `Hello`, then takes one request
     /// `late` after it came and answers it `late` after that.
     fn slow_agent(theirs: UnixStream, late: Duration) -> std::thread::JoinHandle<()> {
@@ -464,13 +475,7 @@ mod tests {
                 }
             };
             next(&mut s);
-            let hello = Response::Hello {
-                version: PROTOCOL_VERSION,
-                agent: "test".into(),
-                capabilities: vec![],
-            };
-            s.write_all(&hello.encode_frame().expect("encode"))
-                .expect("write");
+            say_hello(&mut s);
             // The client sends its request and waits; it is read only after a while.
             std::thread::sleep(late);
             next(&mut s);
@@ -540,13 +545,7 @@ mod tests {
             let mut buf = [0u8; 512];
             let n = s.read(&mut buf).expect("read");
             assert!(decoder.feed(&buf[..n]).expect("feed").is_some(), "hello");
-            let hello = Response::Hello {
-                version: PROTOCOL_VERSION,
-                agent: "test".into(),
-                capabilities: vec![],
-            };
-            s.write_all(&hello.encode_frame().expect("encode"))
-                .expect("write");
+            say_hello(&mut s);
             s.set_nonblocking(true).expect("nonblocking");
             loop {
                 match s.read(&mut buf) {
