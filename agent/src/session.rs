@@ -217,11 +217,7 @@ impl Session {
     /// Answers one request. Operation failures become `Response::Error`.
     pub async fn handle(&mut self, req: Request) -> Answer {
         let r = match req {
-            Request::Sign { .. } | Request::Decrypt { .. } | Request::Ecdh { .. }
-                if self.greeted() =>
-            {
-                return self.key_op(req).await;
-            }
+            req if req.is_key_operation() && self.greeted() => return self.key_op(req).await,
             req => self.dispatch(req).await,
         };
         let response = r.unwrap_or_else(|e| Response::Error(ErrorResponse::from(&e)));

@@ -282,11 +282,7 @@ impl<S: AgentStream> AgentClient<S> {
             .stream
             .write_all(&frame)
             .and_then(|()| self.stream.flush());
-        let key_op = matches!(
-            req,
-            Request::Sign { .. } | Request::Decrypt { .. } | Request::Ecdh { .. }
-        );
-        let payload = match (self.read_frame(key_op), sent) {
+        let payload = match (self.read_frame(req.is_key_operation()), sent) {
             (Ok(p), _) => p,
             (Err(_), Err(e)) => return Err(AgentError::from(e)),
             (Err(e), Ok(())) => return Err(e),

@@ -291,6 +291,15 @@ pub struct CardStatus {
 }
 
 impl Request {
+    /// Whether this asks for a private-key operation (sign, decrypt, ECDH), which the token
+    /// answers.
+    pub fn is_key_operation(&self) -> bool {
+        matches!(
+            self,
+            Request::Sign { .. } | Request::Decrypt { .. } | Request::Ecdh { .. }
+        )
+    }
+
     /// The `op` names of every request this crate knows, `hello` first.
     pub const OPERATIONS: &[&str] = &[
         "hello",
