@@ -13,7 +13,7 @@ use smime_proto::{
 };
 
 mod spin;
-pub use spin::{SPIN_LIMIT, Spin, spin_for_input};
+pub use spin::{Spin, spin_for_input};
 
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]
@@ -73,7 +73,7 @@ pub trait AgentStream: Read + Write {
     }
 
     /// Waits until the stream has something to read (or an error or hang-up to report),
-    /// before [`Read::read`] is called, for at most `limit`. The default returns at once.
+    /// before a response is first read, for at most `limit`. The default returns at once.
     ///
     /// # Errors
     /// When waiting fails, or nothing comes within `limit`.
@@ -109,22 +109,22 @@ impl AgentStream for UnixStream {
     }
 
     fn wait_readable(&self, limit: Option<std::time::Duration>) -> std::io::Result<()> {
-        use rustix::event::{PollFd, PollFlags, Timespec, poll};
-        let timeout = limit.map(|t| Timespec {
-            tv_sec: t.as_secs().try_into().unwrap_or(i64::MAX),
-            tv_nsec: t.subsec_nanos().into(),
+        let timeout = limit.map(|t| {
+            rustix::event::Timespec::try_from(t).unwrap_or(rustix::event::Timespec {
+                tv_sec: i64::MAX,
+                tv_nsec: 0,
+            })
         });
         loop {
-            let mut fds = [PollFd::new(self, PollFlags::IN)];
-            match poll(&mut fds, timeout.as_ref()) {
-                Ok(0) => {
+            match spin::poll_in(self, timeout.as_ref()) {
+                Ok(false) => {
                     let secs = limit.unwrap_or_default().as_secs_f64();
                     return Err(std::io::Error::new(
                         std::io::ErrorKind::TimedOut,
                         format!("no response from the agent within {secs} s"),
                     ));
                 }
-                Ok(_) => return Ok(()),
+                Ok(true) => return Ok(()),
                 Err(rustix::io::Errno::INTR) => {}
                 Err(e) => return Err(e.into()),
             }
@@ -295,7 +295,6 @@ impl<S: AgentStream> AgentClient<S> {
 
     /// Reads one response; `key_op` says whether it answers a private-key operation.
     fn read_frame(&mut self, key_op: bool) -> Result<Vec<u8>, AgentError> {
-        let sent = std::time::Instant::now();
         let mut first = true;
         Ok(loop {
             if let Some(p) = self
@@ -308,11 +307,9 @@ impl<S: AgentStream> AgentClient<S> {
             // One read takes a whole response (header and body) when it is there. It may
             // hold a secret (an unwrapped key): what was read is wiped once fed.
             let mut buf = [0u8; 4096];
+            // Only the response's first bytes are waited for (the rest follows at once).
             if std::mem::take(&mut first) {
-                self.spin
-                    .wait(&self.stream, self.read_limit, sent, key_op)?;
-            } else {
-                self.stream.wait_readable(self.read_limit)?;
+                self.spin.wait(&self.stream, self.read_limit, key_op)?;
             }
             let n = match self.stream.read(&mut buf) {
                 Ok(0) => {

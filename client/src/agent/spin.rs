@@ -11,12 +11,15 @@
 
 use std::time::{Duration, Instant};
 
+use rustix::event::{PollFd, PollFlags, Timespec, poll};
+use rustix::fd::AsFd;
+
 use super::AgentStream;
 
 /// The longest a client looks for one response without sleeping: a little longer than
 /// SoftHSM takes for an RSA-2048 signature. A card takes far longer; then a client
 /// sleeps after at most this much.
-pub const SPIN_LIMIT: Duration = Duration::from_millis(1);
+const SPIN_LIMIT: Duration = Duration::from_millis(1);
 
 /// A `sched_yield` that takes longer than this let another thread run on this CPU. The
 /// first time, that is most likely the agent's thread that takes the request; the second
@@ -32,19 +35,22 @@ const SLACK: Duration = Duration::from_micros(20);
 /// At most this many waits go without looking after looks that did not pay.
 const MAX_SKIP: u32 = 64;
 
+/// Whether `fd` has input (or an error or hang-up to report), waiting for at most
+/// `timeout` (`None`: as long as it takes).
+pub(super) fn poll_in(fd: impl AsFd, timeout: Option<&Timespec>) -> rustix::io::Result<bool> {
+    let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+    Ok(poll(&mut fds, timeout)? > 0)
+}
+
 /// Looks for input on `fd` without sleeping, for up to `budget`, and says whether there
 /// is some (or an error or hang-up to report). Between looks it yields the CPU, and it
 /// gives up when a second yield shows that another thread wanted the CPU.
-pub fn spin_for_input(fd: impl rustix::fd::AsFd, budget: Duration) -> bool {
-    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+pub fn spin_for_input(fd: impl AsFd, budget: Duration) -> bool {
     const NOW: Timespec = Timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    let ready = || {
-        let mut fds = [PollFd::new(&fd, PollFlags::IN)];
-        matches!(poll(&mut fds, Some(&NOW)), Ok(n) if n > 0)
-    };
+    let ready = || poll_in(&fd, Some(&NOW)).unwrap_or(false);
     let start = Instant::now();
     let mut yielded = false;
     loop {
@@ -66,7 +72,7 @@ pub fn spin_for_input(fd: impl rustix::fd::AsFd, budget: Duration) -> bool {
 /// How long one connection's client looks for each response before it sleeps.
 ///
 /// - It looks for up to one and a half times the fastest recent answer to a private-key
-///   operation on this connection (at most [`SPIN_LIMIT`]; the whole limit before the
+///   operation on this connection (at most 1 ms, `SPIN_LIMIT`; all of it before the
 ///   first). The fastest answer counts for less with each answer that follows (an eighth
 ///   more each time), so it follows the agent when that slows down for good.
 /// - After a look that did not find the response, it skips looking for the next wait,
@@ -80,7 +86,7 @@ pub struct Spin {
 
 impl Spin {
     /// How long to look for the next response (zero: do not look).
-    pub fn budget(&mut self) -> Duration {
+    fn budget(&mut self) -> Duration {
         if self.skip > 0 {
             self.skip -= 1;
             return Duration::ZERO;
@@ -94,7 +100,7 @@ impl Spin {
 
     /// Takes note of one wait: whether it looked and found the response, and how long the
     /// response took since the request went out (for a private-key operation, `key_op`).
-    pub fn record(&mut self, looked: bool, found: bool, took: Duration, key_op: bool) {
+    fn record(&mut self, looked: bool, found: bool, took: Duration, key_op: bool) {
         if key_op {
             self.fastest = Some(match self.fastest {
                 Some(f) => took.min(f.saturating_add(f / 8)),
@@ -109,9 +115,9 @@ impl Spin {
         }
     }
 
-    /// Waits until `stream` has something to read: looks for up to [`Spin::budget`], then
-    /// sleeps in [`AgentStream::wait_readable`] for at most `limit`. `sent` is when the
-    /// request went out.
+    /// Waits until `stream` has something to read, right after a request went out: looks
+    /// for up to [`Spin::budget`], then sleeps in [`AgentStream::wait_readable`] for at
+    /// most `limit`.
     ///
     /// # Errors
     /// As for [`AgentStream::wait_readable`].
@@ -119,9 +125,9 @@ impl Spin {
         &mut self,
         stream: &S,
         limit: Option<Duration>,
-        sent: Instant,
         key_op: bool,
     ) -> std::io::Result<()> {
+        let sent = Instant::now();
         let budget = self.budget();
         let looked = !budget.is_zero();
         let found = looked && stream.input_within(budget);
