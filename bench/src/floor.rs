@@ -7,7 +7,7 @@
 use std::io::{BufReader, ErrorKind, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, ensure};
@@ -127,8 +127,7 @@ pub(crate) fn bench(
                 run_threads(workers, warm, dur, &|c: &mut Client| {
                     c.wr.write_all(&c.req)?;
                     if c.rd.buffer().is_empty() {
-                        let sent = Instant::now();
-                        c.spin.wait(&c.wr, Some(REPLY_TIMEOUT), sent, true)?;
+                        c.spin.wait(&c.wr, Some(REPLY_TIMEOUT), true)?;
                     }
                     let mut len = [0u8; 4];
                     c.rd.read_exact(&mut len).context("reading the reply")?;
@@ -196,7 +195,7 @@ fn serve_events(
         c.set_nonblocking(true)?;
         epoll::add(&ep, c, epoll::EventData::new_u64(i as u64), ARMED)?;
     }
-    let looking = AtomicUsize::new(0);
+    let looking = AtomicBool::new(false);
     let events = EventServer {
         ep: &ep,
         conns,
@@ -229,52 +228,49 @@ struct EventServer<'a> {
     key: ObjectHandle,
     op: Op,
     stop: &'a AtomicBool,
-    /// Threads looking for work without blocking (at most one starts to).
-    looking: &'a AtomicUsize,
+    /// Whether a thread is looking for work without blocking (at most one does).
+    looking: &'a AtomicBool,
 }
 
 impl EventServer<'_> {
     /// One thread: takes ready connections and answers their request, until `stop`.
     fn serve(self, session: &Session) -> anyhow::Result<()> {
         use rustix::event::{Timespec, epoll};
-        let now = Timespec {
+        const NOW: Timespec = Timespec {
             tv_sec: 0,
             tv_nsec: 0,
         };
         // Short, so that `stop` is seen soon.
-        let block = Timespec {
+        const BLOCK: Timespec = Timespec {
             tv_sec: 0,
             tv_nsec: 50_000_000,
         };
         let mut events = Vec::with_capacity(16);
         let (mut buf, mut out) = (vec![0u8; 4 + MAX_BODY], vec![]);
-        let mut idle_since: Option<Instant> = None;
-        while !self.stop.load(Ordering::Relaxed) {
-            let look = match idle_since {
-                Some(t) => t.elapsed() < EVENT_SPIN,
-                None => self.looking.load(Ordering::Relaxed) == 0,
-            };
-            if !look && idle_since.take().is_some() {
-                // Done looking: blocking now, so another thread may look.
-                self.looking.fetch_sub(1, Ordering::Relaxed);
-            }
+        let wait = |events: &mut Vec<_>, t: &Timespec| {
             events.clear();
-            let wait = if look { &now } else { &block };
-            epoll::wait(
-                self.ep,
-                rustix::buffer::spare_capacity(&mut events),
-                Some(wait),
-            )?;
-            if events.is_empty() && look {
-                if idle_since.is_none() {
-                    self.looking.fetch_add(1, Ordering::Relaxed);
-                    idle_since = Some(Instant::now());
+            epoll::wait(self.ep, rustix::buffer::spare_capacity(events), Some(t))
+        };
+        while !self.stop.load(Ordering::Relaxed) {
+            // At most one thread looks without blocking, for up to EVENT_SPIN.
+            let mut found = 0;
+            if self
+                .looking
+                .compare_exchange(false, true, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+            {
+                let start = Instant::now();
+                loop {
+                    found = wait(&mut events, &NOW)?;
+                    if found > 0 || start.elapsed() >= EVENT_SPIN {
+                        break;
+                    }
+                    std::thread::yield_now();
                 }
-                std::thread::yield_now();
-                continue;
+                self.looking.store(false, Ordering::Relaxed);
             }
-            if idle_since.take().is_some() {
-                self.looking.fetch_sub(1, Ordering::Relaxed);
+            if found == 0 {
+                wait(&mut events, &BLOCK)?;
             }
             for ev in &events {
                 let i = ev.data.u64();
