@@ -8,10 +8,12 @@
 //! ```
 
 use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use interprocess::local_socket::tokio::{Listener, prelude::*};
@@ -27,8 +29,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use zeroize::Zeroizing;
 
+use crate::backend::pkcs11::{Guest, Lane, OnWorker, Served};
 use crate::keystore::Keystore;
-use crate::session::{Answer, Done, Later, Peer, Session, Sink, encode};
+use crate::session::{Answer, Done, Later, OnLane, Peer, Session, Sink, encode};
 
 /// A frame that has started must be complete within this time (slow-loris guard).
 const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
@@ -41,6 +44,11 @@ const RATE_PER_SEC: f64 = 50_000.0;
 const RATE_BURST: f64 = 5_000.0;
 /// An idle connection is closed after this time.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+/// A connection that has sent nothing for this long leaves its token's lane: while it
+/// idles, it costs nothing there, but a request waiting on a lane whose workers are all
+/// busy (a card waiting for a touch) would wait with them. Back in tokio, its next
+/// request is read at once.
+const LANE_IDLE: Duration = Duration::from_secs(1);
 
 /// Creates the socket's directory (0700) if needed and refuses one that others can enter.
 fn prepare_dir(dir: &Path) -> anyhow::Result<()> {
@@ -143,7 +151,8 @@ pub fn fit_connection_limit(wanted: usize) -> usize {
     let files = lim
         .current
         .map_or(usize::MAX, |c| usize::try_from(c).unwrap_or(usize::MAX));
-    let fit = wanted.min(files.saturating_sub(128)).max(1);
+    // Each connection has two descriptors: one for tokio, one for the worker threads.
+    let fit = wanted.min(files.saturating_sub(128) / 2).max(1);
     if fit < wanted {
         tracing::warn!(
             wanted,
@@ -212,14 +221,25 @@ pub async fn serve(
         };
         let (ks, cancel) = (keystore.clone(), cancel.clone());
         let interprocess::local_socket::tokio::Stream::UdSocket(stream) = stream;
-        let stream = Arc::new(UnixStream::from(stream));
-        let sink = Sink::new(stream.clone());
+        let stream = UnixStream::from(stream);
+        // The workers' descriptor: they write responses to it and, while the connection
+        // waits on a lane, read requests from it, with no tokio registration.
+        let sock = match stream.as_fd().try_clone_to_owned() {
+            Ok(fd) => Arc::new(std::os::unix::net::UnixStream::from(fd)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot duplicate the connection's descriptor; refusing");
+                continue;
+            }
+        };
+        let sink = Sink::new(sock.clone());
         tracker.spawn(async move {
             Handler {
-                stream,
+                io: Some(Arc::new(stream)),
+                sock,
                 session: Session::new(peer, ks, Some(sink)),
                 cancel,
                 pending: None,
+                lane: None,
             }
             .run()
             .await;
@@ -244,16 +264,25 @@ pub async fn serve(
 /// ([`Handler::pending`]) before it answers the next request, so responses keep their
 /// order. A client that waits for each response finds the answer long done by then, and
 /// the worker never has to wake the handler.
+///
+/// After a key operation on a token with a lane, the connection waits there for its next
+/// request ([`Handler::park`]); the token's workers read and answer what they can, and
+/// give the rest back.
 struct Handler {
-    stream: Arc<UnixStream>,
+    /// The connection, registered with tokio; `None` while it waits on a lane.
+    io: Option<Arc<UnixStream>>,
+    /// The workers' descriptor of the connection.
+    sock: Arc<std::os::unix::net::UnixStream>,
     session: Session,
     cancel: CancellationToken,
     /// The answer a worker thread is giving to the last request.
     pending: Option<Later>,
+    /// The lane where the connection waits for its next request.
+    lane: Option<Arc<Lane>>,
 }
 
 enum Next {
-    Frame(Vec<u8>),
+    Frame(Zeroizing<Vec<u8>>),
     Closed,
 }
 
@@ -269,13 +298,18 @@ impl Handler {
         let mut decoder = FrameDecoder::with_limit(MAX_REQUEST_LEN);
         let mut bucket = RateLimit::new();
         loop {
-            bucket.wait().await;
-            let next = self.next_frame(&mut decoder).await;
+            let next = match self.lane.take() {
+                Some(lane) => self.park(&lane, &mut decoder, &mut bucket).await,
+                None => {
+                    bucket.wait().await;
+                    self.next_frame(&mut decoder).await
+                }
+            };
             if !self.settle().await {
                 return;
             }
             let payload = match next {
-                Ok(Next::Frame(p)) => Zeroizing::new(p), // may hold a PIN
+                Ok(Next::Frame(p)) => p, // may hold a PIN
                 Ok(Next::Closed) => return,
                 Err(e) => {
                     tracing::debug!(peer = ?self.session.peer(), error = %e, "closing connection");
@@ -308,7 +342,17 @@ impl Handler {
                         return;
                     }
                 }
-                Answer::Later(done) => self.pending = Some(done),
+                Answer::Later(done) => {
+                    let lane = done.lane.clone();
+                    self.pending = Some(done);
+                    if lane.is_some() {
+                        // The connection waits on the lane only once this answer is out.
+                        if !self.settle().await {
+                            return;
+                        }
+                        self.lane = lane;
+                    }
+                }
             }
             if !keep_open {
                 return;
@@ -331,7 +375,10 @@ impl Handler {
 
     /// Writes a frame, within [`WRITE_TIMEOUT`].
     async fn write(&mut self, frame: &[u8]) -> bool {
-        match tokio::time::timeout(WRITE_TIMEOUT, write_all(&self.stream, frame)).await {
+        let Some(io) = self.io.clone() else {
+            return false;
+        };
+        match tokio::time::timeout(WRITE_TIMEOUT, write_all(&io, frame)).await {
             Ok(Ok(())) => true,
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "client went away");
@@ -349,13 +396,15 @@ impl Handler {
     /// has begun, all of it must arrive within [`FRAME_TIMEOUT`].
     async fn next_frame(&mut self, decoder: &mut FrameDecoder) -> Result<Next, io::Error> {
         let mut buf = [0u8; 4 * 1024];
-        let stream = self.stream.clone();
+        let Some(stream) = self.io.clone() else {
+            return Ok(Next::Closed);
+        };
         let mut idle_from = tokio::time::Instant::now();
         // Bytes of the next frame that came with the last one: it has begun.
         let mut deadline = decoder.is_mid_frame().then(|| idle_from + FRAME_TIMEOUT);
         loop {
             if let Some(p) = decoder.next_frame().map_err(invalid)? {
-                return Ok(Next::Frame(p));
+                return Ok(Next::Frame(Zeroizing::new(p)));
             }
             // A connection that has not said hello yet gets no idle allowance: a flood of
             // silent connections must not hold slots for long.
@@ -400,8 +449,247 @@ impl Handler {
             deadline.get_or_insert_with(|| tokio::time::Instant::now() + FRAME_TIMEOUT);
             // The request may hold a PIN: what was read is wiped once fed.
             if let Some(p) = decoder.feed_wiping(&mut buf[..n]).map_err(invalid)? {
-                return Ok(Next::Frame(p));
+                return Ok(Next::Frame(Zeroizing::new(p)));
             }
+        }
+    }
+
+    /// Waits for the next frame on `lane`: the connection leaves tokio, and a worker of
+    /// the lane's token reads it. What the worker does not answer itself comes back here,
+    /// as does the connection after [`LANE_IDLE`] without a request, or at shutdown.
+    async fn park(
+        &mut self,
+        lane: &Lane,
+        decoder: &mut FrameDecoder,
+        bucket: &mut RateLimit,
+    ) -> Result<Next, io::Error> {
+        let io = self.io.take().map(Arc::try_unwrap);
+        let (io, on_lane) = match (io, self.session.on_lane()) {
+            (Some(Ok(io)), Some(on_lane)) => (io, on_lane),
+            (io, _) => {
+                self.io = io.map(|r| r.map_or_else(|shared| shared, Arc::new));
+                bucket.wait().await;
+                return self.next_frame(decoder).await;
+            }
+        };
+        // Out of tokio's epoll set: a request must not wake the tokio thread.
+        let io = io.into_std()?;
+        let state = Arc::new(ParkState::new());
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        let guest = Box::new(Parked {
+            sock: self.sock.clone(),
+            decoder: std::mem::take(decoder),
+            bucket: std::mem::replace(bucket, RateLimit::new()),
+            on_lane,
+            state: state.clone(),
+            back: Some(tx),
+            why: Why::Called,
+        });
+        let id = match lane.park(guest) {
+            Ok(id) => Some(id),
+            Err((e, guest)) => {
+                tracing::debug!(error = %e, "cannot wait on the lane");
+                guest.go_back();
+                None
+            }
+        };
+        let mut check = tokio::time::Instant::now() + LANE_IDLE;
+        let back = loop {
+            let call = tokio::select! {
+                back = &mut rx => break back,
+                _ = self.cancel.cancelled(), if !state.wanted() => true,
+                _ = tokio::time::sleep_until(check), if !state.wanted() => {
+                    let idle = state.idle();
+                    check = tokio::time::Instant::now() + LANE_IDLE.saturating_sub(idle);
+                    idle >= LANE_IDLE
+                }
+            };
+            if call {
+                state.wanted.store(true, Ordering::SeqCst);
+                if let Some(id) = id {
+                    lane.reclaim(id);
+                }
+            }
+        };
+        self.io = Some(Arc::new(UnixStream::from_std(io)?));
+        // No answer: the lane is gone (its token shut down).
+        let Ok(back) = back else {
+            return Ok(Next::Closed);
+        };
+        *decoder = back.decoder;
+        *bucket = back.bucket;
+        match back.why {
+            Why::Frame(p) => {
+                bucket.wait().await;
+                Ok(Next::Frame(p))
+            }
+            Why::Called => {
+                bucket.wait().await;
+                self.next_frame(decoder).await
+            }
+            Why::Eof => {
+                decoder.finish().map_err(invalid)?;
+                Ok(Next::Closed)
+            }
+            Why::Failed(e) => Err(e),
+            Why::Rest(rest) => {
+                if !self.write(&rest).await {
+                    return Ok(Next::Closed);
+                }
+                bucket.wait().await;
+                self.next_frame(decoder).await
+            }
+            Why::Gone => Ok(Next::Closed),
+        }
+    }
+}
+
+/// What a parked connection and its tokio task share.
+struct ParkState {
+    /// The task wants the connection back.
+    wanted: AtomicBool,
+    since: Instant,
+    /// When a worker last answered a request, in µs after `since`.
+    answered: AtomicU64,
+}
+
+impl ParkState {
+    fn new() -> Self {
+        Self {
+            wanted: AtomicBool::new(false),
+            since: Instant::now(),
+            answered: AtomicU64::new(0),
+        }
+    }
+
+    fn wanted(&self) -> bool {
+        self.wanted.load(Ordering::SeqCst)
+    }
+
+    fn answered(&self) {
+        let us = u64::try_from(self.since.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.answered.store(us, Ordering::Relaxed);
+    }
+
+    /// How long since the last answer (or since parking).
+    fn idle(&self) -> Duration {
+        let answered = Duration::from_micros(self.answered.load(Ordering::Relaxed));
+        self.since.elapsed().saturating_sub(answered)
+    }
+}
+
+/// Why a parked connection came back to its task.
+enum Why {
+    /// The task called it back, or a frame is incomplete: read on as usual.
+    Called,
+    /// A request for the task to answer (not a key operation the token can do at once,
+    /// or over the rate).
+    Frame(Zeroizing<Vec<u8>>),
+    /// End of stream.
+    Eof,
+    /// A read failed or the frame is invalid.
+    Failed(io::Error),
+    /// The rest of a response that the socket did not take.
+    Rest(Zeroizing<Vec<u8>>),
+    /// The client went away.
+    Gone,
+}
+
+/// A connection back from its lane.
+struct Back {
+    decoder: FrameDecoder,
+    bucket: RateLimit,
+    why: Why,
+}
+
+/// A connection waiting on a lane: what a worker needs to read its next request and
+/// answer it.
+struct Parked {
+    sock: Arc<std::os::unix::net::UnixStream>,
+    decoder: FrameDecoder,
+    bucket: RateLimit,
+    on_lane: OnLane,
+    state: Arc<ParkState>,
+    back: Option<tokio::sync::oneshot::Sender<Back>>,
+    why: Why,
+}
+
+impl Parked {
+    fn back(mut self: Box<Self>, why: Why) -> Served {
+        self.why = why;
+        Served::Back(self)
+    }
+}
+
+impl Guest for Parked {
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.sock.as_fd()
+    }
+
+    fn wanted(&self) -> bool {
+        self.state.wanted()
+    }
+
+    fn go_back(self: Box<Self>) {
+        let Parked {
+            decoder,
+            bucket,
+            back,
+            why,
+            ..
+        } = *self;
+        if let Some(tx) = back {
+            let _ = tx.send(Back {
+                decoder,
+                bucket,
+                why,
+            });
+        }
+    }
+
+    fn serve(mut self: Box<Self>, here: &mut OnWorker<'_>) -> Served {
+        let mut buf = [0u8; 4 * 1024];
+        let n = loop {
+            match rustix::io::read(&*self.sock, &mut buf) {
+                Ok(n) => break n,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(rustix::io::Errno::AGAIN) => return Served::Stay(self),
+                Err(e) => return self.back(Why::Failed(e.into())),
+            }
+        };
+        if n == 0 {
+            return self.back(Why::Eof);
+        }
+        // The request may hold a PIN: what was read is wiped once fed.
+        let payload = match self.decoder.feed_wiping(&mut buf[..n]) {
+            Ok(Some(p)) => Zeroizing::new(p),
+            Ok(None) => return self.back(Why::Called),
+            Err(e) => return self.back(Why::Failed(invalid(e))),
+        };
+        let Ok(req) = Request::decode(&payload) else {
+            return self.back(Why::Frame(payload));
+        };
+        if !req.is_key_operation() || !self.bucket.try_take() {
+            return self.back(Why::Frame(payload));
+        }
+        let done = self.on_lane.answer(&req, here);
+        drop(req);
+        match done {
+            None => {
+                self.bucket.give_back();
+                self.back(Why::Frame(payload))
+            }
+            Some(Done::Sent) => {
+                self.state.answered();
+                if self.decoder.is_mid_frame() {
+                    // More came with it: the task reads on.
+                    self.back(Why::Called)
+                } else {
+                    Served::Stay(self)
+                }
+            }
+            Some(Done::Write(rest)) => self.back(Why::Rest(rest)),
+            Some(Done::Gone) => self.back(Why::Gone),
         }
     }
 }
@@ -465,30 +753,44 @@ fn now(response: Response) -> Answer {
 /// A token bucket: [`RATE_BURST`] requests at once, then [`RATE_PER_SEC`].
 struct RateLimit {
     tokens: f64,
-    last: tokio::time::Instant,
+    last: Instant,
 }
 
 impl RateLimit {
     fn new() -> Self {
         Self {
             tokens: RATE_BURST,
-            last: tokio::time::Instant::now(),
+            last: Instant::now(),
         }
     }
 
-    /// Takes one token, sleeping until there is one.
-    async fn wait(&mut self) {
-        let now = tokio::time::Instant::now();
+    /// Takes one token if there is one now.
+    fn try_take(&mut self) -> bool {
+        let now = Instant::now();
         self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * RATE_PER_SEC)
             .min(RATE_BURST);
         self.last = now;
         if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
+    }
+
+    /// Returns a token taken for a request that was not served after all.
+    fn give_back(&mut self) {
+        self.tokens = (self.tokens + 1.0).min(RATE_BURST);
+    }
+
+    /// Takes one token, sleeping until there is one.
+    async fn wait(&mut self) {
+        if !self.try_take() {
             let wait = Duration::from_secs_f64((1.0 - self.tokens) / RATE_PER_SEC);
             tokio::time::sleep(wait).await;
             self.tokens = 1.0;
-            self.last = tokio::time::Instant::now();
+            self.last = Instant::now();
+            self.tokens -= 1.0;
         }
-        self.tokens -= 1.0;
     }
 }
 

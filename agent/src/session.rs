@@ -6,15 +6,16 @@
 //! only before it reads the next request's answer, by which time it is long done.
 
 use std::future::Future;
+use std::os::unix::net::UnixStream;
 use std::pin::Pin as StdPin;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use smime_proto::{
     AgentStatus, ErrorCode, ErrorResponse, KeyId, PROTOCOL_VERSION, Request, Response,
 };
 use zeroize::Zeroizing;
 
-use crate::backend::pkcs11::PinSource;
+use crate::backend::pkcs11::{Lane, OnWorker, PinSource};
 use crate::error::AgentError;
 use crate::keystore::Keystore;
 
@@ -42,11 +43,12 @@ impl Peer {
 
 /// The connection a worker thread writes a response to.
 #[derive(Debug, Clone)]
-pub struct Sink(Arc<tokio::net::UnixStream>);
+pub struct Sink(Arc<UnixStream>);
 
 impl Sink {
-    /// A sink writing to `stream` (the server keeps reading from it).
-    pub fn new(stream: Arc<tokio::net::UnixStream>) -> Self {
+    /// A sink writing to `stream` (non-blocking; a second descriptor of the connection
+    /// the server reads from).
+    pub fn new(stream: Arc<UnixStream>) -> Self {
         Self(stream)
     }
 
@@ -95,6 +97,8 @@ pub struct Later {
     pub done: StdPin<Box<dyn Future<Output = Done> + Send>>,
     /// Notified when the server must act on `done` without waiting for the next request.
     pub attention: Arc<tokio::sync::Notify>,
+    /// The lane of the key's token: where the connection can wait for its next request.
+    pub lane: Option<Arc<Lane>>,
 }
 
 impl std::fmt::Debug for Later {
@@ -156,19 +160,80 @@ impl Audit {
     /// On the worker thread: a successful `response` goes to the client at once (or back
     /// to the server when there is no sink or the socket is full); then the audit line.
     fn deliver(&self, response: &Response, sink: Option<&Sink>) -> Done {
-        let Some(frame) = encode(response) else {
-            return Done::Gone;
-        };
-        let done = match sink {
-            None => Done::Write(frame),
-            Some(sink) => match sink.send(&frame) {
-                Some([]) => Done::Sent,
-                Some(rest) => Done::Write(Zeroizing::new(rest.to_vec())),
-                None => Done::Gone,
-            },
-        };
+        let done = send(response, sink);
         self.log(Ok(()));
         done
+    }
+}
+
+/// `response` written to `sink` as far as the socket takes it now.
+fn send(response: &Response, sink: Option<&Sink>) -> Done {
+    let Some(frame) = encode(response) else {
+        return Done::Gone;
+    };
+    match sink {
+        None => Done::Write(frame),
+        Some(sink) => match sink.send(&frame) {
+            Some([]) => Done::Sent,
+            Some(rest) => Done::Write(Zeroizing::new(rest.to_vec())),
+            None => Done::Gone,
+        },
+    }
+}
+
+/// What a worker thread needs to answer a connection's key operations itself, while the
+/// connection waits on a token's lane (`server::Parked`).
+#[derive(Debug, Clone)]
+pub struct OnLane {
+    keystore: Weak<Keystore>,
+    who: Arc<Requester>,
+    sink: Sink,
+}
+
+impl OnLane {
+    /// On the worker thread `here`: answers `req` when it is a key operation its token can
+    /// do at once (see `Token::sign_now`), with the audit line. `None` sends the request
+    /// the way through tokio.
+    pub fn answer(&self, req: &Request, here: &mut OnWorker<'_>) -> Option<Done> {
+        let (key, op) = match req {
+            Request::Sign { key, .. } => (key, "sign"),
+            Request::Decrypt { key, .. } => (key, "decrypt"),
+            Request::Ecdh { key, .. } => (key, "ecdh"),
+            _ => return None,
+        };
+        let (token, entry) = self.keystore.upgrade()?.key(key).ok()?;
+        let r = match req {
+            Request::Sign {
+                algorithm, digest, ..
+            } => token
+                .sign_now(here, &entry, *algorithm, digest)?
+                .map(|sig| Response::Signature {
+                    signature: serde_bytes::ByteBuf::from(sig),
+                }),
+            Request::Decrypt {
+                algorithm,
+                ciphertext,
+                ..
+            } => token
+                .decrypt_now(here, &entry, *algorithm, ciphertext)?
+                .map(|secret| Response::Secret { secret }),
+            Request::Ecdh { peer_point, .. } => token
+                .ecdh_now(here, &entry, peer_point)?
+                .map(|secret| Response::Secret { secret }),
+            _ => return None,
+        };
+        let audit = Audit {
+            who: self.who.clone(),
+            key: key.clone(),
+            op,
+        };
+        Some(match r {
+            Ok(response) => audit.deliver(&response, Some(&self.sink)),
+            Err(e) => {
+                audit.log(Err(&e));
+                send(&Response::Error(ErrorResponse::from(&e)), Some(&self.sink))
+            }
+        })
     }
 }
 
@@ -202,6 +267,16 @@ impl Session {
             asker,
             sink,
         }
+    }
+
+    /// What a worker needs to answer this connection's key operations itself (`None`
+    /// without a sink).
+    pub fn on_lane(&self) -> Option<OnLane> {
+        Some(OnLane {
+            keystore: Arc::downgrade(&self.keystore),
+            who: self.who.clone(),
+            sink: self.sink.clone()?,
+        })
     }
 
     /// Whether the client has completed `Hello`.
@@ -246,6 +321,7 @@ impl Session {
             Ok(te) => te,
             Err(e) => return fail(&e),
         };
+        let lane = token.lane().cloned();
         let audit = Arc::new(Audit {
             who: self.who.clone(),
             key,
@@ -314,6 +390,7 @@ impl Session {
                 }
             }),
             attention,
+            lane,
         })
     }
 

@@ -1283,3 +1283,193 @@ fn pinentry_on_the_final_try_asks_for_confirmation_first() {
         }
     }
 }
+
+/// How often the agent's tokio thread has been switched out (its main thread: the runtime
+/// is a current-thread one); it is woken once for each time it slept.
+fn tokio_thread_switches(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/status")).unwrap();
+    status
+        .lines()
+        .filter(|l| l.contains("ctxt_switches"))
+        .map(|l| l.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
+#[test]
+fn key_operations_after_the_first_are_answered_without_the_tokio_thread() {
+    let token = Token::new();
+    let agent = Agent::start(&token);
+    let mut c = AgentClient::connect(&agent.socket).unwrap();
+    let key = c
+        .list_keys()
+        .unwrap()
+        .into_iter()
+        .find(|k| k.algorithm == KeyAlgorithm::EcP256)
+        .unwrap();
+    let vk = {
+        use p256::pkcs8::DecodePublicKey;
+        let cert = Certificate::from_der(key.certificate.as_ref().unwrap()).unwrap();
+        let spki = cert
+            .tbs_certificate()
+            .subject_public_key_info()
+            .to_der()
+            .unwrap();
+        p256::ecdsa::VerifyingKey::from_public_key_der(&spki).unwrap()
+    };
+    // The first goes through the tokio thread; then the connection waits on the token's
+    // lane, where a worker thread reads the next request itself.
+    c.sign(&key.id, SignAlgorithm::EcdsaSha256, &[7; 32])
+        .unwrap();
+    let before = tokio_thread_switches(agent.pid());
+    for n in 0..300u32 {
+        let digest = Sha256::digest(n.to_be_bytes());
+        let sig = c
+            .sign(&key.id, SignAlgorithm::EcdsaSha256, &digest)
+            .unwrap();
+        use signature::hazmat::PrehashVerifier;
+        let sig = p256::ecdsa::Signature::from_der(&sig).unwrap();
+        vk.verify_prehash(&digest, &sig).unwrap();
+    }
+    let woken = tokio_thread_switches(agent.pid()) - before;
+    // Through the tokio thread, each request woke it (300 and more).
+    assert!(
+        woken < 100,
+        "the tokio thread slept {woken} times during 300 requests"
+    );
+    let audit = || agent.log_text().matches("op=\"sign\"").count();
+    let start = std::time::Instant::now();
+    while audit() < 301 && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(audit(), 301, "one audit line per signature");
+}
+
+#[test]
+fn a_connection_on_the_lane_gets_every_answer_and_goes_back_when_it_must() {
+    let token = Token::new();
+    // No PIN file: after a lock, only an unlock logs in again.
+    let opts = AgentOptions {
+        pin_file: Some(None),
+        ..AgentOptions::default()
+    };
+    let mut agent = Agent::start_with(&token, opts);
+    let mut c = AgentClient::connect(&agent.socket).unwrap();
+    c.unlock("smime-demo", smime_proto::Pin::new(token.pin()), false)
+        .unwrap();
+    let rsa = c
+        .list_keys()
+        .unwrap()
+        .into_iter()
+        .find(|k| k.algorithm == KeyAlgorithm::Rsa)
+        .unwrap()
+        .id;
+    let sign =
+        |c: &mut AgentClient<UnixStream>| c.sign(&rsa, SignAlgorithm::RsaPkcs1Sha256, &[1; 32]);
+    let code = |r: Result<Vec<u8>, smime::agent::AgentError>| match r {
+        Err(smime::agent::AgentError::Agent(e)) => e.code,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(sign(&mut c).unwrap().len(), 256, "through tokio");
+    assert_eq!(sign(&mut c).unwrap().len(), 256, "from the lane");
+    // Not a key operation: the tokio thread answers, then the connection waits again.
+    assert!(matches!(
+        c.request(&Request::Status).unwrap(),
+        Response::Status { .. }
+    ));
+    assert_eq!(sign(&mut c).unwrap().len(), 256);
+    // A key the agent does not know: the error comes from the usual way.
+    let missing = smime_proto::KeyId("nope:01".into());
+    assert_eq!(
+        code(c.sign(&missing, SignAlgorithm::RsaPkcs1Sha256, &[1; 32])),
+        ErrorCode::KEY_NOT_FOUND
+    );
+    // A wrong digest length: the token's error, from the worker on the lane.
+    assert_eq!(
+        code(c.sign(&rsa, SignAlgorithm::RsaPkcs1Sha256, &[1; 5])),
+        ErrorCode::BAD_REQUEST
+    );
+    assert_eq!(sign(&mut c).unwrap().len(), 256);
+    // Another client locks the token: the waiting connection's next request needs a PIN.
+    let mut other = AgentClient::connect(&agent.socket).unwrap();
+    assert!(matches!(
+        other.request(&Request::Lock { token: None }).unwrap(),
+        Response::Ok
+    ));
+    assert_eq!(code(sign(&mut c)), ErrorCode::PIN_REQUIRED);
+    c.unlock("smime-demo", smime_proto::Pin::new(token.pin()), false)
+        .unwrap();
+    assert_eq!(sign(&mut c).unwrap().len(), 256);
+    // Idle longer than a connection stays on the lane: back in tokio, still served.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(sign(&mut c).unwrap().len(), 256);
+    assert_eq!(sign(&mut c).unwrap().len(), 256);
+    // Two requests in one write: both answered, in order.
+    let mut s = UnixStream::connect(&agent.socket).unwrap();
+    hello(&mut s);
+    let req = |d: u8| {
+        Request::Sign {
+            key: rsa.clone(),
+            algorithm: SignAlgorithm::RsaPkcs1Sha256,
+            digest: vec![d; 32].into(),
+        }
+        .encode_frame()
+        .unwrap()
+    };
+    s.write_all(&req(1)).unwrap();
+    let first = read_response(&mut s);
+    assert!(
+        matches!(first, Some(Response::Signature { .. })),
+        "{first:?}"
+    );
+    let two = [req(2), req(3)].concat();
+    s.write_all(&two).unwrap();
+    let sigs: Vec<_> = (0..2)
+        .map(|_| match read_response(&mut s) {
+            Some(Response::Signature { signature }) => signature.into_vec(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(sigs[0], sign_raw(&mut c, &rsa, 2));
+    assert_eq!(sigs[1], sign_raw(&mut c, &rsa, 3));
+    // Half a frame, then the rest later: the tokio thread waits for the rest.
+    let frame = req(4);
+    s.write_all(&frame[..10]).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    s.write_all(&frame[10..]).unwrap();
+    assert!(matches!(
+        read_response(&mut s),
+        Some(Response::Signature { .. })
+    ));
+    // Garbage on a waiting connection: an error and the connection closes; the agent
+    // and the other connection go on.
+    s.write_all(&[0, 0, 0, 3, 0xff, 0xfe, 0xfd]).unwrap();
+    match read_response(&mut s) {
+        Some(Response::Error(e)) => assert_eq!(e.code, ErrorCode::BAD_REQUEST),
+        other => panic!("{other:?}"),
+    }
+    assert!(closed(&mut s));
+    assert_eq!(sign(&mut c).unwrap().len(), 256);
+    assert!(agent.is_running());
+    // SIGTERM while a connection waits on the lane: the agent stops at once.
+    let start = std::time::Instant::now();
+    let st = agent.stop();
+    assert!(st.success(), "{st}");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "stopping took {:?}",
+        start.elapsed()
+    );
+    assert!(closed_client(&mut c, &rsa));
+}
+
+/// An RSA PKCS#1 signature is deterministic: the same digest signed again.
+fn sign_raw(c: &mut AgentClient<UnixStream>, key: &smime_proto::KeyId, d: u8) -> Vec<u8> {
+    c.sign(key, SignAlgorithm::RsaPkcs1Sha256, &[d; 32])
+        .unwrap()
+}
+
+/// The agent is gone: a request fails.
+fn closed_client(c: &mut AgentClient<UnixStream>, key: &smime_proto::KeyId) -> bool {
+    c.sign(key, SignAlgorithm::RsaPkcs1Sha256, &[1; 32])
+        .is_err()
+}

@@ -12,6 +12,15 @@
 //! does not wait for the tokio thread to be woken; the tokio task collects the oneshot
 //! only when the client's next request arrives (see `server::Handler`).
 //!
+//! After that first key operation the connection waits on the token's [`Lane`]: the
+//! workers read its next requests themselves and answer the key operations that need
+//! nothing but the token ([`Token::sign_now`] and friends); the rest goes back to tokio.
+//!
+//! ```text
+//!  client ──request──► lane (epoll) ──► worker: read, C_Sign, write ──► client
+//!                          └── anything else ──► tokio task ──► job queue ──► worker
+//! ```
+//!
 //! **No PKCS#11 call runs on a tokio thread.** Each worker thread owns one `Session`
 //! (`Send`, not `Sync`) and takes jobs from the token's queue, so `sessions` requests can
 //! run at once. Login state belongs to the application and token, so one `C_Login` on any
@@ -26,6 +35,7 @@
 //! come from (pinentry, client, file, env, PIN pad), how long logins last, whether a PIN is
 //! kept at all, and which keys need a confirmation before signing.
 
+mod lane;
 pub(crate) mod mechanism;
 pub(crate) mod oaep;
 mod queue;
@@ -50,7 +60,8 @@ use smime_proto::{
 use super::piv::{self, PivWorker};
 use crate::config::{AlwaysAuth, Config, PinPolicy, PinSourceKind};
 use crate::error::AgentError;
-use queue::JobQueue;
+pub use lane::{Guest, Lane, OnWorker, Served};
+use queue::{JobQueue, Work};
 pub(crate) use worker::Login;
 pub use worker::PinSource;
 use worker::Worker;
@@ -331,6 +342,8 @@ pub struct Token {
     /// The workers' session generation: bumped when the token's sessions are dead.
     epoch: Arc<AtomicU64>,
     jobs: Arc<JobQueue<Job>>,
+    /// Where connections wait for a worker to read their next request (PKCS#11 tokens).
+    lane: Option<Arc<Lane>>,
     /// Serializes logins, so two clients cannot spend two PIN tries at once.
     login_lock: tokio::sync::Mutex<()>,
     /// One pinentry dialog at a time per token.
@@ -385,15 +398,20 @@ impl Token {
             .unwrap_or_default();
         let policy = config.policy_for(info.label().trim(), info.serial_number().trim());
         let protected_path = info.protected_authentication_path();
-        let jobs = Arc::new(JobQueue::<Job>::new(QUEUE_DEPTH));
-        let epoch = Arc::new(AtomicU64::new(0));
         let label = info.label().trim().to_owned();
+        let lane = Lane::new()
+            .map(Arc::new)
+            .inspect_err(|e| tracing::warn!(token = %label, error = %e, "no lane for this token"))
+            .ok();
+        let jobs = Arc::new(JobQueue::<Job>::new(QUEUE_DEPTH, lane.clone()));
+        let epoch = Arc::new(AtomicU64::new(0));
         let serial = info.serial_number().trim().to_owned();
         let mut workers = Vec::new();
         for n in 0..sessions.max(1) {
             let session = module.p11.open_ro_session(slot)?;
             let queue = jobs.clone();
             let ops = module.ops.clone();
+            let lane = lane.clone();
             let mut d = Device::P11(Worker::new(
                 session,
                 module.p11.clone(),
@@ -405,12 +423,21 @@ impl Token {
             let handle = std::thread::Builder::new()
                 .name(format!("p11-{label}-{n}"))
                 .spawn(move || {
-                    while let Some((job, _running)) = queue.take(SPIN_BEFORE_SLEEP) {
+                    while let Some(work) = queue.take(SPIN_BEFORE_SLEEP) {
                         let _shared = ops.read().unwrap_or_else(|e| e.into_inner());
                         if let Device::P11(w) = &mut d {
                             w.revive();
                         }
-                        job(&mut d);
+                        match work {
+                            Work::Job(job, _running) => job(&mut d),
+                            Work::Guest(id, guest, _running) => {
+                                // Only a queue with a lane hands out guests.
+                                if let Some(lane) = &lane {
+                                    let served = guest.serve(&mut OnWorker { dev: &mut d, lane });
+                                    lane.served(id, served);
+                                }
+                            }
+                        }
                     }
                 })
                 .map_err(|_| {
@@ -434,6 +461,7 @@ impl Token {
             reader,
             epoch,
             jobs,
+            lane,
             login_lock: tokio::sync::Mutex::new(()),
             prompt_lock: tokio::sync::Mutex::new(()),
             policy: Mutex::new(policy),
@@ -464,7 +492,7 @@ impl Token {
         let reader = card.reader.clone();
         let version = card.version.clone();
         let policy = config.policy_for(&label, &serial);
-        let jobs = Arc::new(JobQueue::<Job>::new(QUEUE_DEPTH));
+        let jobs = Arc::new(JobQueue::<Job>::new(QUEUE_DEPTH, None));
         let queue = jobs.clone();
         let epoch = Arc::new(AtomicU64::new(0));
         let mut d = Device::Piv(PivWorker::new(card, label.clone(), epoch.clone()));
@@ -472,8 +500,10 @@ impl Token {
             .name(format!("piv-{serial}"))
             .spawn(move || {
                 // A card takes milliseconds per operation: its worker sleeps at once.
-                while let Some((job, _running)) = queue.take(Duration::ZERO) {
-                    job(&mut d);
+                while let Some(work) = queue.take(Duration::ZERO) {
+                    if let Work::Job(job, _running) = work {
+                        job(&mut d);
+                    }
                 }
                 // `d` drops here: the card is left with disconnect(LeaveCard).
             })?;
@@ -489,6 +519,7 @@ impl Token {
             reader,
             epoch,
             jobs,
+            lane: None,
             login_lock: tokio::sync::Mutex::new(()),
             prompt_lock: tokio::sync::Mutex::new(()),
             policy: Mutex::new(policy),
@@ -991,15 +1022,115 @@ impl Token {
     ) -> Result<Submitted<U>, AgentError> {
         self.confirm_sign(key, who).await?;
         let fresh = self.ensure_login(key, who).await?;
-        let key = &self.current(key);
-        self.ready(key, Operation::Sign)?;
-        self.state().last_used = Instant::now();
-        check_alg(key, alg.is_rsa(), matches!(alg, SignAlgorithm::Unknown))?;
+        let key = &self.prepare(key, Operation::Sign, sign_rsa(alg))?;
         let (id, kalg) = (key.cka_id.clone(), (key.info.algorithm, key.info.bits));
         self.submit_key_op(key, "signature", who, fresh, finish, move |w, c, reauth| {
             w.sign(&id, kalg, alg, &digest, c, reauth)
         })
         .await
+    }
+
+    /// The checks every key operation passes once the token is logged in: the key as
+    /// enumerated now, allowed to do `op`, of the kind `rsa` says (`None`: an algorithm
+    /// this agent does not know). Counts as a use of the login.
+    fn prepare(
+        &self,
+        key: &KeyEntry,
+        op: Operation,
+        rsa: Option<bool>,
+    ) -> Result<KeyEntry, AgentError> {
+        let key = self.current(key);
+        self.ready(&key, op)?;
+        self.state().last_used = Instant::now();
+        check_alg(&key, rsa.unwrap_or(false), rsa.is_none())?;
+        Ok(key)
+    }
+
+    /// A key operation run at once on the worker thread `here`, for a request a worker
+    /// read from a connection on this token's lane. `None` when it needs more than the
+    /// token (a login, a dialog, a context-specific login) or fails a check: the request
+    /// then takes the way through tokio, which does all that and gives the errors.
+    fn run_now<T>(
+        &self,
+        here: &mut OnWorker<'_>,
+        key: &KeyEntry,
+        op: Operation,
+        rsa: Option<bool>,
+        f: impl FnOnce(&mut Device, &KeyEntry, Option<&Pin>) -> Result<T, AgentError>,
+    ) -> Option<Result<T, AgentError>> {
+        let mine = self
+            .lane
+            .as_deref()
+            .is_some_and(|l| std::ptr::eq(l, here.lane));
+        if !mine || self.needs_login() {
+            return None;
+        }
+        if op == Operation::Sign
+            && self
+                .policy()
+                .confirms(&key.info.label, &hex::encode(&key.cka_id))
+        {
+            return None;
+        }
+        let key = self.prepare(key, op, rsa).ok()?;
+        if key.info.always_authenticate {
+            return None;
+        }
+        let reauth = self.kept_pin();
+        let id = self.next_job.fetch_add(1, Ordering::Relaxed);
+        let r = {
+            let _running = Running::start(self.inflight.clone(), id, WAIT_TOKEN);
+            f(here.dev, &key, reauth.as_deref())
+        };
+        Some(self.settle(r, &None))
+    }
+
+    /// [`Token::submit_sign`], run at once on a worker thread (see [`Token::run_now`]).
+    pub fn sign_now(
+        &self,
+        here: &mut OnWorker<'_>,
+        key: &KeyEntry,
+        alg: SignAlgorithm,
+        digest: &[u8],
+    ) -> Option<Result<Vec<u8>, AgentError>> {
+        self.run_now(here, key, Operation::Sign, sign_rsa(alg), |d, k, reauth| {
+            let kalg = (k.info.algorithm, k.info.bits);
+            d.sign(&k.cka_id, kalg, alg, digest, None, reauth)
+        })
+    }
+
+    /// [`Token::submit_decrypt`], run at once on a worker thread.
+    pub fn decrypt_now(
+        &self,
+        here: &mut OnWorker<'_>,
+        key: &KeyEntry,
+        alg: DecryptAlgorithm,
+        ct: &[u8],
+    ) -> Option<Result<SecretBytes, AgentError>> {
+        self.run_now(
+            here,
+            key,
+            Operation::Decrypt,
+            decrypt_rsa(alg),
+            |d, k, reauth| d.decrypt(&k.cka_id, k.info.bits, alg, ct, None, reauth),
+        )
+    }
+
+    /// [`Token::submit_ecdh`], run at once on a worker thread.
+    pub fn ecdh_now(
+        &self,
+        here: &mut OnWorker<'_>,
+        key: &KeyEntry,
+        peer: &[u8],
+    ) -> Option<Result<SecretBytes, AgentError>> {
+        self.run_now(here, key, Operation::Ecdh, Some(false), |d, k, reauth| {
+            d.ecdh(&k.cka_id, k.info.algorithm, peer, None, reauth)
+        })
+    }
+
+    /// The token's lane, where the server parks connections after a key operation.
+    pub fn lane(&self) -> Option<&Arc<Lane>> {
+        self.lane.as_ref()
     }
 
     /// The common tail of a key operation: the context-specific login of an
@@ -1048,10 +1179,7 @@ impl Token {
         finish: impl FnOnce(Result<SecretBytes, AgentError>) -> Result<U, AgentError> + Send + 'static,
     ) -> Result<Submitted<U>, AgentError> {
         let fresh = self.ensure_login(key, who).await?;
-        let key = &self.current(key);
-        self.ready(key, Operation::Decrypt)?;
-        self.state().last_used = Instant::now();
-        check_alg(key, true, matches!(alg, DecryptAlgorithm::Unknown))?;
+        let key = &self.prepare(key, Operation::Decrypt, decrypt_rsa(alg))?;
         let (id, bits) = (key.cka_id.clone(), key.info.bits);
         self.submit_key_op(
             key,
@@ -1073,10 +1201,7 @@ impl Token {
         finish: impl FnOnce(Result<SecretBytes, AgentError>) -> Result<U, AgentError> + Send + 'static,
     ) -> Result<Submitted<U>, AgentError> {
         let fresh = self.ensure_login(key, who).await?;
-        let key = &self.current(key);
-        self.ready(key, Operation::Ecdh)?;
-        self.state().last_used = Instant::now();
-        check_alg(key, false, false)?;
+        let key = &self.prepare(key, Operation::Ecdh, Some(false))?;
         let (id, curve) = (key.cka_id.clone(), key.info.algorithm);
         self.submit_key_op(
             key,
@@ -1370,6 +1495,16 @@ async fn confirm(program: PathBuf, text: String) -> Result<bool, AgentError> {
         .await
         .map_err(|e| AgentError::Internal(e.to_string()))?
         .map_err(|e| AgentError::Internal(e.to_string()))
+}
+
+/// Whether a signature algorithm wants an RSA key (`None`: unknown to this agent).
+fn sign_rsa(alg: SignAlgorithm) -> Option<bool> {
+    (!matches!(alg, SignAlgorithm::Unknown)).then(|| alg.is_rsa())
+}
+
+/// Whether a decryption algorithm wants an RSA key (all do; `None`: unknown).
+fn decrypt_rsa(alg: DecryptAlgorithm) -> Option<bool> {
+    (!matches!(alg, DecryptAlgorithm::Unknown)).then_some(true)
 }
 
 fn check_alg(key: &KeyEntry, wants_rsa: bool, unknown: bool) -> Result<(), AgentError> {
