@@ -1022,7 +1022,8 @@ impl Token {
     ) -> Result<Submitted<U>, AgentError> {
         self.confirm_sign(key, who).await?;
         let fresh = self.ensure_login(key, who).await?;
-        let key = &self.prepare(key, Operation::Sign, sign_rsa(alg))?;
+        let key = &self.current(key);
+        self.prepare(key, Operation::Sign, sign_rsa(alg))?;
         let (id, kalg) = (key.cka_id.clone(), (key.info.algorithm, key.info.bits));
         self.submit_key_op(key, "signature", who, fresh, finish, move |w, c, reauth| {
             w.sign(&id, kalg, alg, &digest, c, reauth)
@@ -1030,26 +1031,20 @@ impl Token {
         .await
     }
 
-    /// The checks every key operation passes once the token is logged in: the key as
-    /// enumerated now, allowed to do `op`, of the kind `rsa` says (`None`: an algorithm
+    /// The checks every key operation passes once the token is logged in: `key` (as
+    /// enumerated now) allows `op` and is of the kind `rsa` says (`None`: an algorithm
     /// this agent does not know). Counts as a use of the login.
-    fn prepare(
-        &self,
-        key: &KeyEntry,
-        op: Operation,
-        rsa: Option<bool>,
-    ) -> Result<KeyEntry, AgentError> {
-        let key = self.current(key);
-        self.ready(&key, op)?;
+    fn prepare(&self, key: &KeyEntry, op: Operation, rsa: Option<bool>) -> Result<(), AgentError> {
+        self.ready(key, op)?;
         self.state().last_used = Instant::now();
-        check_alg(&key, rsa.unwrap_or(false), rsa.is_none())?;
-        Ok(key)
+        check_alg(key, rsa.unwrap_or(false), rsa.is_none())
     }
 
     /// A key operation run at once on the worker thread `here`, for a request a worker
     /// read from a connection on this token's lane. `None` when it needs more than the
     /// token (a login, a dialog, a context-specific login) or fails a check: the request
-    /// then takes the way through tokio, which does all that and gives the errors.
+    /// then takes the way through tokio, which does all that and gives the errors. `key`
+    /// is the entry as the token lists it now (from `Keystore::key`).
     fn run_now<T>(
         &self,
         here: &mut OnWorker<'_>,
@@ -1072,15 +1067,15 @@ impl Token {
         {
             return None;
         }
-        let key = self.prepare(key, op, rsa).ok()?;
-        if key.info.always_authenticate {
+        // `key` was just read from the token's list: it is the current entry.
+        if key.info.always_authenticate || self.prepare(key, op, rsa).is_err() {
             return None;
         }
         let reauth = self.kept_pin();
         let id = self.next_job.fetch_add(1, Ordering::Relaxed);
         let r = {
             let _running = Running::start(self.inflight.clone(), id, WAIT_TOKEN);
-            f(here.dev, &key, reauth.as_deref())
+            f(here.dev, key, reauth.as_deref())
         };
         Some(self.settle(r, &None))
     }
@@ -1179,7 +1174,8 @@ impl Token {
         finish: impl FnOnce(Result<SecretBytes, AgentError>) -> Result<U, AgentError> + Send + 'static,
     ) -> Result<Submitted<U>, AgentError> {
         let fresh = self.ensure_login(key, who).await?;
-        let key = &self.prepare(key, Operation::Decrypt, decrypt_rsa(alg))?;
+        let key = &self.current(key);
+        self.prepare(key, Operation::Decrypt, decrypt_rsa(alg))?;
         let (id, bits) = (key.cka_id.clone(), key.info.bits);
         self.submit_key_op(
             key,
@@ -1201,7 +1197,8 @@ impl Token {
         finish: impl FnOnce(Result<SecretBytes, AgentError>) -> Result<U, AgentError> + Send + 'static,
     ) -> Result<Submitted<U>, AgentError> {
         let fresh = self.ensure_login(key, who).await?;
-        let key = &self.prepare(key, Operation::Ecdh, Some(false))?;
+        let key = &self.current(key);
+        self.prepare(key, Operation::Ecdh, Some(false))?;
         let (id, curve) = (key.cka_id.clone(), key.info.algorithm);
         self.submit_key_op(
             key,
