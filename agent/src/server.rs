@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use zeroize::Zeroizing;
 
-use crate::backend::pkcs11::{Guest, Lane, OnWorker, Served};
+use crate::backend::pkcs11::{Guest, OnWorker, Served, Token};
 use crate::keystore::Keystore;
 use crate::session::{Answer, Done, Later, OnLane, Peer, Session, Sink, encode};
 
@@ -239,7 +239,7 @@ pub async fn serve(
                 session: Session::new(peer, ks, Some(sink)),
                 cancel,
                 pending: None,
-                lane: None,
+                park_on: None,
             }
             .run()
             .await;
@@ -277,8 +277,8 @@ struct Handler {
     cancel: CancellationToken,
     /// The answer a worker thread is giving to the last request.
     pending: Option<Later>,
-    /// The lane where the connection waits for its next request.
-    lane: Option<Arc<Lane>>,
+    /// The token on whose lane the connection waits for its next request.
+    park_on: Option<Arc<Token>>,
 }
 
 enum Next {
@@ -298,8 +298,8 @@ impl Handler {
         let mut decoder = FrameDecoder::with_limit(MAX_REQUEST_LEN);
         let mut bucket = RateLimit::new();
         loop {
-            let next = match self.lane.take() {
-                Some(lane) => self.park(&lane, &mut decoder, &mut bucket).await,
+            let next = match self.park_on.take() {
+                Some(token) => self.park(&token, &mut decoder, &mut bucket).await,
                 None => {
                     bucket.wait().await;
                     self.next_frame(&mut decoder).await
@@ -343,14 +343,14 @@ impl Handler {
                     }
                 }
                 Answer::Later(done) => {
-                    let lane = done.lane.clone();
+                    let park_on = done.park_on.clone();
                     self.pending = Some(done);
-                    if lane.is_some() {
+                    if park_on.is_some() {
                         // The connection waits on the lane only once this answer is out.
                         if !self.settle().await {
                             return;
                         }
-                        self.lane = lane;
+                        self.park_on = park_on;
                     }
                 }
             }
@@ -454,12 +454,12 @@ impl Handler {
         }
     }
 
-    /// Waits for the next frame on `lane`: the connection leaves tokio, and a worker of
-    /// the lane's token reads it. What the worker does not answer itself comes back here,
+    /// Waits for the next frame on `token`'s lane: the connection leaves tokio, and a
+    /// worker of the token reads it. What the worker does not answer itself comes back here,
     /// as does the connection after [`LANE_IDLE`] without a request, or at shutdown.
     async fn park(
         &mut self,
-        lane: &Lane,
+        token: &Token,
         decoder: &mut FrameDecoder,
         bucket: &mut RateLimit,
     ) -> Result<Next, io::Error> {
@@ -485,7 +485,7 @@ impl Handler {
             back: Some(tx),
             why: Why::Called,
         });
-        let id = match lane.park(guest) {
+        let id = match token.park(guest) {
             Ok(id) => Some(id),
             Err((e, guest)) => {
                 tracing::debug!(error = %e, "cannot wait on the lane");
@@ -507,13 +507,14 @@ impl Handler {
             if call {
                 state.wanted.store(true, Ordering::SeqCst);
                 if let Some(id) = id {
-                    lane.reclaim(id);
+                    token.reclaim(id);
                 }
             }
         };
         self.io = Some(Arc::new(UnixStream::from_std(io)?));
-        // No answer: the lane is gone (its token shut down).
         let Ok(back) = back else {
+            // Dropped unanswered: the token shut down, or its worker panicked.
+            tracing::warn!(peer = ?self.session.peer(), "the token's worker stopped while serving this connection; closing");
             return Ok(Next::Closed);
         };
         *decoder = back.decoder;

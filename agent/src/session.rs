@@ -15,7 +15,7 @@ use smime_proto::{
 };
 use zeroize::Zeroizing;
 
-use crate::backend::pkcs11::{Lane, OnWorker, PinSource};
+use crate::backend::pkcs11::{OnWorker, PinSource, Token};
 use crate::error::AgentError;
 use crate::keystore::Keystore;
 
@@ -97,8 +97,8 @@ pub struct Later {
     pub done: StdPin<Box<dyn Future<Output = Done> + Send>>,
     /// Notified when the server must act on `done` without waiting for the next request.
     pub attention: Arc<tokio::sync::Notify>,
-    /// The lane of the key's token: where the connection can wait for its next request.
-    pub lane: Option<Arc<Lane>>,
+    /// The key's token, if the connection can wait on its lane for its next request.
+    pub park_on: Option<Arc<Token>>,
 }
 
 impl std::fmt::Debug for Later {
@@ -321,7 +321,7 @@ impl Session {
             Ok(te) => te,
             Err(e) => return fail(&e),
         };
-        let lane = token.lane().cloned();
+        let park_on = token.has_lane().then(|| token.clone());
         let audit = Arc::new(Audit {
             who: self.who.clone(),
             key,
@@ -390,7 +390,7 @@ impl Session {
                 }
             }),
             attention,
-            lane,
+            park_on,
         })
     }
 

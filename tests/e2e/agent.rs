@@ -1370,13 +1370,14 @@ fn a_connection_on_the_lane_gets_every_answer_and_goes_back_when_it_must() {
         other => panic!("{other:?}"),
     };
     assert_eq!(sign(&mut c).unwrap().len(), 256, "through tokio");
-    assert_eq!(sign(&mut c).unwrap().len(), 256, "from the lane");
+    from_the_lane(&agent, &mut c, &rsa);
     // Not a key operation: the tokio thread answers, then the connection waits again.
     assert!(matches!(
         c.request(&Request::Status).unwrap(),
         Response::Status { .. }
     ));
     assert_eq!(sign(&mut c).unwrap().len(), 256);
+    from_the_lane(&agent, &mut c, &rsa);
     // A key the agent does not know: the error comes from the usual way.
     let missing = smime_proto::KeyId("nope:01".into());
     assert_eq!(
@@ -1388,7 +1389,7 @@ fn a_connection_on_the_lane_gets_every_answer_and_goes_back_when_it_must() {
         code(c.sign(&rsa, SignAlgorithm::RsaPkcs1Sha256, &[1; 5])),
         ErrorCode::BAD_REQUEST
     );
-    assert_eq!(sign(&mut c).unwrap().len(), 256);
+    from_the_lane(&agent, &mut c, &rsa);
     // Another client locks the token: the waiting connection's next request needs a PIN.
     let mut other = AgentClient::connect(&agent.socket).unwrap();
     assert!(matches!(
@@ -1399,10 +1400,11 @@ fn a_connection_on_the_lane_gets_every_answer_and_goes_back_when_it_must() {
     c.unlock("smime-demo", smime_proto::Pin::new(token.pin()), false)
         .unwrap();
     assert_eq!(sign(&mut c).unwrap().len(), 256);
+    from_the_lane(&agent, &mut c, &rsa);
     // Idle longer than a connection stays on the lane: back in tokio, still served.
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(sign(&mut c).unwrap().len(), 256);
-    assert_eq!(sign(&mut c).unwrap().len(), 256);
+    from_the_lane(&agent, &mut c, &rsa);
     // Two requests in one write: both answered, in order.
     let mut s = UnixStream::connect(&agent.socket).unwrap();
     hello(&mut s);
@@ -1460,6 +1462,20 @@ fn a_connection_on_the_lane_gets_every_answer_and_goes_back_when_it_must() {
         start.elapsed()
     );
     assert!(closed_client(&mut c, &rsa));
+}
+
+/// Signs 20 times on `c`, which must be waiting on its token's lane: the tokio thread
+/// stays asleep for nearly all of them (through tokio it wakes at least once each).
+fn from_the_lane(agent: &Agent, c: &mut AgentClient<UnixStream>, key: &smime_proto::KeyId) {
+    let before = tokio_thread_switches(agent.pid());
+    for n in 0..20 {
+        assert_eq!(sign_raw(c, key, n).len(), 256);
+    }
+    let woken = tokio_thread_switches(agent.pid()) - before;
+    assert!(
+        woken < 10,
+        "the tokio thread woke {woken} times for 20 requests"
+    );
 }
 
 /// An RSA PKCS#1 signature is deterministic: the same digest signed again.

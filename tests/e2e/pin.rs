@@ -951,3 +951,58 @@ fn a_slow_signature_says_what_the_token_waits_for_on_a_terminal() {
     assert!(!stderr(&out).contains("waiting"), "{}", stderr(&out));
     verify_with_openssl(&token, d, &sig);
 }
+
+#[test]
+fn a_request_waiting_on_a_hung_tokens_lane_is_answered_within_a_second() {
+    let token = Token::new();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let config = format!(
+        "[[token]]\nlabel = \"smime-demo\"\npin_source = \"file\"\npin_file = \"{}\"\n",
+        token.file("pin").display()
+    );
+    let agent = agent_with_config(&token, d, "", &[], &config);
+    let mut c = AgentClient::connect(&agent.socket).unwrap();
+    let keys = c.list_keys().unwrap();
+    let alice = keys.iter().find(|k| k.label == "alice-ec").unwrap().clone();
+    // After a signature the connection waits on smime-demo's lane, where the token's
+    // workers read its requests.
+    for _ in 0..2 {
+        assert_eq!(
+            c.sign(&alice.id, SignAlgorithm::EcdsaSha256, &[1; 32])
+                .unwrap()[0],
+            0x30
+        );
+    }
+    // Now the token "waits for a touch" in every signature, and both workers hang in one.
+    control(
+        &d.join("control"),
+        "delay_ms=5000\ndelay_token=smime-demo\n",
+    );
+    let slow: Vec<_> = (0..2)
+        .map(|_| {
+            let (socket, alice) = (agent.socket.clone(), alice.clone());
+            std::thread::spawn(move || {
+                let mut c = AgentClient::connect(&socket).unwrap();
+                c.sign(&alice.id, SignAlgorithm::EcdsaSha256, &[2; 32])
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // No worker reads the lane now: the connection goes back to tokio within a second of
+    // its last answer, and its status request is answered then, not after the hang.
+    let start = Instant::now();
+    let Response::Status { tokens, .. } = c.request(&Request::Status).unwrap() else {
+        panic!("not a status response");
+    };
+    let took = start.elapsed();
+    assert!(took < Duration::from_millis(2500), "status took {took:?}");
+    assert!(tokens.iter().any(|t| t.label == "smime-demo"));
+    assert!(
+        slow.iter().all(|t| !t.is_finished()),
+        "the slow signatures were not slow"
+    );
+    for t in slow {
+        assert_eq!(t.join().unwrap().unwrap()[0], 0x30);
+    }
+}

@@ -60,7 +60,8 @@ use smime_proto::{
 use super::piv::{self, PivWorker};
 use crate::config::{AlwaysAuth, Config, PinPolicy, PinSourceKind};
 use crate::error::AgentError;
-pub use lane::{Guest, Lane, OnWorker, Served};
+use lane::Lane;
+pub use lane::{Guest, OnWorker, Served};
 use queue::{JobQueue, Work};
 pub(crate) use worker::Login;
 pub use worker::PinSource;
@@ -1123,9 +1124,30 @@ impl Token {
         })
     }
 
-    /// The token's lane, where the server parks connections after a key operation.
-    pub fn lane(&self) -> Option<&Arc<Lane>> {
-        self.lane.as_ref()
+    /// Whether connections can wait on this token's lane ([`Token::park`]).
+    pub fn has_lane(&self) -> bool {
+        self.lane.is_some()
+    }
+
+    /// Parks a connection on the token's lane (see [`Lane::park`]), and makes sure a
+    /// worker watches the lane.
+    ///
+    /// # Errors
+    /// Without a lane, or when the socket cannot join it: the guest comes back.
+    pub fn park(&self, guest: Box<dyn Guest>) -> Result<u64, (std::io::Error, Box<dyn Guest>)> {
+        let Some(lane) = &self.lane else {
+            return Err((std::io::Error::other("the token has no lane"), guest));
+        };
+        let id = lane.park(guest)?;
+        self.jobs.watch();
+        Ok(id)
+    }
+
+    /// Calls a parked connection back (see [`Lane::reclaim`]).
+    pub fn reclaim(&self, id: u64) {
+        if let Some(lane) = &self.lane {
+            lane.reclaim(id);
+        }
     }
 
     /// The common tail of a key operation: the context-specific login of an

@@ -62,7 +62,7 @@ impl std::fmt::Debug for OnWorker<'_> {
 const BELL: u64 = u64::MAX;
 
 /// A token's lane (see the module's documentation).
-pub struct Lane {
+pub(super) struct Lane {
     ep: OwnedFd,
     bell: OwnedFd,
     guests: Mutex<Guests>,
@@ -126,7 +126,7 @@ impl Lane {
     ///
     /// # Errors
     /// When its socket cannot join the epoll set: the guest comes back with the error.
-    pub fn park(&self, guest: Box<dyn Guest>) -> Result<u64, (io::Error, Box<dyn Guest>)> {
+    pub(super) fn park(&self, guest: Box<dyn Guest>) -> Result<u64, (io::Error, Box<dyn Guest>)> {
         let mut g = self.lock();
         let id = g.next;
         if let Err(e) = epoll::add(
@@ -144,7 +144,7 @@ impl Lane {
 
     /// Sends the guest `id` back to its task now, unless a worker is serving it (that
     /// worker sends it back when done, if [`Guest::wanted`] says so).
-    pub fn reclaim(&self, id: u64) {
+    pub(super) fn reclaim(&self, id: u64) {
         let guest = self.lock().parked.remove(&id);
         if let Some(guest) = guest {
             self.leave(guest);

@@ -185,15 +185,18 @@ impl<J> JobQueue<J> {
                 let start = Instant::now();
                 s = loop {
                     std::thread::yield_now();
-                    let found = self.look(Some(Duration::ZERO));
                     let mut g = self.lock();
-                    if let Some((id, guest)) = found {
-                        g.spinning -= 1;
-                        return Some(Work::Guest(id, guest, self.ticket(g)));
-                    }
+                    // Queued jobs first.
                     if !g.jobs.is_empty() || g.closed || g.running > 0 || start.elapsed() >= spin {
                         g.spinning -= 1;
                         break g;
+                    }
+                    drop(g);
+                    let found = self.look(Some(Duration::ZERO));
+                    if let Some((id, guest)) = found {
+                        let mut g = self.lock();
+                        g.spinning -= 1;
+                        return Some(Work::Guest(id, guest, self.ticket(g)));
                     }
                 };
                 continue;
@@ -215,16 +218,35 @@ impl<J> JobQueue<J> {
         }
     }
 
-    /// The worker holding `s` starts on what it took. If it leaves the lane unwatched
-    /// while guests wait there, a sleeping worker is woken to watch it.
+    /// The worker holding `s` starts on what it took, and passes wake-ups on:
+    /// - jobs still queued wake another worker (a sleeper, else the watcher): any worker's
+    ///   look at the lane may have taken the bell that a push rang for the watcher;
+    /// - a lane left unwatched while guests wait there gets a sleeper to watch it.
     fn ticket(&self, mut s: MutexGuard<'_, State<J>>) -> Ticket<'_, J> {
         s.running += 1;
-        let unwatched = !s.watching && s.spinning == 0 && s.sleeping > 0;
+        let more = s.jobs.len() > s.spinning;
+        let (sleeper, watcher) = (s.sleeping > 0, s.watching);
+        let unwatched = !watcher && s.spinning == 0 && sleeper;
         drop(s);
-        if unwatched && self.lane.as_ref().is_some_and(|l| l.has_parked()) {
+        if more && sleeper {
+            self.ready.notify_one();
+        } else if more && watcher {
+            self.ring();
+        } else if unwatched && self.lane.as_ref().is_some_and(|l| l.has_parked()) {
             self.ready.notify_one();
         }
         Ticket(self)
+    }
+
+    /// A guest was parked on the lane: unless a worker watches it (or spins, or will look
+    /// when it is done), a sleeping one is woken to watch.
+    pub(super) fn watch(&self) {
+        let s = self.lock();
+        let wake = !s.watching && s.spinning == 0 && s.sleeping > 0;
+        drop(s);
+        if wake {
+            self.ready.notify_one();
+        }
     }
 }
 
@@ -360,7 +382,13 @@ mod tests {
                     std::thread::spawn(move || {
                         while let Some(work) = q.take(Duration::from_micros(200)) {
                             match work {
-                                Work::Job(j, _t) => tx.send(1000 + j).expect("report"),
+                                Work::Job(j, _t) => {
+                                    // Jobs from 2000 on take j - 2000 ms.
+                                    if j >= 2000 {
+                                        std::thread::sleep(Duration::from_millis(j - 2000));
+                                    }
+                                    tx.send(1000 + j).expect("report");
+                                }
                                 Work::Guest(id, g, _t) => {
                                     let mut b = [0u8; 64];
                                     let _ = rustix::io::read(g.fd(), &mut b);
@@ -407,7 +435,9 @@ mod tests {
                 wanted: wanted.clone(),
                 back: self.back_tx.clone(),
             });
+            // As `Token::park` does.
             let id = self.lane.park(g).map_err(|(e, _)| e).expect("park");
+            self.q.watch();
             (id, theirs, wanted)
         }
 
@@ -501,6 +531,44 @@ mod tests {
             .expect("sent back");
         poke(&mut cb);
         assert_eq!(t.took.recv_timeout(Duration::from_millis(200)).ok(), None);
+        t.finish();
+    }
+
+    #[test]
+    fn a_connection_parked_while_the_watcher_serves_is_watched() {
+        let t = LaneTest::new(2);
+        let (a, mut ca, _) = t.park();
+        t.held.lock().expect("lock").push(a);
+        poke(&mut ca);
+        assert_eq!(t.took(), Some(a));
+        // The watcher holds `a`; the other worker sleeps. A connection parked now must
+        // get a watcher.
+        let (b, mut cb, _) = t.park();
+        poke(&mut cb);
+        assert_eq!(t.took(), Some(b), "nobody watched the lane");
+        t.finish();
+    }
+
+    #[test]
+    fn a_job_queued_behind_a_long_one_does_not_wait_for_it() {
+        // Any worker's look at the lane can take the bell a push rang for the watcher;
+        // the worker that takes a job with more queued must pass the wake-up on.
+        let t = LaneTest::new(2);
+        for _ in 0..10 {
+            q_push(&t, 2000); // 0 ms
+            q_push(&t, 2300); // 300 ms
+            q_push(&t, 2001); // 1 ms
+            let mut order = Vec::new();
+            while order.len() < 3 {
+                order.push(t.took().expect("a job ran"));
+            }
+            let short = order.iter().position(|&j| j == 3001);
+            let long = order.iter().position(|&j| j == 3300);
+            assert!(
+                short < long,
+                "the 1 ms job waited for the 300 ms one: {order:?}"
+            );
+        }
         t.finish();
     }
 }
