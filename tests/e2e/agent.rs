@@ -117,13 +117,18 @@ fn eight_clients_sign_200_times_each() {
         .collect();
     let total: u32 = threads.into_iter().map(|t| t.join().unwrap()).sum();
     assert_eq!(total, 1600);
-    // Under load the agent writes its audit lines in batches, at most 10 ms late.
+    assert_signature_audit_lines(&agent, 1600);
+}
+
+/// The agent's log has `n` audit lines of signatures. Under load the agent writes them
+/// in batches, at most 10 ms late: this waits up to 5 s for them.
+fn assert_signature_audit_lines(agent: &Agent, n: usize) {
     let audit = || agent.log_text().matches("op=\"sign\"").count();
     let start = std::time::Instant::now();
-    while audit() < 1600 && start.elapsed() < Duration::from_secs(5) {
+    while audit() < n && start.elapsed() < Duration::from_secs(5) {
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(audit(), 1600, "one audit line per signature");
+    assert_eq!(audit(), n, "one audit line per signature");
 }
 
 #[test]
@@ -1336,12 +1341,7 @@ fn key_operations_after_the_first_are_answered_without_the_tokio_thread() {
         woken < 100,
         "the tokio thread slept {woken} times during 300 requests"
     );
-    let audit = || agent.log_text().matches("op=\"sign\"").count();
-    let start = std::time::Instant::now();
-    while audit() < 301 && start.elapsed() < Duration::from_secs(5) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert_eq!(audit(), 301, "one audit line per signature");
+    assert_signature_audit_lines(&agent, 301);
 }
 
 #[test]
