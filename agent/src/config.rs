@@ -290,14 +290,17 @@ pub struct PinPolicy {
 }
 
 impl PinPolicy {
-    /// Whether signing with the key (`label`, CKA_ID hex) needs the user's confirmation.
-    pub fn confirms(&self, label: &str, cka_id_hex: &str) -> bool {
+    /// Whether signing with the key (`label`, `cka_id`) needs the user's confirmation.
+    /// Keys are listed by label or CKA_ID in hex.
+    pub fn confirms(&self, label: &str, cka_id: &[u8]) -> bool {
         match &self.confirm_sign {
             None | Some(ConfirmSign::All(false)) => false,
             Some(ConfirmSign::All(true)) => true,
-            Some(ConfirmSign::Keys(k)) => k
-                .iter()
-                .any(|k| k == label || k.eq_ignore_ascii_case(cka_id_hex)),
+            Some(ConfirmSign::Keys(k)) => {
+                let id_hex = hex::encode(cka_id);
+                k.iter()
+                    .any(|k| k == label || k.eq_ignore_ascii_case(&id_hex))
+            }
         }
     }
 
@@ -610,12 +613,12 @@ mod tests {
         assert_eq!(a.always_auth, AlwaysAuth::CachedPin);
         assert_eq!(a.ttl, Some(std::time::Duration::from_secs(60)));
         assert_eq!(a.idle, Some(std::time::Duration::from_secs(5)));
-        assert!(a.confirms("k1", "01") && a.confirms("other", "0a") && !a.confirms("k2", "01"));
+        assert!(a.confirms("k1", &[1]) && a.confirms("other", &[0x0a]) && !a.confirms("k2", &[1]));
         let b = c.policy_for("b", "s2");
-        assert!(b.confirms("any", "01"));
+        assert!(b.confirms("any", &[1]));
         assert_eq!(b.ttl, None);
         let other = c.policy_for("z", "z");
-        assert!(!other.confirms("k1", "01") && !other.login_only);
+        assert!(!other.confirms("k1", &[1]) && !other.login_only);
         assert!(
             toml::from_str::<FileConfig>("[[token]]\nlabel = \"a\"\npin_source = \"nope\"")
                 .is_err()

@@ -930,8 +930,7 @@ impl Token {
 
     /// For keys configured as high-assurance: asks the user to allow this signature.
     async fn confirm_sign(&self, key: &KeyEntry, who: &str) -> Result<(), AgentError> {
-        let id_hex = hex::encode(&key.cka_id);
-        if !self.policy().confirms(&key.info.label, &id_hex) {
+        if !self.policy().confirms(&key.info.label, &key.cka_id) {
             return Ok(());
         }
         let declined = || AgentError::ConfirmationDeclined {
@@ -1061,11 +1060,7 @@ impl Token {
         if !mine || self.needs_login() {
             return None;
         }
-        if op == Operation::Sign
-            && self
-                .policy()
-                .confirms(&key.info.label, &hex::encode(&key.cka_id))
-        {
+        if op == Operation::Sign && self.policy().confirms(&key.info.label, &key.cka_id) {
             return None;
         }
         // `key` was just read from the token's list: it is the current entry.
