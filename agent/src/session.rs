@@ -195,12 +195,7 @@ impl OnLane {
     /// do at once (see `Token::sign_now`), with the audit line. `None` sends the request
     /// the way through tokio.
     pub fn answer(&self, req: &Request, here: &mut OnWorker<'_>) -> Option<Done> {
-        let (key, op) = match req {
-            Request::Sign { key, .. } => (key, "sign"),
-            Request::Decrypt { key, .. } => (key, "decrypt"),
-            Request::Ecdh { key, .. } => (key, "ecdh"),
-            _ => return None,
-        };
+        let (key, op) = req.key_operation()?;
         let (token, entry) = self.keystore.upgrade()?.key(key).ok()?;
         let r = match req {
             Request::Sign {
@@ -311,11 +306,8 @@ impl Session {
             )
         };
         let who = &self.asker;
-        let (key, op) = match &req {
-            Request::Sign { key, .. } => (key.clone(), "sign"),
-            Request::Decrypt { key, .. } => (key.clone(), "decrypt"),
-            Request::Ecdh { key, .. } => (key.clone(), "ecdh"),
-            _ => return fail(&AgentError::Internal("not a key operation".into())),
+        let Some((key, op)) = req.key_operation().map(|(k, op)| (k.clone(), op)) else {
+            return fail(&AgentError::Internal("not a key operation".into()));
         };
         let (token, entry) = match self.keystore.key(&key) {
             Ok(te) => te,

@@ -294,10 +294,18 @@ impl Request {
     /// Whether this asks for a private-key operation (sign, decrypt, ECDH), which the token
     /// answers.
     pub fn is_key_operation(&self) -> bool {
-        matches!(
-            self,
-            Request::Sign { .. } | Request::Decrypt { .. } | Request::Ecdh { .. }
-        )
+        self.key_operation().is_some()
+    }
+
+    /// For a private-key operation: the key it uses and the operation's `op` name
+    /// (`sign`, `decrypt`, `ecdh`).
+    pub fn key_operation(&self) -> Option<(&KeyId, &'static str)> {
+        match self {
+            Request::Sign { key, .. } => Some((key, "sign")),
+            Request::Decrypt { key, .. } => Some((key, "decrypt")),
+            Request::Ecdh { key, .. } => Some((key, "ecdh")),
+            _ => None,
+        }
     }
 
     /// The `op` names of every request this crate knows, `hello` first.
