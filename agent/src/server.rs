@@ -231,11 +231,10 @@ pub async fn serve(
                 continue;
             }
         };
-        let sink = Sink::new(sock.clone());
+        let sink = Sink::new(sock);
         tracker.spawn(async move {
             Handler {
                 io: Some(Arc::new(stream)),
-                sock,
                 session: Session::new(peer, ks, Some(sink)),
                 cancel,
                 pending: None,
@@ -269,10 +268,9 @@ pub async fn serve(
 /// request ([`Handler::park`]); the token's workers read and answer what they can, and
 /// give the rest back.
 struct Handler {
-    /// The connection, registered with tokio; `None` while it waits on a lane.
+    /// The connection, registered with tokio; `None` while it waits on a lane. (The
+    /// workers' descriptor of it is the session's sink.)
     io: Option<Arc<UnixStream>>,
-    /// The workers' descriptor of the connection.
-    sock: Arc<std::os::unix::net::UnixStream>,
     session: Session,
     cancel: CancellationToken,
     /// The answer a worker thread is giving to the last request.
@@ -477,7 +475,6 @@ impl Handler {
         let state = Arc::new(ParkState::new());
         let (tx, mut rx) = tokio::sync::oneshot::channel();
         let guest = Box::new(Parked {
-            sock: self.sock.clone(),
             decoder: std::mem::take(decoder),
             bucket: std::mem::replace(bucket, RateLimit::new()),
             on_lane,
@@ -606,7 +603,6 @@ struct Back {
 /// A connection waiting on a lane: what a worker needs to read its next request and
 /// answer it.
 struct Parked {
-    sock: Arc<std::os::unix::net::UnixStream>,
     decoder: FrameDecoder,
     bucket: RateLimit,
     on_lane: OnLane,
@@ -624,7 +620,7 @@ impl Parked {
 
 impl Guest for Parked {
     fn fd(&self) -> BorrowedFd<'_> {
-        self.sock.as_fd()
+        self.on_lane.socket().as_fd()
     }
 
     fn wanted(&self) -> bool {
@@ -651,7 +647,7 @@ impl Guest for Parked {
     fn serve(mut self: Box<Self>, here: &mut OnWorker<'_>) -> Served {
         let mut buf = [0u8; 4 * 1024];
         let n = loop {
-            match rustix::io::read(&*self.sock, &mut buf) {
+            match rustix::io::read(self.on_lane.socket(), &mut buf) {
                 Ok(n) => break n,
                 Err(rustix::io::Errno::INTR) => {}
                 Err(rustix::io::Errno::AGAIN) => return Served::Stay(self),

@@ -52,6 +52,11 @@ impl Sink {
         Self(stream)
     }
 
+    /// The socket it writes to.
+    pub fn socket(&self) -> &UnixStream {
+        &self.0
+    }
+
     /// Writes as much of `frame` as the socket takes now, without blocking; returns what
     /// is left (empty when all went out), or `None` when the client is gone.
     fn send<'a>(&self, mut frame: &'a [u8]) -> Option<&'a [u8]> {
@@ -191,6 +196,11 @@ pub struct OnLane {
 }
 
 impl OnLane {
+    /// The connection's socket (the workers' descriptor).
+    pub fn socket(&self) -> &UnixStream {
+        self.sink.socket()
+    }
+
     /// On the worker thread `here`: answers `req` when it is a key operation its token can
     /// do at once (see `Token::sign_now`), with the audit line. `None` sends the request
     /// the way through tokio.

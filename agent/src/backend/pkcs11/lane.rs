@@ -18,7 +18,6 @@ use std::collections::HashMap;
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
 
 use rustix::event::{EventfdFlags, Timespec, epoll, eventfd};
 
@@ -190,25 +189,23 @@ impl Lane {
         }
     }
 
-    /// Looks for a guest with something to read, waiting up to `wait` (`None`: until
-    /// there is one or the bell rings).
-    pub(super) fn look(&self, wait: Option<Duration>) -> Found {
+    /// Looks for a guest with something to read; with `sleep`, waits until there is one
+    /// or the bell rings.
+    pub(super) fn look(&self, sleep: bool) -> Found {
+        const NOW: Timespec = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
         let mut events = Vec::with_capacity(1);
-        let timeout = wait.map(|d| {
-            Timespec::try_from(d).unwrap_or(Timespec {
-                tv_sec: i64::MAX,
-                tv_nsec: 0,
-            })
-        });
         loop {
             events.clear();
             match epoll::wait(
                 &self.ep,
                 rustix::buffer::spare_capacity(&mut events),
-                timeout.as_ref(),
+                (!sleep).then_some(&NOW),
             ) {
                 Ok(_) => break,
-                Err(rustix::io::Errno::INTR) if wait.is_none() => {}
+                Err(rustix::io::Errno::INTR) if sleep => {}
                 Err(_) => return Found::Nothing,
             }
         }

@@ -128,9 +128,9 @@ impl<J> JobQueue<J> {
         self.ring();
     }
 
-    /// A look at the lane (`wait`: as [`Lane::look`]), outside the queue's lock.
-    fn look(&self, wait: Option<Duration>) -> Option<(u64, Box<dyn Guest>)> {
-        match self.lane.as_ref()?.look(wait) {
+    /// A look at the lane (`sleep`: as [`Lane::look`]), outside the queue's lock.
+    fn look(&self, sleep: bool) -> Option<(u64, Box<dyn Guest>)> {
+        match self.lane.as_ref()?.look(sleep) {
             Found::Guest(id, guest) => Some((id, guest)),
             Found::Nothing => None,
         }
@@ -169,7 +169,7 @@ impl<J> JobQueue<J> {
             }
             if self.lane.is_some() {
                 drop(s);
-                let found = self.look(Some(Duration::ZERO));
+                let found = self.look(false);
                 s = self.lock();
                 if let Some((id, guest)) = found {
                     return Some(Work::Guest(id, guest, self.ticket(s)));
@@ -192,7 +192,7 @@ impl<J> JobQueue<J> {
                         break g;
                     }
                     drop(g);
-                    let found = self.look(Some(Duration::ZERO));
+                    let found = self.look(false);
                     if let Some((id, guest)) = found {
                         let mut g = self.lock();
                         g.spinning -= 1;
@@ -204,7 +204,7 @@ impl<J> JobQueue<J> {
             if self.lane.is_some() && !s.watching {
                 s.watching = true;
                 drop(s);
-                let found = self.look(None);
+                let found = self.look(true);
                 s = self.lock();
                 s.watching = false;
                 if let Some((id, guest)) = found {
