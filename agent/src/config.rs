@@ -82,7 +82,9 @@ pub struct Flags {
     /// want a PIN. Also SMIME_AGENT_PIN_TOKEN.
     #[arg(long, value_name = "TOKEN")]
     pub pin_token: Option<String>,
-    /// Worker sessions per token: how many requests a token serves at once.
+    /// Worker sessions per token: how many requests a token serves at once. When they
+    /// are at least as many as the CPUs the agent may use, each worker keeps to a CPU of
+    /// its own.
     #[arg(long, value_name = "N")]
     pub sessions: Option<usize>,
     /// Ask for PINs with this pinentry program (e.g. /usr/bin/pinentry-gnome3) when a

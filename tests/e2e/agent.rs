@@ -1489,3 +1489,88 @@ fn closed_client(c: &mut AgentClient<UnixStream>, key: &smime_proto::KeyId) -> b
     c.sign(key, SignAlgorithm::RsaPkcs1Sha256, &[1; 32])
         .is_err()
 }
+
+/// The CPUs of a `Cpus_allowed_list` line's value ("0-1,3").
+fn cpu_list(list: &str) -> Vec<usize> {
+    let mut cpus = Vec::new();
+    for part in list.trim().split(',').filter(|p| !p.is_empty()) {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        cpus.extend(a.parse::<usize>().unwrap()..=b.parse::<usize>().unwrap());
+    }
+    cpus
+}
+
+/// The CPUs each PKCS#11 worker thread of the agent `pid` may run on, sorted.
+fn worker_cpus(pid: u32) -> Vec<Vec<usize>> {
+    let mut all = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = task.unwrap().path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if !comm.starts_with("p11-") {
+            continue;
+        }
+        let status = std::fs::read_to_string(dir.join("status")).unwrap();
+        let list = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .unwrap();
+        all.push(cpu_list(list));
+    }
+    all.sort();
+    all
+}
+
+#[test]
+fn a_tokens_workers_get_a_cpu_each_when_they_are_as_many_as_the_cpus() {
+    let mine = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+    let allowed = cpu_list(
+        mine.lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .unwrap(),
+    );
+    if allowed.len() < 2 {
+        eprintln!("skipped: this test needs two CPUs, it may use {allowed:?}");
+        return;
+    }
+    // The agents inherit this thread's CPUs: two of them.
+    let two = [allowed[0], allowed[1]];
+    let set = |cpus: &[usize]| {
+        let mut set = rustix::thread::CpuSet::new();
+        for &c in cpus {
+            set.set(c);
+        }
+        rustix::thread::sched_setaffinity(None, &set).unwrap();
+    };
+    set(&two);
+    let token = Token::new();
+    let start = |sessions: &str| {
+        Agent::start_with(
+            &token,
+            AgentOptions {
+                args: vec!["--sessions".into(), sessions.into()],
+                ..AgentOptions::default()
+            },
+        )
+    };
+    let (pinned, free) = (start("2"), start("1"));
+    set(&allowed);
+    for agent in [&pinned, &free] {
+        let mut c = AgentClient::connect(&agent.socket).unwrap();
+        let key = c.list_keys().unwrap().remove(0);
+        let alg = match key.algorithm {
+            KeyAlgorithm::Rsa => SignAlgorithm::RsaPkcs1Sha256,
+            _ => SignAlgorithm::EcdsaSha256,
+        };
+        c.sign(&key.id, alg, &[7; 32]).unwrap();
+    }
+    assert_eq!(
+        worker_cpus(pinned.pid()),
+        vec![vec![two[0]], vec![two[1]]],
+        "two workers on two CPUs: one each"
+    );
+    assert_eq!(
+        worker_cpus(free.pid()),
+        vec![two.to_vec()],
+        "one worker on two CPUs: left to the scheduler"
+    );
+}
