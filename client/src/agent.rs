@@ -142,7 +142,8 @@ pub struct AgentClient<S: AgentStream = UnixStream> {
     /// The agent's name and version, from `Hello`.
     pub agent: String,
     /// The socket, for a second connection that tells the user what a slow private-key
-    /// operation waits for (see [`Notice`]); `None` over other streams.
+    /// operation waits for (see [`Notice`]); `None` over other streams, and when standard
+    /// error is not a terminal (asked once, at connect: not once per request).
     socket: Option<PathBuf>,
     /// How long to look for a response before sleeping.
     spin: Spin,
@@ -159,10 +160,6 @@ struct Notice {
 
 impl Notice {
     fn start(socket: &Path) -> Option<Self> {
-        use std::io::IsTerminal as _;
-        if !std::io::stderr().is_terminal() {
-            return None;
-        }
         let socket = socket.to_owned();
         let (done, rx) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::spawn(move || {
@@ -228,7 +225,8 @@ impl AgentClient<UnixStream> {
         stream.set_read_timeout(Some(READ_TIMEOUT))?;
         stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
         let mut c = Self::hello(stream)?;
-        c.socket = Some(path.to_owned());
+        use std::io::IsTerminal as _;
+        c.socket = std::io::stderr().is_terminal().then(|| path.to_owned());
         Ok(c)
     }
 }
