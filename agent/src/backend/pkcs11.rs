@@ -376,13 +376,12 @@ fn wait_reason<P, S>(ctx: &Option<(Option<P>, S)>) -> &'static str {
 }
 
 /// How long an idle worker keeps looking for its next job before it sleeps, when no other
-/// worker of its token runs or looks (see [`queue`]).
+/// worker of its token looks (see [`queue`]).
 ///
 /// A client that sends one request after another sends the next about 20–150 µs after its
-/// answer (its own wake-up, then the tokio thread's). Looking that long costs at most this
-/// much CPU time after each burst of requests, and it yields the CPU to anything else that
-/// wants it. While another worker is busy, the load is already high and the next job comes
-/// soon anyway: then the CPU is better left to the clients and that worker.
+/// answer. Looking that long costs at most this much CPU time after each burst of
+/// requests, and it yields the CPU to anything else that wants it: under load, to the
+/// clients whose requests it then takes without a wake-up.
 const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(250);
 
 /// Queue depth per token: beyond it requests get `BUSY` instead of piling up.

@@ -1,13 +1,15 @@
 //! The job queue between the tokio thread and one token's worker threads.
 //!
 //! A bounded FIFO under a mutex, with one refinement over a plain channel: a worker that
-//! has just finished a job, while none of its siblings has anything to do, keeps looking
+//! has just finished a job, while none of its siblings is looking already, keeps looking
 //! for the next job for a short while ([`JobQueue::take`]'s `spin`) before it sleeps, and
 //! a job queued meanwhile wakes nobody. That is the common case of a client sending one
 //! request after another, and on a VM whose idle vCPUs halt, waking a sleeping thread costs
 //! as much as the rest of the round trip (BENCHMARKS.md, round 3). A plain channel (the
 //! crossbeam channel before) also woke a sleeping sibling for every job that the spinning
-//! worker then took itself.
+//! worker then took itself. It looks also while a sibling runs a job: under load the
+//! clients' next requests come soon, and a worker that yields its CPU to them while it
+//! looks takes their requests without being woken (BENCHMARKS.md, round 8).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -145,8 +147,8 @@ impl<J> JobQueue<J> {
     }
 
     /// The next job (or guest of the lane), waiting for one as long as it takes; `None`
-    /// once the queue is closed and empty. When no other worker runs, spins or watches
-    /// the lane, it first looks for up to `spin` (yielding the CPU in between) before it
+    /// once the queue is closed and empty. When no other worker spins or watches the
+    /// lane, it first looks for up to `spin` (yielding the CPU in between) before it
     /// sleeps. Queued jobs come before the lane's guests.
     ///
     /// With a lane, one sleeping worker watches it (sleeps in its `epoll_wait`), the
@@ -178,7 +180,7 @@ impl<J> JobQueue<J> {
                     continue;
                 }
             }
-            if !spun && s.running == 0 && s.spinning == 0 && !s.watching {
+            if !spun && s.spinning == 0 && !s.watching {
                 spun = true;
                 s.spinning += 1;
                 drop(s);
@@ -187,7 +189,7 @@ impl<J> JobQueue<J> {
                     std::thread::yield_now();
                     let mut g = self.lock();
                     // Queued jobs first.
-                    if !g.jobs.is_empty() || g.closed || g.running > 0 || start.elapsed() >= spin {
+                    if !g.jobs.is_empty() || g.closed || start.elapsed() >= spin {
                         g.spinning -= 1;
                         break g;
                     }
@@ -201,7 +203,8 @@ impl<J> JobQueue<J> {
                 };
                 continue;
             }
-            if self.lane.is_some() && !s.watching {
+            // A spinning worker watches the lane too.
+            if self.lane.is_some() && !s.watching && s.spinning == 0 {
                 s.watching = true;
                 drop(s);
                 let found = self.look(true);
@@ -365,6 +368,8 @@ mod tests {
         held: Arc<Mutex<Vec<u64>>>,
         gate: Gate,
         workers: Vec<std::thread::JoinHandle<()>>,
+        /// The workers' thread ids.
+        tids: Vec<i32>,
     }
 
     impl LaneTest {
@@ -375,11 +380,13 @@ mod tests {
             let (back_tx, back) = std::sync::mpsc::channel();
             let held = Arc::new(Mutex::new(Vec::new()));
             let gate: Gate = Arc::new((Mutex::new(false), Condvar::new()));
+            let (tid_tx, tid_rx) = std::sync::mpsc::channel();
             let workers = (0..workers)
                 .map(|_| {
                     let (q, lane, tx) = (q.clone(), lane.clone(), took_tx.clone());
-                    let (held, gate) = (held.clone(), gate.clone());
+                    let (held, gate, tid_tx) = (held.clone(), gate.clone(), tid_tx.clone());
                     std::thread::spawn(move || {
+                        let _ = tid_tx.send(rustix::thread::gettid().as_raw_nonzero().get());
                         while let Some(work) = q.take(Duration::from_micros(200)) {
                             match work {
                                 Work::Job(j, _t) => {
@@ -406,9 +413,13 @@ mod tests {
                         }
                     })
                 })
+                .collect::<Vec<_>>();
+            let tids = (0..workers.len())
+                .map(|_| tid_rx.recv().expect("thread id"))
                 .collect();
             std::thread::sleep(Duration::from_millis(20)); // all asleep
             Self {
+                tids,
                 q,
                 lane,
                 took,
@@ -439,6 +450,23 @@ mod tests {
             let id = self.lane.park(g).map_err(|(e, _)| e).expect("park");
             self.q.watch();
             (id, theirs, wanted)
+        }
+
+        /// How often the workers have fallen asleep so far (voluntary context switches;
+        /// a yield does not count).
+        fn sleeps(&self) -> u64 {
+            self.tids
+                .iter()
+                .map(|tid| {
+                    let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status"))
+                        .expect("status");
+                    status
+                        .lines()
+                        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                        .and_then(|n| n.trim().parse::<u64>().ok())
+                        .expect("voluntary_ctxt_switches")
+                })
+                .sum()
         }
 
         fn took(&self) -> Option<u64> {
@@ -569,6 +597,28 @@ mod tests {
                 "the 1 ms job waited for the 300 ms one: {order:?}"
             );
         }
+        t.finish();
+    }
+
+    #[test]
+    fn a_worker_looks_for_the_next_request_while_its_sibling_runs_a_long_job() {
+        let t = LaneTest::new(2);
+        let (id, mut client, _) = t.park();
+        q_push(&t, 3000); // one worker is busy for a second
+        std::thread::sleep(Duration::from_millis(20));
+        let before = t.sleeps();
+        for _ in 0..200 {
+            poke(&mut client);
+            assert_eq!(t.took(), Some(id));
+        }
+        // Each request comes soon after the last answer: the other worker looks for it
+        // instead of sleeping in `epoll_wait` (and being woken) between requests.
+        let slept = t.sleeps() - before;
+        assert!(
+            slept < 20,
+            "the workers fell asleep {slept} times in 200 requests"
+        );
+        assert_eq!(t.took.recv_timeout(Duration::from_secs(3)).ok(), Some(4000));
         t.finish();
     }
 }
