@@ -47,6 +47,14 @@ struct State<J> {
     running: usize,
 }
 
+impl<J> State<J> {
+    /// Whether a worker looks at the lane: one sleeping in its `epoll_wait`, or a spinning
+    /// one (it looks at the lane between its looks at the queue).
+    fn watched(&self) -> bool {
+        self.watching || self.spinning > 0
+    }
+}
+
 /// A worker's claim on the job it took: while it lives the worker counts as running.
 pub(super) struct Ticket<'a, J>(&'a JobQueue<J>);
 
@@ -180,7 +188,7 @@ impl<J> JobQueue<J> {
                     continue;
                 }
             }
-            if !spun && s.spinning == 0 && !s.watching {
+            if !spun && !s.watched() {
                 spun = true;
                 s.spinning += 1;
                 drop(s);
@@ -203,8 +211,7 @@ impl<J> JobQueue<J> {
                 };
                 continue;
             }
-            // A spinning worker watches the lane too.
-            if self.lane.is_some() && !s.watching && s.spinning == 0 {
+            if self.lane.is_some() && !s.watched() {
                 s.watching = true;
                 drop(s);
                 let found = self.look(true);
@@ -229,7 +236,7 @@ impl<J> JobQueue<J> {
         s.running += 1;
         let more = s.jobs.len() > s.spinning;
         let (sleeper, watcher) = (s.sleeping > 0, s.watching);
-        let unwatched = !watcher && s.spinning == 0 && sleeper;
+        let unwatched = !s.watched() && sleeper;
         drop(s);
         if more && sleeper {
             self.ready.notify_one();
@@ -245,7 +252,7 @@ impl<J> JobQueue<J> {
     /// when it is done), a sleeping one is woken to watch.
     pub(super) fn watch(&self) {
         let s = self.lock();
-        let wake = !s.watching && s.spinning == 0 && s.sleeping > 0;
+        let wake = !s.watched() && s.sleeping > 0;
         drop(s);
         if wake {
             self.ready.notify_one();
