@@ -768,10 +768,19 @@ fn raise_open_files() {
     let _ = setrlimit(Resource::Nofile, lim);
 }
 
+/// The number that `field` (`VmRSS`, `voluntary_ctxt_switches`, …) has in the `status`
+/// file of the process or thread whose /proc directory is `dir`.
+fn status_number(dir: &str, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("{dir}/status")).unwrap();
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .unwrap();
+    line.split_whitespace().next().unwrap().parse().unwrap()
+}
+
 fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    status_number(&format!("/proc/{pid}"), "VmRSS")
 }
 
 #[test]
@@ -1292,12 +1301,9 @@ fn pinentry_on_the_final_try_asks_for_confirmation_first() {
 /// How often the agent's tokio thread has been switched out (its main thread: the runtime
 /// is a current-thread one); it is woken once for each time it slept.
 fn tokio_thread_switches(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/status")).unwrap();
-    status
-        .lines()
-        .filter(|l| l.contains("ctxt_switches"))
-        .map(|l| l.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap())
-        .sum()
+    let dir = format!("/proc/{pid}/task/{pid}");
+    status_number(&dir, "voluntary_ctxt_switches")
+        + status_number(&dir, "nonvoluntary_ctxt_switches")
 }
 
 #[test]
@@ -1490,14 +1496,12 @@ fn closed_client(c: &mut AgentClient<UnixStream>, key: &smime_proto::KeyId) -> b
         .is_err()
 }
 
-/// The CPUs of a `Cpus_allowed_list` line's value ("0-1,3").
-fn cpu_list(list: &str) -> Vec<usize> {
-    let mut cpus = Vec::new();
-    for part in list.trim().split(',').filter(|p| !p.is_empty()) {
-        let (a, b) = part.split_once('-').unwrap_or((part, part));
-        cpus.extend(a.parse::<usize>().unwrap()..=b.parse::<usize>().unwrap());
-    }
-    cpus
+/// The CPUs the thread `tid` may run on (`None`: the calling thread).
+fn allowed_cpus(tid: Option<rustix::process::Pid>) -> Vec<usize> {
+    let set = rustix::thread::sched_getaffinity(tid).unwrap();
+    (0..rustix::thread::CpuSet::MAX_CPU)
+        .filter(|&c| set.is_set(c))
+        .collect()
 }
 
 /// The CPUs each PKCS#11 worker thread of the agent `pid` may run on, sorted.
@@ -1509,12 +1513,8 @@ fn worker_cpus(pid: u32) -> Vec<Vec<usize>> {
         if !comm.starts_with("p11-") {
             continue;
         }
-        let status = std::fs::read_to_string(dir.join("status")).unwrap();
-        let list = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-            .unwrap();
-        all.push(cpu_list(list));
+        let tid: i32 = dir.file_name().unwrap().to_str().unwrap().parse().unwrap();
+        all.push(allowed_cpus(rustix::process::Pid::from_raw(tid)));
     }
     all.sort();
     all
@@ -1522,12 +1522,7 @@ fn worker_cpus(pid: u32) -> Vec<Vec<usize>> {
 
 #[test]
 fn a_tokens_workers_get_a_cpu_each_when_they_are_as_many_as_the_cpus() {
-    let mine = std::fs::read_to_string("/proc/thread-self/status").unwrap();
-    let allowed = cpu_list(
-        mine.lines()
-            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-            .unwrap(),
-    );
+    let allowed = allowed_cpus(None);
     if allowed.len() < 2 {
         eprintln!("skipped: this test needs two CPUs, it may use {allowed:?}");
         return;
