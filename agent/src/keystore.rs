@@ -205,7 +205,7 @@ impl Keystore {
         self.tokens()
             .iter()
             .flat_map(|t| t.keys())
-            .map(|k| k.info)
+            .map(|k| k.info.clone())
             .collect()
     }
 
@@ -213,11 +213,15 @@ impl Keystore {
     ///
     /// # Errors
     /// [`AgentError::KeyNotFound`] for an unknown id.
-    pub fn key(&self, id: &KeyId) -> Result<(Arc<Token>, KeyEntry), AgentError> {
+    pub fn key(&self, id: &KeyId) -> Result<(Arc<Token>, Arc<KeyEntry>), AgentError> {
         let (serial, _) = id
             .parts()
             .ok_or_else(|| AgentError::KeyNotFound(id.clone()))?;
-        self.tokens()
+        // Looked up under the lock: every request asks, and a copy of the list costs an
+        // allocation and a reference count per token.
+        self.tokens
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
             .iter()
             .filter(|t| t.serial == serial)
             .find_map(|t| t.key(id).map(|k| (t.clone(), k)))

@@ -314,7 +314,7 @@ struct TokenState {
     /// The configured PIN after the token accepted it, to log in again when the token
     /// comes back after a removal. Zeroized on drop; forgotten on `Lock`.
     configured_pin: Option<Arc<Pin>>,
-    keys: Vec<KeyEntry>,
+    keys: Vec<Arc<KeyEntry>>,
     /// When the current login began (for the TTL).
     logged_in_at: Option<Instant>,
     /// The last private-key operation (for the idle timeout).
@@ -660,7 +660,7 @@ impl Token {
         let (serial, label) = (self.serial.clone(), self.label.clone());
         let keys = self.run(move |w| w.enumerate(&serial, &label)).await?;
         tracing::info!(token = %self.label, keys = keys.len(), "keys enumerated");
-        self.state().keys = keys;
+        self.state().keys = keys.into_iter().map(Arc::new).collect();
         Ok(())
     }
 
@@ -738,7 +738,7 @@ impl Token {
     }
 
     /// The keys found at the last enumeration.
-    pub fn keys(&self) -> Vec<KeyEntry> {
+    pub fn keys(&self) -> Vec<Arc<KeyEntry>> {
         self.state().keys.clone()
     }
 
@@ -989,8 +989,9 @@ impl Token {
 
     /// The key's entry as enumerated now (a login re-reads the private attributes, such
     /// as CKA_ALWAYS_AUTHENTICATE, that the public half did not show).
-    fn current(&self, key: &KeyEntry) -> KeyEntry {
-        self.key(&key.info.id).unwrap_or_else(|| key.clone())
+    fn current(&self, key: &KeyEntry) -> Arc<KeyEntry> {
+        self.key(&key.info.id)
+            .unwrap_or_else(|| Arc::new(key.clone()))
     }
 
     /// After an operation on an always-authenticate key: a cached PIN the token rejected
@@ -1480,8 +1481,9 @@ impl Token {
         self.label == sel || self.serial == sel
     }
 
-    /// The key with this CKA_ID, if enumerated.
-    pub fn key(&self, id: &KeyId) -> Option<KeyEntry> {
+    /// The key with this id, if enumerated: the entry itself, shared, not a copy (every
+    /// request looks its key up, and an entry holds the certificate).
+    pub fn key(&self, id: &KeyId) -> Option<Arc<KeyEntry>> {
         self.state().keys.iter().find(|k| &k.info.id == id).cloned()
     }
 }
