@@ -300,15 +300,19 @@ impl Keystore {
             .partition(|m| config.modules.iter().any(|p| p == m.path()));
         for m in gone {
             let path = m.path().display().to_string();
-            let mut tokens = self.tokens.write().unwrap_or_else(|e| e.into_inner());
-            tokens.retain(|t| {
-                let mine = t.module() == path;
-                if mine {
-                    t.shutdown();
-                }
-                !mine
-            });
-            drop(tokens);
+            // Out of the list first, stopped after: a worker that is serving a request
+            // looks its key up in the list, and `shutdown` waits for the workers.
+            let mine: Vec<Arc<Token>> = {
+                let mut tokens = self.tokens.write().unwrap_or_else(|e| e.into_inner());
+                let (mine, rest) = std::mem::take(&mut *tokens)
+                    .into_iter()
+                    .partition(|t| t.module() == path);
+                *tokens = rest;
+                mine
+            };
+            for t in mine {
+                t.shutdown();
+            }
             tracing::info!(module = %path, "module no longer configured; finalizing");
             m.finalize();
         }

@@ -813,6 +813,109 @@ fn sighup_reloads_the_module_list_and_keeps_connections() {
 }
 
 #[test]
+fn dropping_a_module_while_its_workers_serve_requests_does_not_hang_the_agent() {
+    // A worker that reads a request from its token's lane looks the key up in the
+    // keystore's token list. A reload that dropped the module once stopped the token's
+    // workers while it held that list locked: a worker that had just taken a request
+    // waited for the lock, the reload for the worker, and the agent hung.
+    let token = Token::new();
+    let module = smime_tests::softhsm_module().display().to_string();
+    let missing = "/nonexistent/missing-pkcs11.so";
+    let cfg = |m: &str| format!("modules = [\"{m}\"]\n");
+    let agent = Agent::start_with(
+        &token,
+        AgentOptions {
+            config: Some(cfg(&module)),
+            ..Default::default()
+        },
+    );
+    let config_file = agent.dir.path().join("smime-agent/config.toml");
+    // A hung agent fails the test in seconds, not after the client's 120 s.
+    let connect = || {
+        let s = std::os::unix::net::UnixStream::connect(&agent.socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        AgentClient::hello(s).unwrap()
+    };
+    let mut c = connect();
+    let ec = c
+        .list_keys()
+        .unwrap()
+        .into_iter()
+        .find(|k| k.label == "alice-ec")
+        .unwrap()
+        .id;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let signed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let clients: Vec<_> = (0..6)
+        .map(|_| {
+            let (stop, signed, ec) = (stop.clone(), signed.clone(), ec.clone());
+            let mut c = connect();
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    // While the module is out the key is unknown: an error, not a hang.
+                    match c.sign(&ec, SignAlgorithm::EcdsaSha256, &[5; 32]) {
+                        Ok(_) => {
+                            signed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        Err(smime::agent::AgentError::Agent(_)) => {
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                        Err(e) => panic!("client: {e}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    let tokens = |c: &mut AgentClient| match c.request(&Request::Status) {
+        Ok(Response::Status { tokens, .. }) => tokens.len(),
+        r => panic!("status: {r:?}; agent log:\n{}", agent.log_text()),
+    };
+    for round in 0..20 {
+        // Out while the clients sign through the token's lane …
+        let before = signed.load(std::sync::atomic::Ordering::Relaxed);
+        let t = Instant::now();
+        while signed.load(std::sync::atomic::Ordering::Relaxed) < before + 50 {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "no signatures in round {round}"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::fs::write(&config_file, cfg(missing)).unwrap();
+        assert_ok(
+            &run(Command::new("kill").args(["-HUP", &agent.pid().to_string()])),
+            "kill -HUP",
+        );
+        let t = Instant::now();
+        while tokens(&mut c) != 0 {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "round {round}: token not dropped"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // … and in again.
+        std::fs::write(&config_file, cfg(&module)).unwrap();
+        assert_ok(
+            &run(Command::new("kill").args(["-HUP", &agent.pid().to_string()])),
+            "kill -HUP",
+        );
+        let t = Instant::now();
+        while tokens(&mut c) != 1 {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "round {round}: token not back"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for h in clients {
+        h.join().unwrap();
+    }
+}
+
+#[test]
 fn sighup_applies_new_token_settings_to_open_tokens() {
     let token = Token::new();
     let dir = tempfile::tempdir().unwrap();
