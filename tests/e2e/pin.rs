@@ -870,8 +870,24 @@ fn dropping_a_module_while_its_workers_serve_requests_does_not_hang_the_agent() 
         Ok(Response::Status { tokens, .. }) => tokens.len(),
         r => panic!("status: {r:?}; agent log:\n{}", agent.log_text()),
     };
+    // Reloads with `module` as the only module, and waits until `want` tokens are open.
+    let reload = |c: &mut AgentClient, module: &str, want: usize, round: usize| {
+        std::fs::write(&config_file, cfg(module)).unwrap();
+        assert_ok(
+            &run(Command::new("kill").args(["-HUP", &agent.pid().to_string()])),
+            "kill -HUP",
+        );
+        let t = Instant::now();
+        while tokens(c) != want {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "round {round}: not {want} tokens"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
     for round in 0..20 {
-        // Out while the clients sign through the token's lane …
+        // Out while the clients sign through the token's lane, and in again.
         let before = signed.load(std::sync::atomic::Ordering::Relaxed);
         let t = Instant::now();
         while signed.load(std::sync::atomic::Ordering::Relaxed) < before + 50 {
@@ -881,33 +897,8 @@ fn dropping_a_module_while_its_workers_serve_requests_does_not_hang_the_agent() 
             );
             std::thread::sleep(Duration::from_millis(1));
         }
-        std::fs::write(&config_file, cfg(missing)).unwrap();
-        assert_ok(
-            &run(Command::new("kill").args(["-HUP", &agent.pid().to_string()])),
-            "kill -HUP",
-        );
-        let t = Instant::now();
-        while tokens(&mut c) != 0 {
-            assert!(
-                t.elapsed() < Duration::from_secs(10),
-                "round {round}: token not dropped"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        // … and in again.
-        std::fs::write(&config_file, cfg(&module)).unwrap();
-        assert_ok(
-            &run(Command::new("kill").args(["-HUP", &agent.pid().to_string()])),
-            "kill -HUP",
-        );
-        let t = Instant::now();
-        while tokens(&mut c) != 1 {
-            assert!(
-                t.elapsed() < Duration::from_secs(10),
-                "round {round}: token not back"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        reload(&mut c, missing, 0, round);
+        reload(&mut c, &module, 1, round);
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for h in clients {
