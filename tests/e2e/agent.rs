@@ -986,10 +986,7 @@ fn sighup_rereads_the_tokens_and_keeps_connections() {
         "nothing changes before the signal"
     );
     // …and SIGHUP makes the agent look again, without dropping this connection.
-    assert_ok(
-        &run(Command::new("kill").args(["-HUP", &agent.pid().to_string()])),
-        "kill -HUP",
-    );
+    agent.sighup();
     let mut n = 0;
     for _ in 0..100 {
         n = client.list_keys().unwrap().len();

@@ -752,19 +752,11 @@ fn sighup_reloads_the_module_list_and_keeps_connections() {
             ..Default::default()
         },
     );
-    let config_file = agent.dir.path().join("smime-agent/config.toml");
     let mut c = AgentClient::connect(&agent.socket).unwrap();
     assert_eq!(c.list_keys().unwrap().len(), 3);
     let status = |c: &mut AgentClient| match c.request(&Request::Status).unwrap() {
         Response::Status { tokens, agent } => (tokens.len(), agent.unwrap().modules),
         r => panic!("{r:?}"),
-    };
-    let reload = |text: String| {
-        std::fs::write(&config_file, text).unwrap();
-        assert_ok(
-            &run(Command::new("kill").args(["-HUP", &agent.pid().to_string()])),
-            "kill -HUP",
-        );
     };
     let wait = |c: &mut AgentClient, want: usize| {
         for _ in 0..100 {
@@ -777,7 +769,7 @@ fn sighup_reloads_the_module_list_and_keeps_connections() {
         panic!("reload not applied: {}", agent.log_text());
     };
     // A module added: loaded (here: reported as failing), the others keep serving.
-    reload(cfg(&[&module_s, missing]));
+    agent.reconfigure(&cfg(&[&module_s, missing]));
     wait(&mut c, 2);
     let (tokens, mods) = status(&mut c);
     assert_eq!(tokens, 1);
@@ -785,12 +777,12 @@ fn sighup_reloads_the_module_list_and_keeps_connections() {
     assert!(mods[1].error.is_some());
     assert_eq!(c.list_keys().unwrap().len(), 3);
     // The module removed: its token goes, on the same connection.
-    reload(cfg(&[missing]));
+    agent.reconfigure(&cfg(&[missing]));
     wait(&mut c, 1);
     assert_eq!(status(&mut c).0, 0);
     assert!(c.list_keys().unwrap().is_empty());
     // And back again: loaded afresh, the configured PIN logs in, signing works.
-    reload(cfg(&[&module_s]));
+    agent.reconfigure(&cfg(&[&module_s]));
     for _ in 0..100 {
         if c.list_keys().unwrap().len() == 3 {
             break;
@@ -806,7 +798,7 @@ fn sighup_reloads_the_module_list_and_keeps_connections() {
         0x30
     );
     // A broken config file is refused; the agent keeps the one in force.
-    reload("modules = [".into());
+    agent.reconfigure("modules = [");
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(c.list_keys().unwrap().len(), 3);
     assert!(agent.log_text().contains("configuration not reloaded"));
@@ -814,6 +806,9 @@ fn sighup_reloads_the_module_list_and_keeps_connections() {
 
 #[test]
 fn dropping_a_module_while_its_workers_serve_requests_does_not_hang_the_agent() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+
     // A worker that reads a request from its token's lane looks the key up in the
     // keystore's token list. A reload that dropped the module once stopped the token's
     // workers while it held that list locked: a worker that had just taken a request
@@ -829,7 +824,6 @@ fn dropping_a_module_while_its_workers_serve_requests_does_not_hang_the_agent() 
             ..Default::default()
         },
     );
-    let config_file = agent.dir.path().join("smime-agent/config.toml");
     // A hung agent fails the test in seconds, not after the client's 120 s.
     let connect = || {
         let s = std::os::unix::net::UnixStream::connect(&agent.socket).unwrap();
@@ -844,18 +838,18 @@ fn dropping_a_module_while_its_workers_serve_requests_does_not_hang_the_agent() 
         .find(|k| k.label == "alice-ec")
         .unwrap()
         .id;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let signed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let signed = Arc::new(AtomicU64::new(0));
     let clients: Vec<_> = (0..6)
         .map(|_| {
             let (stop, signed, ec) = (stop.clone(), signed.clone(), ec.clone());
             let mut c = connect();
             std::thread::spawn(move || {
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                while !stop.load(Relaxed) {
                     // While the module is out the key is unknown: an error, not a hang.
                     match c.sign(&ec, SignAlgorithm::EcdsaSha256, &[5; 32]) {
                         Ok(_) => {
-                            signed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            signed.fetch_add(1, Relaxed);
                         }
                         Err(smime::agent::AgentError::Agent(_)) => {
                             std::thread::sleep(Duration::from_millis(1));
@@ -872,11 +866,7 @@ fn dropping_a_module_while_its_workers_serve_requests_does_not_hang_the_agent() 
     };
     // Reloads with `module` as the only module, and waits until `want` tokens are open.
     let reload = |c: &mut AgentClient, module: &str, want: usize, round: usize| {
-        std::fs::write(&config_file, cfg(module)).unwrap();
-        assert_ok(
-            &run(Command::new("kill").args(["-HUP", &agent.pid().to_string()])),
-            "kill -HUP",
-        );
+        agent.reconfigure(&cfg(module));
         let t = Instant::now();
         while tokens(c) != want {
             assert!(
@@ -888,9 +878,9 @@ fn dropping_a_module_while_its_workers_serve_requests_does_not_hang_the_agent() 
     };
     for round in 0..20 {
         // Out while the clients sign through the token's lane, and in again.
-        let before = signed.load(std::sync::atomic::Ordering::Relaxed);
+        let before = signed.load(Relaxed);
         let t = Instant::now();
-        while signed.load(std::sync::atomic::Ordering::Relaxed) < before + 50 {
+        while signed.load(Relaxed) < before + 50 {
             assert!(
                 t.elapsed() < Duration::from_secs(10),
                 "no signatures in round {round}"
@@ -900,7 +890,7 @@ fn dropping_a_module_while_its_workers_serve_requests_does_not_hang_the_agent() 
         reload(&mut c, missing, 0, round);
         reload(&mut c, &module, 1, round);
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    stop.store(true, Relaxed);
     for h in clients {
         h.join().unwrap();
     }
@@ -917,14 +907,9 @@ fn sighup_applies_new_token_settings_to_open_tokens() {
     assert_eq!(count_lines(&d.join("dialogs"), "CONFIRM"), 0);
     let mut c = AgentClient::connect(&agent.socket).unwrap();
     // The same token now wants a confirmation for alice-rsa; the user declines.
-    let config_file = agent.dir.path().join("smime-agent/config.toml");
-    let mut text = std::fs::read_to_string(&config_file).unwrap();
+    let mut text = std::fs::read_to_string(agent.config_file()).unwrap();
     text.push_str("[[token]]\nlabel = \"smime-demo\"\nconfirm_sign = [\"alice-rsa\"]\n");
-    std::fs::write(&config_file, text).unwrap();
-    assert_ok(
-        &run(Command::new("kill").args(["-HUP", &agent.pid().to_string()])),
-        "kill -HUP",
-    );
+    agent.reconfigure(&text);
     let mut declined = false;
     for n in 2..40 {
         let (out, sig) = sign(&agent, d, "alice-rsa", &format!("s{n}"));

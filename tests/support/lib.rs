@@ -141,6 +141,11 @@ pub struct AgentOptions {
     pub args: Vec<String>,
 }
 
+/// The agent's configuration file when `XDG_CONFIG_HOME` is `xdg`.
+fn config_file(xdg: &Path) -> PathBuf {
+    xdg.join("smime-agent/config.toml")
+}
+
 /// A running agent; killed (SIGTERM) on drop.
 #[derive(Debug)]
 pub struct Agent {
@@ -177,7 +182,7 @@ impl Agent {
         match &opts.config {
             Some(text) => {
                 std::fs::create_dir_all(dir.path().join("smime-agent")).unwrap();
-                std::fs::write(dir.path().join("smime-agent/config.toml"), text).unwrap();
+                std::fs::write(config_file(dir.path()), text).unwrap();
             }
             None => {
                 cmd.arg("--module")
@@ -228,6 +233,25 @@ impl Agent {
             socket,
             log,
         }
+    }
+
+    /// The agent's configuration file (`XDG_CONFIG_HOME` is [`Agent::dir`]).
+    pub fn config_file(&self) -> PathBuf {
+        config_file(self.dir.path())
+    }
+
+    /// Tells the agent to read its configuration again (SIGHUP).
+    pub fn sighup(&self) {
+        assert_ok(
+            &run(Command::new("kill").args(["-HUP", &self.pid().to_string()])),
+            "kill -HUP",
+        );
+    }
+
+    /// Writes `text` as the agent's configuration file and tells the agent to read it.
+    pub fn reconfigure(&self, text: &str) {
+        std::fs::write(self.config_file(), text).unwrap();
+        self.sighup();
     }
 
     /// The agent's process id.
