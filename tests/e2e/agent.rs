@@ -120,6 +120,39 @@ fn eight_clients_sign_200_times_each() {
     assert_signature_audit_lines(&agent, 1600);
 }
 
+/// The agent lends the module its own mutexes (`C_Initialize` with `CreateMutex` …
+/// `UnlockMutex` and `CKF_OS_LOCKING_OK`; agent/src/backend/pkcs11/modlock.rs), the
+/// module (SoftHSM, behind the p11-count wrapper that logs what it was given) takes
+/// them, and signs with them. `eight_clients_sign_200_times_each` runs SoftHSM on them
+/// under load.
+#[test]
+fn the_module_gets_the_agents_locks() {
+    let token = Token::new();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("init");
+    let opts = AgentOptions {
+        module: Some(built("libp11_count.so")),
+        env: vec![
+            (
+                "P11_COUNT_MODULE".into(),
+                smime_tests::softhsm_module().display().to_string(),
+            ),
+            ("P11_COUNT_INIT_LOG".into(), log.display().to_string()),
+        ],
+        ..Default::default()
+    };
+    let agent = Agent::start_with(&token, opts);
+    sign_ok(&agent, "alice-ec");
+    sign_ok(&agent, "alice-rsa");
+    let init = std::fs::read_to_string(&log).unwrap_or_default();
+    let lines: Vec<&str> = init.lines().collect();
+    assert_eq!(
+        lines,
+        ["C_Initialize mutex_functions=4 flags=0x2 rv=0x0"],
+        "one C_Initialize, with all four mutex functions, taken"
+    );
+}
+
 /// The agent's log has `n` audit lines of signatures. Under load the agent writes them
 /// in batches, at most 10 ms late: this waits up to 5 s for them.
 fn assert_signature_audit_lines(agent: &Agent, n: usize) {

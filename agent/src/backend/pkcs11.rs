@@ -37,6 +37,7 @@
 
 mod lane;
 pub(crate) mod mechanism;
+mod modlock;
 pub(crate) mod oaep;
 mod queue;
 mod raw;
@@ -200,10 +201,6 @@ impl Module {
     /// When the library cannot be loaded or initialized.
     pub fn load(path: &Path) -> Result<Self, CkError> {
         let p11 = Pkcs11::new(path)?;
-        match p11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
-            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
-            Err(e) => return Err(e),
-        }
         let raw = match raw::RawModule::open(path) {
             Ok(r) => Some(Arc::new(r)),
             Err(e) => {
@@ -212,6 +209,32 @@ impl Module {
                 None
             }
         };
+        // The module's mutexes are the agent's when it takes them (see `modlock`): a
+        // waiter looks for the lock before it sleeps. Else the OS's, as cryptoki asks.
+        // A module that cannot take them says CKR_CANT_LOCK (or, older ones,
+        // CKR_ARGUMENTS_BAD); any other refusal is the module's answer to C_Initialize.
+        match raw.as_ref().map(|r| r.initialize_with_our_locks()) {
+            Some(Ok(())) => {
+                tracing::debug!(module = %path.display(), "module initialized with the agent's locks");
+            }
+            Some(Err(cryptoki_sys::CKR_CRYPTOKI_ALREADY_INITIALIZED)) => {}
+            Some(Err(rv))
+                if rv != cryptoki_sys::CKR_CANT_LOCK && rv != cryptoki_sys::CKR_ARGUMENTS_BAD =>
+            {
+                cryptoki::error::Rv::from(rv)
+                    .into_result(cryptoki::context::Function::Initialize)?;
+            }
+            refused => {
+                if let Some(Err(rv)) = refused {
+                    tracing::debug!(module = %path.display(), rv = format_args!("{rv:#x}"),
+                        "the module does not take the agent's locks; it uses the OS's");
+                }
+                match p11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+                    Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
         Ok(Self {
             path: path.to_owned(),
             p11,

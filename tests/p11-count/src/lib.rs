@@ -76,6 +76,12 @@
 //!     file changes. "Spent" is shared between processes through an empty
 //!     marker file `<control>.spent-<stamp>` created next to the control file.
 //!
+//! * `P11_COUNT_INIT_LOG` – if set, every `C_Initialize` appends one line
+//!   `C_Initialize mutex_functions=<0..4> flags=<0x..> rv=<0x..>` to this file:
+//!   how many of `CreateMutex`, `DestroyMutex`, `LockMutex`, `UnlockMutex` the
+//!   caller supplied (the real module gets them unchanged), its flags, and the
+//!   real module's answer.
+//!
 //!   Removal/reinsertion, sessions and PINs are tracked per process: a
 //!   process only notices a removal if one of its intercepted calls runs
 //!   while the file says `removed=1`.
@@ -321,6 +327,7 @@ fn wrap_list(real: &CK_FUNCTION_LIST) -> CK_FUNCTION_LIST {
         };
     }
     wrap! {
+        C_Initialize => wrap_initialize,
         C_Finalize => wrap_finalize,
         C_GetSlotList => wrap_get_slot_list,
         C_GetSlotInfo => wrap_get_slot_info,
@@ -637,6 +644,38 @@ unsafe fn bytes<'a>(p: CK_UTF8CHAR_PTR, len: CK_ULONG) -> &'a [u8] {
 // ---------------------------------------------------------------------------
 // General, slot and token functions
 // ---------------------------------------------------------------------------
+
+unsafe extern "C" fn wrap_initialize(args: *mut c_void) -> CK_RV {
+    let (_, real) = setup!(C_Initialize);
+    // SAFETY: a non-null `args` points at the caller's CK_C_INITIALIZE_ARGS.
+    let seen = unsafe { args.cast::<cryptoki_sys::CK_C_INITIALIZE_ARGS>().as_ref() }.map(|a| {
+        let given = [
+            a.CreateMutex.is_some(),
+            a.DestroyMutex.is_some(),
+            a.LockMutex.is_some(),
+            a.UnlockMutex.is_some(),
+        ];
+        (given.iter().filter(|&&g| g).count(), a.flags)
+    });
+    // SAFETY: passed through unchanged.
+    let rv = unsafe { real(args) };
+    if let Some(path) = std::env::var_os("P11_COUNT_INIT_LOG") {
+        let (n, flags) = seen.unwrap_or((0, 0));
+        let line = format!("C_Initialize mutex_functions={n} flags={flags:#x} rv={rv:#x}\n");
+        let res = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(line.as_bytes()));
+        if let Err(e) = res {
+            eprintln!(
+                "p11-count: cannot append to {}: {e}",
+                PathBuf::from(path).display()
+            );
+        }
+    }
+    rv
+}
 
 unsafe extern "C" fn wrap_finalize(reserved: *mut c_void) -> CK_RV {
     let (m, real) = setup!(C_Finalize);

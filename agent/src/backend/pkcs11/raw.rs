@@ -1,22 +1,30 @@
-//! The one place with `unsafe` code in the agent: single-part `C_Sign` / `C_Decrypt`
-//! through the module's own function list, for keys with CKA_ALWAYS_AUTHENTICATE.
+//! The one place with `unsafe` code in the agent: the module's own function list, for
+//! what cryptoki's safe API cannot do.
 //!
 //! ```text
+//!  load:   RawModule::open(path)                 (C_GetFunctionList)
+//!          RawModule::initialize_with_our_locks  (C_Initialize with the agent's mutexes)
 //!  worker: session.sign_init(mech, key)          (cryptoki, safe)
 //!          session.login(ContextSpecific, pin)   (cryptoki, safe)
 //!          RawModule::sign(session.handle(), …)  (here: C_Sign from C_GetFunctionList)
 //! ```
 //!
-//! cryptoki's `Session::sign` calls `C_SignInit` and `C_Sign` back to back, so the
-//! context-specific login that such keys need *between* the two cannot happen; and
-//! cryptoki keeps its function list private. So the module is opened a second time here
+//! - *`C_Initialize` with the agent's locks* (`CreateMutex` … `UnlockMutex`; see
+//!   `modlock`): cryptoki's `CInitializeArgs` takes flags only.
+//! - *Single-part `C_Sign` / `C_Decrypt` for keys with CKA_ALWAYS_AUTHENTICATE*:
+//!   cryptoki's `Session::sign` calls `C_SignInit` and `C_Sign` back to back, so the
+//!   context-specific login that such keys need *between* the two cannot happen.
+//!
+//! cryptoki keeps its function list private, so the module is opened a second time here
 //! (`dlopen` of the same path returns the same handle, hence the same module state and
-//! session handles) and `C_Sign` / `C_Decrypt` are taken from its `C_GetFunctionList`.
-//! See `/work/shared/notes/crates.md`, "CKA_ALWAYS_AUTHENTICATE / context-specific login".
+//! session handles). See `/work/shared/notes/crates.md`, "CKA_ALWAYS_AUTHENTICATE /
+//! context-specific login".
 #![allow(unsafe_code)] // the reason this module exists; every block has a SAFETY note
 
+use std::ffi::c_void;
 use std::path::Path;
 
+use super::modlock::ModLock;
 use cryptoki::context::Function;
 use cryptoki::error::{Error as CkError, Rv};
 use cryptoki_sys::{CK_BYTE_PTR, CK_FUNCTION_LIST, CK_RV, CK_SESSION_HANDLE, CK_ULONG};
@@ -24,10 +32,11 @@ use cryptoki_sys::{CK_BYTE_PTR, CK_FUNCTION_LIST, CK_RV, CK_SESSION_HANDLE, CK_U
 /// The biggest signature or plaintext accepted from a module (RSA 16384 is 2 KiB).
 const MAX_OUTPUT: usize = 64 * 1024;
 
-/// `C_Sign` and `C_Decrypt` of a loaded module, called directly.
+/// `C_Initialize`, `C_Sign` and `C_Decrypt` of a loaded module, called directly.
 pub(crate) struct RawModule {
     /// Keeps the library mapped while the function pointers below are in use.
     _lib: cryptoki_sys::Pkcs11,
+    init: cryptoki_sys::CK_C_Initialize,
     sign: unsafe extern "C" fn(
         CK_SESSION_HANDLE,
         CK_BYTE_PTR,
@@ -51,8 +60,9 @@ impl std::fmt::Debug for RawModule {
 }
 
 impl RawModule {
-    /// Opens the module at `path` again (the caller has loaded and initialized it through
-    /// cryptoki already) and takes `C_Sign` and `C_Decrypt` from its function list.
+    /// Opens the module at `path` again (the caller has loaded it through cryptoki) and
+    /// takes `C_Initialize`, `C_Sign` and `C_Decrypt` from its function list
+    /// (`C_GetFunctionList` may come before `C_Initialize`).
     pub(crate) fn open(path: &Path) -> Result<Self, String> {
         // SAFETY: loading a PKCS#11 library runs its initializers; the same library is
         // already loaded by cryptoki, so this only takes another reference to it.
@@ -75,9 +85,35 @@ impl RawModule {
         };
         Ok(Self {
             _lib: lib,
+            init: fl.C_Initialize,
             sign,
             decrypt,
         })
+    }
+
+    /// `C_Initialize` with `CKF_OS_LOCKING_OK` and the agent's mutex functions (see
+    /// `modlock`), which the module may use instead of the OS's (SoftHSM does).
+    /// `Err` holds the module's refusal, e.g. `CKR_CRYPTOKI_ALREADY_INITIALIZED`.
+    pub(crate) fn initialize_with_our_locks(&self) -> Result<(), CK_RV> {
+        let Some(init) = self.init else {
+            return Err(cryptoki_sys::CKR_FUNCTION_NOT_SUPPORTED);
+        };
+        let mut args = cryptoki_sys::CK_C_INITIALIZE_ARGS {
+            CreateMutex: Some(create_mutex),
+            DestroyMutex: Some(destroy_mutex),
+            LockMutex: Some(lock_mutex),
+            UnlockMutex: Some(unlock_mutex),
+            flags: cryptoki_sys::CKF_OS_LOCKING_OK,
+            pReserved: std::ptr::null_mut(),
+        };
+        // SAFETY: `args` is a valid CK_C_INITIALIZE_ARGS for the length of the call (the
+        // module copies the function pointers, which are 'static).
+        let rv = unsafe { init((&raw mut args).cast()) };
+        if rv == cryptoki_sys::CKR_OK {
+            Ok(())
+        } else {
+            Err(rv)
+        }
     }
 
     /// Single-part `C_Sign` on `session`, whose `C_SignInit` (and context login) is done.
@@ -130,5 +166,53 @@ impl RawModule {
         Rv::from(rv).into_result(function)?;
         out.truncate(usize::try_from(out_len).unwrap_or(0));
         Ok(out)
+    }
+}
+
+// The mutex functions a module gets from `initialize_with_our_locks`: a mutex is a boxed
+// `ModLock`, made by `create_mutex` and freed by `destroy_mutex`; the module holds the
+// pointer in between. A null pointer is refused rather than followed.
+
+/// `CK_CREATEMUTEX`.
+unsafe extern "C" fn create_mutex(out: *mut *mut c_void) -> CK_RV {
+    if out.is_null() {
+        return cryptoki_sys::CKR_ARGUMENTS_BAD;
+    }
+    let lock = Box::into_raw(Box::new(ModLock::default()));
+    // SAFETY: the module passes a valid out-pointer for one pointer (checked non-null).
+    unsafe { *out = lock.cast() };
+    cryptoki_sys::CKR_OK
+}
+
+/// `CK_DESTROYMUTEX`.
+unsafe extern "C" fn destroy_mutex(mutex: *mut c_void) -> CK_RV {
+    if mutex.is_null() {
+        return cryptoki_sys::CKR_MUTEX_BAD;
+    }
+    // SAFETY: `mutex` came from `create_mutex` (Box::into_raw) and the module destroys it
+    // once, when it no longer uses it.
+    drop(unsafe { Box::from_raw(mutex.cast::<ModLock>()) });
+    cryptoki_sys::CKR_OK
+}
+
+/// `CK_LOCKMUTEX`.
+unsafe extern "C" fn lock_mutex(mutex: *mut c_void) -> CK_RV {
+    // SAFETY: a non-null `mutex` came from `create_mutex` and is not destroyed yet.
+    match unsafe { mutex.cast::<ModLock>().as_ref() } {
+        Some(lock) => {
+            lock.lock();
+            cryptoki_sys::CKR_OK
+        }
+        None => cryptoki_sys::CKR_MUTEX_BAD,
+    }
+}
+
+/// `CK_UNLOCKMUTEX`.
+unsafe extern "C" fn unlock_mutex(mutex: *mut c_void) -> CK_RV {
+    // SAFETY: as for `lock_mutex`.
+    match unsafe { mutex.cast::<ModLock>().as_ref() } {
+        Some(lock) if lock.unlock() => cryptoki_sys::CKR_OK,
+        Some(_) => cryptoki_sys::CKR_MUTEX_NOT_LOCKED,
+        None => cryptoki_sys::CKR_MUTEX_BAD,
     }
 }
