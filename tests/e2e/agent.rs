@@ -130,17 +130,7 @@ fn the_module_gets_the_agents_locks() {
     let token = Token::new();
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("init");
-    let opts = AgentOptions {
-        module: Some(built("libp11_count.so")),
-        env: vec![
-            (
-                "P11_COUNT_MODULE".into(),
-                smime_tests::softhsm_module().display().to_string(),
-            ),
-            ("P11_COUNT_INIT_LOG".into(), log.display().to_string()),
-        ],
-        ..Default::default()
-    };
+    let opts = AgentOptions::p11_count(&[("P11_COUNT_INIT_LOG", log.display().to_string())]);
     let agent = Agent::start_with(&token, opts);
     sign_ok(&agent, "alice-ec");
     sign_ok(&agent, "alice-rsa");
@@ -172,18 +162,12 @@ fn wrong_pin_is_tried_once_and_reported() {
     std::fs::write(&bad_pin, "00000000").unwrap();
     let log = dir.path().join("logins");
     let opts = AgentOptions {
-        module: Some(built("libp11_count.so")),
         pin_file: Some(Some(bad_pin)),
-        env: vec![
-            (
-                "P11_COUNT_MODULE".into(),
-                smime_tests::softhsm_module().display().to_string(),
-            ),
-            ("P11_COUNT_LOG".into(), log.display().to_string()),
+        ..AgentOptions::p11_count(&[
+            ("P11_COUNT_LOG", log.display().to_string()),
             // The wrapper simulates a card that locks after 3 wrong PINs (SoftHSM never does).
-            ("P11_COUNT_LOCK_AFTER".into(), "3".into()),
-        ],
-        ..Default::default()
+            ("P11_COUNT_LOCK_AFTER", "3".into()),
+        ])
     };
     let mut agent = Agent::start_with(&token, opts);
     let logins = || {
@@ -280,18 +264,12 @@ fn locked_pin_is_reported_and_never_sent() {
     let state = dir.path().join("state");
     std::fs::write(&state, "3").unwrap(); // three wrong PINs already recorded: locked
     let opts = AgentOptions {
-        module: Some(built("libp11_count.so")),
         pin_file: None,
-        env: vec![
-            (
-                "P11_COUNT_MODULE".into(),
-                smime_tests::softhsm_module().display().to_string(),
-            ),
-            ("P11_COUNT_LOG".into(), log.display().to_string()),
-            ("P11_COUNT_LOCK_AFTER".into(), "3".into()),
-            ("P11_COUNT_STATE".into(), state.display().to_string()),
-        ],
-        ..Default::default()
+        ..AgentOptions::p11_count(&[
+            ("P11_COUNT_LOG", log.display().to_string()),
+            ("P11_COUNT_LOCK_AFTER", "3".into()),
+            ("P11_COUNT_STATE", state.display().to_string()),
+        ])
     };
     let agent = Agent::start_with(&token, opts);
     let out = agent.smime_stdin(
@@ -611,19 +589,12 @@ fn configured_pin_is_not_sent_after_a_wrong_pin_on_record() {
     let log = dir.path().join("logins");
     let state = dir.path().join("state");
     std::fs::write(&state, "1").unwrap(); // one wrong PIN on record (COUNT_LOW)
-    let opts = AgentOptions {
-        module: Some(built("libp11_count.so")),
-        env: vec![
-            (
-                "P11_COUNT_MODULE".into(),
-                smime_tests::softhsm_module().display().to_string(),
-            ),
-            ("P11_COUNT_LOG".into(), log.display().to_string()),
-            ("P11_COUNT_LOCK_AFTER".into(), "3".into()),
-            ("P11_COUNT_STATE".into(), state.display().to_string()),
-        ],
-        ..Default::default() // the correct PIN file
-    };
+    // The token's correct PIN file, as by default.
+    let opts = AgentOptions::p11_count(&[
+        ("P11_COUNT_LOG", log.display().to_string()),
+        ("P11_COUNT_LOCK_AFTER", "3".into()),
+        ("P11_COUNT_STATE", state.display().to_string()),
+    ]);
     let agent = Agent::start_with(&token, opts);
     let dir2 = tempfile::tempdir().unwrap();
     let data = dir2.path().join("d");
@@ -1058,16 +1029,8 @@ fn faulty_agent(
     let ctl = dir.join("control");
     control(&ctl, "removed=0\n");
     let opts = AgentOptions {
-        module: Some(built("libp11_count.so")),
         pin_file: if with_pin { None } else { Some(None) },
-        env: vec![
-            (
-                "P11_COUNT_MODULE".into(),
-                smime_tests::softhsm_module().display().to_string(),
-            ),
-            ("P11_COUNT_CONTROL".into(), ctl.display().to_string()),
-        ],
-        ..Default::default()
+        ..AgentOptions::p11_count(&[("P11_COUNT_CONTROL", ctl.display().to_string())])
     };
     (Agent::start_with(token, opts), ctl)
 }

@@ -618,17 +618,11 @@ fn locked_pin_error_names_the_fix() {
     let agent = Agent::start_with(
         &token,
         AgentOptions {
-            module: Some(built("libp11_count.so")),
             pin_file: None,
-            env: vec![
-                (
-                    "P11_COUNT_MODULE".into(),
-                    smime_tests::softhsm_module().display().to_string(),
-                ),
-                ("P11_COUNT_LOCK_AFTER".into(), "3".into()),
-                ("P11_COUNT_STATE".into(), state.display().to_string()),
-            ],
-            ..Default::default()
+            ..AgentOptions::p11_count(&[
+                ("P11_COUNT_LOCK_AFTER", "3".into()),
+                ("P11_COUNT_STATE", state.display().to_string()),
+            ])
         },
     );
     let fix = "unblock it with your PUK or SO PIN";

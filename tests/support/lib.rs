@@ -141,6 +141,23 @@ pub struct AgentOptions {
     pub args: Vec<String>,
 }
 
+impl AgentOptions {
+    /// The agent on p11-count, the PKCS#11 wrapper around SoftHSM (`tests/p11-count`),
+    /// with the wrapper's settings `env` (`P11_COUNT_LOG`, …).
+    pub fn p11_count(env: &[(&str, String)]) -> Self {
+        let mut all = vec![(
+            "P11_COUNT_MODULE".to_owned(),
+            softhsm_module().display().to_string(),
+        )];
+        all.extend(env.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
+        Self {
+            module: Some(built("libp11_count.so")),
+            env: all,
+            ..Self::default()
+        }
+    }
+}
+
 /// The agent's configuration file when `XDG_CONFIG_HOME` is `xdg`.
 fn config_file(xdg: &Path) -> PathBuf {
     xdg.join("smime-agent/config.toml")

@@ -30,7 +30,8 @@
 //! touch, a PIN pad waiting for the user) holds up only its own requests; the jobs running
 //! on it are tracked and `Status` reports one running longer than a second as `waiting`.
 //! Keys with CKA_ALWAYS_AUTHENTICATE go through the `raw` module for their
-//! context-specific login.
+//! context-specific login, and so does `C_Initialize`, which lends the module the agent's
+//! mutexes (`modlock`: they look for the lock before they sleep).
 //! Per-token settings ([`PinPolicy`], from `[[token]]` in config.toml) decide where PINs
 //! come from (pinentry, client, file, env, PIN pad), how long logins last, whether a PIN is
 //! kept at all, and which keys need a confirmation before signing.
