@@ -30,6 +30,11 @@
 //! * `P11_COUNT_STATE` – optional file holding the wrong-PIN counter (a
 //!   decimal number) so that it persists across processes. Without it the
 //!   counter lives in a process-global atomic only.
+//! * `P11_COUNT_INIT_LOG` – if set, every `C_Initialize` appends one line
+//!   `C_Initialize mutex_functions=<0..4> flags=<0x..> rv=<0x..>` to this file:
+//!   how many of `CreateMutex`, `DestroyMutex`, `LockMutex`, `UnlockMutex` the
+//!   caller supplied (the real module gets them unchanged), its flags, and the
+//!   real module's answer.
 //! * `P11_COUNT_CONTROL` – optional control file for run-time fault
 //!   injection. It is `stat`ed on every intercepted call and re-parsed when
 //!   it changed (inode, size, mtime or ctime). Lines are `key=value`, `#`
@@ -76,12 +81,6 @@
 //!     file changes. "Spent" is shared between processes through an empty
 //!     marker file `<control>.spent-<stamp>` created next to the control file.
 //!
-//! * `P11_COUNT_INIT_LOG` – if set, every `C_Initialize` appends one line
-//!   `C_Initialize mutex_functions=<0..4> flags=<0x..> rv=<0x..>` to this file:
-//!   how many of `CreateMutex`, `DestroyMutex`, `LockMutex`, `UnlockMutex` the
-//!   caller supplied (the real module gets them unchanged), its flags, and the
-//!   real module's answer.
-//!
 //!   Removal/reinsertion, sessions and PINs are tracked per process: a
 //!   process only notices a removal if one of its intercepted calls runs
 //!   while the file says `removed=1`.
@@ -92,7 +91,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::ffi::c_void;
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{LazyLock, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
@@ -418,17 +417,10 @@ impl Module {
 
     fn log_login_note(&self, user_type: CK_USER_TYPE, rv: CK_RV, note: &str) {
         let Some(path) = &self.log else { return };
-        // One write per line on an O_APPEND fd: lines from concurrent threads
-        // or processes do not interleave.
-        let line = format!("C_Login user_type={user_type} rv={rv:#x}{note}\n");
-        let res = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .and_then(|mut f| f.write_all(line.as_bytes()));
-        if let Err(e) = res {
-            eprintln!("p11-count: cannot append to {}: {e}", path.display());
-        }
+        append_line(
+            path,
+            &format!("C_Login user_type={user_type} rv={rv:#x}{note}"),
+        );
     }
 
     /// Locks the fault state after bringing it up to date with the control
@@ -661,20 +653,25 @@ unsafe extern "C" fn wrap_initialize(args: *mut c_void) -> CK_RV {
     let rv = unsafe { real(args) };
     if let Some(path) = std::env::var_os("P11_COUNT_INIT_LOG") {
         let (n, flags) = seen.unwrap_or((0, 0));
-        let line = format!("C_Initialize mutex_functions={n} flags={flags:#x} rv={rv:#x}\n");
-        let res = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .and_then(|mut f| f.write_all(line.as_bytes()));
-        if let Err(e) = res {
-            eprintln!(
-                "p11-count: cannot append to {}: {e}",
-                PathBuf::from(path).display()
-            );
-        }
+        append_line(
+            Path::new(&path),
+            &format!("C_Initialize mutex_functions={n} flags={flags:#x} rv={rv:#x}"),
+        );
     }
     rv
+}
+
+/// Appends `line` and a newline to the log at `path`. One write per line on an O_APPEND
+/// fd: lines from concurrent threads or processes do not interleave.
+fn append_line(path: &Path, line: &str) {
+    let res = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()));
+    if let Err(e) = res {
+        eprintln!("p11-count: cannot append to {}: {e}", path.display());
+    }
 }
 
 unsafe extern "C" fn wrap_finalize(reserved: *mut c_void) -> CK_RV {
